@@ -1,0 +1,8 @@
+"""metabench: the harness.
+
+Owns specs, episodes, timing, statistics, running and reporting. It never imports a
+deep-learning framework: adapters are loaded by name, each framework in a process of
+its own (see ``bench.registry`` and ``bench.runner``).
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,151 @@
+"""The adapter contract: what every implementation (framework x algorithm) provides.
+
+The harness owns specs, episodes, timing and results; an adapter owns the model maths and
+nothing else. It never times itself, never writes files, never parses specs (it receives
+a validated ``EpisodeSpec``). One adapter instance holds one model's parameters and its
+meta-optimizer state, on one device.
+
+Calling sequence (``bench.worker`` and the timing suite)::
+
+    cls = registry.load_adapter_class(name)      # imports the framework
+    cls.configure(threads=2, device="cpu")        # before any framework op
+    adapter = cls(spec, algorithm, init_params, device="cpu", options={...})
+    batch = adapter.to_device(sampler.batch(0, B))  # outside every timed region
+    adapter.sync(adapter.outer_step(batch))         # what the harness times
+
+Everything returned by a step may be asynchronous (JAX, CUDA): ``sync(out)`` blocks until
+``out`` and every state the step updated (new parameters, optimizer state) are computed.
+
+Shapes follow ``bench.episodes`` (numpy NHWC images, class-major labels) and parameters
+follow ``bench.models`` (canonical numpy layout).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from bench.episodes import EpisodeBatch
+from bench.spec import EpisodeSpec
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """An adapter's description of itself, recorded with every measurement."""
+
+    framework: str                 # "torch", "jax", "tensorflow"
+    framework_version: str
+    device: str                    # "cpu" or "cuda"
+    device_name: str               # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
+    compilation: str               # "eager", "graph", "xla", "jit", ...
+    precision: str                 # e.g. "float32, TF32 off"
+    threads: int | None            # intra-op threads the framework was set to
+    notes: str = ""                # implementation choices (task batching, inner loop form, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """Peak memory of the steps run since ``reset_peak_memory``, in bytes.
+
+    ``source`` names the API that measured it: "torch.cuda.max_memory_allocated",
+    "jax.memory_stats.peak_bytes_in_use", "tf.get_memory_info.peak", or None when the
+    framework has no such API on this device (the harness then records the process's
+    resident-set growth instead).
+    """
+
+    peak_bytes: int | None
+    source: str | None
+
+
+class Adapter(abc.ABC):
+    """One algorithm in one framework. Subclasses set the three class attributes."""
+
+    framework: ClassVar[str]
+    algorithms: ClassVar[tuple[str, ...]]   # e.g. ("maml", "fomaml") or ("protonet",)
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        """Set thread counts and allocator options before the framework does any work.
+
+        Called once per process, after the adapter module (and its framework) is imported
+        and before an adapter is built. ``threads`` applies to intra-op parallelism;
+        inter-op parallelism is set to 1 in every framework.
+        """
+
+    def __init__(self, spec: EpisodeSpec, algorithm: str, params: dict[str, np.ndarray],
+                 device: str = "cpu", options: dict[str, Any] | None = None):
+        if algorithm not in self.algorithms:
+            raise ValueError(f"{type(self).__name__} serves {self.algorithms}, not {algorithm!r}")
+        self.spec = spec.for_algorithm(algorithm)
+        self.algorithm = algorithm
+        self.device = device
+        self.options = dict(options or {})
+
+    # -- description, device, parameters -------------------------------------------------
+    @abc.abstractmethod
+    def describe(self) -> AdapterInfo: ...
+
+    @abc.abstractmethod
+    def to_device(self, batch: EpisodeBatch) -> Any:
+        """The batch in the framework's layout, on the device. Opaque to the harness."""
+
+    @abc.abstractmethod
+    def sync(self, outputs: Any = None) -> None:
+        """Block until ``outputs`` and all state updated by the last step are computed."""
+
+    @abc.abstractmethod
+    def get_params(self) -> dict[str, np.ndarray]:
+        """Current parameters in the canonical layout (``bench.models``)."""
+
+    @abc.abstractmethod
+    def set_params(self, params: dict[str, np.ndarray]) -> None:
+        """Replace the parameters (canonical layout); resets the meta-optimizer state."""
+
+    # -- steps ---------------------------------------------------------------------------
+    def inner_step(self, batch: Any) -> Any:
+        """MAML: one adaptation step on the support set of every task in ``batch``, from
+        the current parameters (which it does not change). Returns the adapted parameters."""
+        raise NotImplementedError(f"{type(self).__name__} has no inner step")
+
+    @abc.abstractmethod
+    def outer_step(self, batch: Any) -> Any:
+        """One meta-training step on a meta-batch: adaptation (MAML) or prototypes
+        (ProtoNet), query loss, meta-gradient, optimizer update. Returns the mean query loss."""
+
+    @abc.abstractmethod
+    def adapt(self, batch: Any) -> Any:
+        """Test-time adaptation: MAML's ``test_inner_steps`` steps from the current
+        parameters, ProtoNet's prototypes. Returns the adapted state."""
+
+    @abc.abstractmethod
+    def evaluate(self, batch: Any) -> np.ndarray:
+        """Per-task metric after test-time adaptation, float64 [B]: query accuracy in
+        [0, 1] for classification, query mean squared error for regression."""
+
+    # -- numerical parity probes ---------------------------------------------------------
+    @abc.abstractmethod
+    def probe(self, batch: Any) -> dict[str, np.ndarray]:
+        """Quantities compared across frameworks, from the current parameters, without
+        changing them: ``support_loss`` [B] (mean support loss of each task before
+        adaptation), ``query_logits`` [B, n_query_total, n_out] (after the training-time
+        adaptation: MAML's adapted logits, ProtoNet's negative squared distances), and
+        ``meta_grad/<param>`` (the meta-gradient the outer step would apply, canonical layout)."""
+
+    # -- memory --------------------------------------------------------------------------
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window (no-op where the framework cannot)."""
+
+    def peak_memory(self) -> MemoryReading:
+        return MemoryReading(None, None)
+
+    def compilation_count(self) -> int | None:
+        """How many times the step functions have been traced/compiled so far, or None for
+        eager code. The harness reads it around the timed rounds to detect recompilation."""
+        return None

@@ -1,0 +1,1 @@
+"""Datasets: Omniglot (official zips + Vinyals split files) and sinusoid regression."""

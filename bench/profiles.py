@@ -1,0 +1,49 @@
+"""Budget profiles: how much to train, evaluate and time, never what an episode is.
+
+``smoke`` proves the pipeline in seconds (CI); ``cpu`` is the default without a GPU
+(minutes per cell on a 2-core machine, enough to reach the accuracy targets); ``paper``
+keeps the spec's own budget (the papers' 60k-iteration protocols: GPU hours).
+
+A spec may refine a profile in ``[profiles.<name>]``; those values win.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    # spec -> overrides of BudgetSpec fields
+    budget_overrides: Callable[[Any], dict[str, int]]
+    warmup_rounds: int          # untimed steps after the first (compile) step
+    rounds: int                 # timed rounds of one step each
+    memory_steps: int           # steps run by the peak-memory probe
+
+
+def _smoke(spec) -> dict[str, int]:
+    return {"meta_train_steps": 2, "eval_episodes": 8, "val_every": 1, "val_episodes": 4}
+
+
+def _cpu(spec) -> dict[str, int]:
+    # Specs tune their own cpu budget in [profiles.cpu]; this is the fallback.
+    return {"meta_train_steps": min(spec.budget.meta_train_steps, 500),
+            "eval_episodes": min(spec.budget.eval_episodes, 600),
+            "val_every": 100, "val_episodes": 50}
+
+
+def _paper(spec) -> dict[str, int]:
+    return {}
+
+
+PROFILES: dict[str, Profile] = {
+    "smoke": Profile("smoke", "seconds per cell: proves every phase runs (CI)", _smoke,
+                     warmup_rounds=1, rounds=3, memory_steps=1),
+    "cpu": Profile("cpu", "minutes per cell on a laptop-class CPU: reaches the accuracy targets",
+                   _cpu, warmup_rounds=3, rounds=20, memory_steps=2),
+    "paper": Profile("paper", "the papers' budgets (60k meta-iterations): GPU hours", _paper,
+                     warmup_rounds=10, rounds=100, memory_steps=3),
+}

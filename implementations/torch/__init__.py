@@ -1,0 +1,1 @@
+"""PyTorch adapters: ``torch-maml`` (torch.func, tasks vmapped) and ``torch-protonet``."""

@@ -1,0 +1,114 @@
+"""PyTorch pieces shared by the MAML and ProtoNet adapters: backbones over a parameter
+dict (``torch.func`` style), device placement, sync, memory and self-description."""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.adapter import AdapterInfo, MemoryReading
+from bench.models import CONV_BLOCKS
+
+Params = dict[str, torch.Tensor]
+
+
+def configure(threads: int, device: str) -> None:
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process (pytest runs several adapters)
+        pass
+    # Precision is float32 everywhere: TF32 off, as JAX and TF are set to full float32 too.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def torch_device(device: str) -> torch.device:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch.cuda.is_available() is False")
+    return torch.device(device)
+
+
+def conv4(params: Params, x: torch.Tensor, batch_norm: bool, eps: float) -> torch.Tensor:
+    """NCHW images -> [n, features]. BatchNorm uses the batch's statistics (biased
+    variance), never running statistics: MAML's transductive setting."""
+    for i in range(1, CONV_BLOCKS + 1):
+        x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
+        if batch_norm:
+            x = F.batch_norm(x, None, None, params[f"bn{i}.weight"], params[f"bn{i}.bias"],
+                             training=True, eps=eps)
+        x = F.max_pool2d(F.relu(x), 2)
+    return x.flatten(1)  # (C, H, W) order: the canonical feature order
+
+
+def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
+    x = F.relu(F.linear(x, params["fc1.weight"], params["fc1.bias"]))
+    x = F.relu(F.linear(x, params["fc2.weight"], params["fc2.bias"]))
+    return F.linear(x, params["head.weight"], params["head.bias"])
+
+
+class TorchBatch:
+    """An episode batch on the device: images NCHW float32, labels int64."""
+
+    def __init__(self, batch, device: torch.device):
+        def move(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(a))
+            if t.dim() == 5:  # [B, n, H, W, C] -> [B, n, C, H, W]
+                t = t.permute(0, 1, 4, 2, 3).contiguous()
+            return t.to(device)
+
+        self.support_x, self.support_y = move(batch.support_x), move(batch.support_y)
+        self.query_x, self.query_y = move(batch.query_x), move(batch.query_y)
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+
+def params_to_torch(params: dict[str, np.ndarray], device: torch.device) -> Params:
+    return {k: torch.tensor(np.asarray(v, np.float32), device=device) for k, v in params.items()}
+
+
+def params_to_numpy(params: Params) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy().copy() for k, v in params.items()}
+
+
+def make_adam(params: Params, lr: float, halve_every: int = 0):
+    """Adam (eps 1e-8 added to the bias-corrected sqrt(v), betas 0.9/0.999), the form the
+    JAX (optax) and TensorFlow adapters reproduce; optional step-size halving schedule."""
+    leaves = list(params.values())
+    opt = torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8)
+    sched = torch.optim.lr_scheduler.StepLR(opt, halve_every, gamma=0.5) if halve_every else None
+    return opt, sched
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> MemoryReading:
+    if device.type == "cuda":
+        return MemoryReading(int(torch.cuda.max_memory_allocated(device)), "torch.cuda.max_memory_allocated")
+    return MemoryReading(None, None)
+
+
+def describe(device: torch.device, notes: str) -> AdapterInfo:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        precision = "float32, TF32 off (matmul and cuDNN)"
+    else:
+        name = platform.processor() or platform.machine()
+        precision = "float32"
+    return AdapterInfo(framework="torch", framework_version=torch.__version__, device=device.type,
+                       device_name=name, compilation="eager", precision=precision,
+                       threads=torch.get_num_threads(), notes=notes,
+                       extra={"interop_threads": torch.get_num_interop_threads(),
+                              "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None})

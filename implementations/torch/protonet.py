@@ -1,0 +1,123 @@
+"""Prototypical Networks (Snell et al. 2017): prototypes are class means of the support
+embeddings, logits are negative squared Euclidean distances, loss is cross-entropy.
+
+Support and query are embedded in one forward pass, as in the reference implementation,
+so BatchNorm's batch statistics cover the whole episode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import grad_and_value, vmap
+
+from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from implementations.torch import common
+
+
+def prototypes(support: torch.Tensor, n_way: int) -> torch.Tensor:
+    """[n_way * k_shot, d] class-major support embeddings -> [n_way, d] class means."""
+    return support.reshape(n_way, -1, support.shape[-1]).mean(dim=1)
+
+
+def neg_sq_distances(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """[q, d], [n, d] -> [q, n] logits: -||query - prototype||^2."""
+    return -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
+
+
+class TorchProtoNet(Adapter):
+    framework = "torch"
+    algorithms = ("protonet",)
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        common.configure(threads, device)
+
+    def __init__(self, spec, algorithm, params, device="cpu", options=None):
+        super().__init__(spec, algorithm, params, device, options)
+        self._dev = common.torch_device(device)
+        self._bn = self.spec.model.batch_norm != "none"
+        self._eps = self.spec.model.bn_eps
+        self.set_params(params)
+
+    def _episode_logits(self, params, sx, qx):
+        n_support = sx.shape[0]
+        z = common.conv4(params, torch.cat([sx, qx]), self._bn, self._eps)
+        n_way = n_support // self._k_shot
+        return neg_sq_distances(z[n_support:], prototypes(z[:n_support], n_way))
+
+    def _episode_loss(self, params, sx, qx, qy):
+        return F.cross_entropy(self._episode_logits(params, sx, qx), qy)
+
+    def _loss(self, params, b):
+        return vmap(self._episode_loss, in_dims=(None, 0, 0, 0))(params, b.support_x, b.query_x, b.query_y).mean()
+
+    @property
+    def _k_shot(self) -> int:
+        return self.spec.episode.k_shot
+
+    def describe(self) -> AdapterInfo:
+        return common.describe(self._dev, "episodes vmapped; support and query embedded in one pass; "
+                                          "Adam from torch.optim, step size halved on schedule")
+
+    def to_device(self, batch):
+        return common.TorchBatch(batch, self._dev)
+
+    def sync(self, outputs=None) -> None:
+        common.sync(self._dev)
+
+    def get_params(self):
+        return common.params_to_numpy(self.params)
+
+    def set_params(self, params):
+        self.params = common.params_to_torch(params, self._dev)
+        p = self.spec.protonet
+        self.opt, self.sched = common.make_adam(self.params, p.meta_lr, p.lr_halve_every)
+
+    def _meta_grad(self, batch):
+        return grad_and_value(self._loss)(self.params, batch)
+
+    def outer_step(self, batch):
+        grads, loss = self._meta_grad(batch)
+        for k, p in self.params.items():
+            p.grad = grads[k]
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+        return loss
+
+    def adapt(self, batch):
+        """The episode's embeddings and class prototypes: [B, n_way, d], [B, n_query_total, d]."""
+        with torch.no_grad():
+            n_support = batch.support_x.shape[1]
+            n_way = n_support // self._k_shot
+
+            def one(sx, qx):
+                z = common.conv4(self.params, torch.cat([sx, qx]), self._bn, self._eps)
+                return prototypes(z[:n_support], n_way), z[n_support:]
+            return vmap(one)(batch.support_x, batch.query_x)
+
+    def evaluate(self, batch) -> np.ndarray:
+        protos, query = self.adapt(batch)
+        with torch.no_grad():
+            logits = vmap(neg_sq_distances)(query, protos)
+            acc = (logits.argmax(-1) == batch.query_y).float().mean(dim=1)
+        return acc.double().cpu().numpy()
+
+    def probe(self, batch):
+        with torch.no_grad():
+            logits = vmap(self._episode_logits, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.query_x)
+            loss = vmap(self._episode_loss, in_dims=(None, 0, 0, 0))(
+                self.params, batch.support_x, batch.query_x, batch.query_y)
+        grads, _ = self._meta_grad(batch)
+        # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
+        out = {"support_loss": loss.cpu().numpy(), "query_logits": logits.cpu().numpy()}
+        out.update({f"meta_grad/{k}": v.cpu().numpy() for k, v in grads.items()})
+        return out
+
+    def reset_peak_memory(self) -> None:
+        common.reset_peak_memory(self._dev)
+
+    def peak_memory(self) -> MemoryReading:
+        return common.peak_memory(self._dev)

@@ -1,0 +1,49 @@
+"""Sessions: ``nox -s tests`` (unit suite), ``nox -s bench`` (the benchmark), ``nox -s lint``.
+
+Every session installs the project with all three frameworks. On a machine without an
+NVIDIA GPU, TensorFlow comes as ``tensorflow-cpu`` and torch is pinned to the CPU build
+by ``ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
+"""
+
+import os
+import shutil
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+HAS_GPU = shutil.which("nvidia-smi") is not None
+PASS_ENV = ("METABENCH_DATA_DIR", "METABENCH_CACHE_DIR", "METABENCH_OFFLINE")
+
+
+def install(session: nox.Session, *extra: str) -> None:
+    if HAS_GPU:
+        session.install("-e", ".[all]", *extra)
+    else:
+        session.install("-c", "ci/constraints-cpu.txt", "-e", ".[all-cpu]", *extra)
+
+
+def env() -> dict[str, str]:
+    return {k: os.environ[k] for k in PASS_ENV if k in os.environ}
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The full unit suite, parity across frameworks included."""
+    install(session)
+    session.run("pytest", *session.posargs, env=env())
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """The benchmark: ``nox -s bench -- --profile smoke --frameworks torch``."""
+    install(session)
+    session.run("metabench", "run", *session.posargs, env=env())
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "bench", "implementations", "tests", "noxfile.py")
