@@ -2,7 +2,7 @@
 
 Every session installs the project with all three frameworks. On a machine without an
 NVIDIA GPU, TensorFlow comes as ``tensorflow-cpu`` and torch is pinned to the CPU build
-by ``ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
+by ``.ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
 """
 
 import os
@@ -22,7 +22,7 @@ def install(session: nox.Session, *extra: str) -> None:
     if HAS_GPU:
         session.install("-e", ".[all]", *extra)
     else:
-        session.install("-c", "ci/constraints-cpu.txt", "-e", ".[all-cpu]", *extra)
+        session.install("-c", ".ci/constraints-cpu.txt", "-e", ".[all-cpu]", *extra)
 
 
 def env() -> dict[str, str]:

@@ -36,7 +36,7 @@ class AdapterEntry:
 
 BUILTIN: tuple[AdapterEntry, ...] = (
     AdapterEntry("torch-maml", "torch", ("maml", "fomaml"), "implementations.torch.maml:TorchMAML",
-                 description="torch.func functional MAML, tasks vmapped, eager"),
+                 description="torch.func functional MAML, eager"),
     AdapterEntry("torch-protonet", "torch", ("protonet",), "implementations.torch.protonet:TorchProtoNet",
                  description="Prototypical Networks, eager"),
     AdapterEntry("jax-maml", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",

@@ -1,0 +1,177 @@
+"""The ``metabench`` command: ``validate``, ``list``, ``episodes``, ``run``, ``parity``, ``report``.
+
+User errors (a bad spec, missing data, an unknown adapter) print one line on stderr and exit
+with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench.errors import MetabenchError
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def cmd_validate(args) -> int:
+    from bench.spec import load_spec
+
+    for ref in args.specs:
+        spec = load_spec(ref)
+        print(f"{spec.source}: ok ({spec.name}: {spec.data.dataset}, {spec.episode.n_way}-way "
+              f"{spec.episode.k_shot}-shot, algorithms {', '.join(spec.algorithms())})")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from bench import registry
+    from bench.profiles import PROFILES
+    from bench.spec import builtin_spec_names, load_spec
+
+    print("Built-in specs:")
+    for name in builtin_spec_names():
+        spec = load_spec(name)
+        print(f"  {name:<18} {spec.description}")
+    print("\nProfiles:")
+    for p in PROFILES.values():
+        print(f"  {p.name:<8} {p.description} ({p.rounds} timed rounds, {p.warmup_rounds} warm-up)")
+    print("\nAdapters:")
+    for e in registry.entries().values():
+        flag = "" if e.default else " (variant: run with --adapters)"
+        print(f"  {e.name:<24} {'/'.join(e.algorithms):<14} {e.description}{flag}")
+    return 0
+
+
+def cmd_episodes(args) -> int:
+    import time
+
+    from bench.episodes import EpisodeSampler
+    from bench.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.algorithm and args.role == "train":
+        spec = spec.for_algorithm(args.algorithm)
+        shape = spec.train_shape(args.algorithm)
+    else:
+        shape = spec.episode
+    sampler = EpisodeSampler(spec, args.role, shape, data_dir=args.data_dir, cache_dir=args.cache_dir)
+    t0 = time.perf_counter()
+    fp = sampler.fingerprint(args.count)
+    secs = time.perf_counter() - t0
+    print(f"{spec.name} {args.role} seed={spec.seed} {shape.n_way}-way {shape.k_shot}-shot "
+          f"{shape.n_query}-query x{args.count}: {fp}")
+    print(f"  dataset identity: {sampler.identity}", file=sys.stderr)
+    print(f"  sampled in {secs:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from bench.runner import run
+
+    run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
+        adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
+        cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
+        phases=args.phases, timeout=args.cell_timeout)
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from bench.parity import run_parity
+
+    return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=args.frameworks,
+                      data_dir=args.data_dir, cache_dir=args.cache_dir, tolerance=args.tolerance,
+                      batch_size=args.batch_size, device=args.device, out=args.out)
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from bench.report import write_report
+
+    write_report(Path(args.run_dir))
+    print(Path(args.run_dir) / "summary.md")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="metabench", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def data_flags(p):
+        p.add_argument("--data-dir", help="folder holding omniglot/ (default $METABENCH_DATA_DIR, "
+                                          "else ~/.cache/metabench/data)")
+        p.add_argument("--cache-dir", help="decoded-array cache (default $METABENCH_CACHE_DIR, "
+                                           "else ~/.cache/metabench/cache)")
+
+    p = sub.add_parser("validate", help="check spec files; exit 0 when valid")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="TOML file or built-in spec name")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="built-in specs, profiles and adapters")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("episodes", help="fingerprint of a spec's episode set")
+    p.add_argument("spec")
+    p.add_argument("--count", type=int, default=600)
+    p.add_argument("--role", choices=["train", "val", "test"], default="test")
+    p.add_argument("--algorithm", help="training episodes take this algorithm's shape (with --role train)")
+    data_flags(p)
+    p.set_defaults(func=cmd_episodes)
+
+    p = sub.add_parser("run", help="run the benchmark and write a results folder")
+    p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
+                   help="budget profile (default: paper with a GPU, cpu without)")
+    p.add_argument("--frameworks", type=_csv, help="comma-separated: torch,jax,tensorflow (default all)")
+    p.add_argument("--algorithms", type=_csv, help="comma-separated: maml,fomaml,protonet (default all)")
+    p.add_argument("--specs", type=_csv, help="comma-separated spec names or TOML files")
+    p.add_argument("--adapters", type=_csv, help="exact adapter names (variants included); overrides --frameworks")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--threads", type=int, help="CPU threads per framework (default: all available cores)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--run-id", help="name of the run's folder (default: UTC time and profile)")
+    p.add_argument("--phases", type=_csv, default=["timing", "memory", "accuracy"],
+                   help="comma-separated subset of timing,memory,accuracy")
+    p.add_argument("--cell-timeout", type=float, help="seconds after which a cell's process is killed")
+    data_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("parity", help="check that every framework computes what PyTorch computes")
+    p.add_argument("--specs", type=_csv, default=["omniglot-5w1s", "sinusoid-10shot"])
+    p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"])
+    p.add_argument("--frameworks", type=_csv, default=["jax", "tensorflow"],
+                   help="frameworks compared against torch")
+    p.add_argument("--tolerance", type=float, help="max relative error (default 1e-4 on CPU, 1e-3 on GPU)")
+    p.add_argument("--batch-size", type=int, default=4, help="tasks in the compared meta-batch")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--out", help="write the table as CSV here")
+    data_flags(p)
+    p.set_defaults(func=cmd_parity)
+
+    p = sub.add_parser("report", help="rebuild a run's tables, summary and plots from its cells")
+    p.add_argument("run_dir")
+    p.set_defaults(func=cmd_report)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "profile", "x") is None:
+        from bench.runner import detect_device
+
+        dev = args.device if args.device != "auto" else detect_device()
+        args.profile = "paper" if dev == "cuda" else "cpu"
+    try:
+        return args.func(args)
+    except MetabenchError as e:
+        print(f"metabench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("metabench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""What a measurement ran on: versions, device, threads, precision flags, git state.
+
+Collected in the framework's own process, after the framework is imported.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+_FRAMEWORK_PACKAGES = {"torch": ("torch",), "jax": ("jax", "jaxlib", "optax"),
+                       "tensorflow": ("tensorflow", "tensorflow-cpu", "keras")}
+_FLAG_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
+              "TF_XLA_FLAGS", "TF_FORCE_GPU_ALLOW_GROWTH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES",
+              "NVIDIA_TF32_OVERRIDE", "OPENBLAS_CORETYPE")
+
+
+def package_versions(names) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_state(root: Path | None = None) -> dict[str, object]:
+    root = root or Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True,
+                                    text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"sha": None, "dirty": None}
+    return {"sha": sha or None, "dirty": dirty if sha else None}
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def collect_environment(framework: str | None, device: str, threads: int) -> dict[str, object]:
+    """A JSON-able record of the environment of one process."""
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "framework": framework,
+        "packages": package_versions(("numpy", "pandas", "pytest-benchmark",
+                                      *_FRAMEWORK_PACKAGES.get(framework or "", ()))),
+        "device": device,
+        "gpu": gpu_driver() if device == "cuda" else None,
+        "threads": threads,
+        "flags": {k: os.environ[k] for k in _FLAG_VARS if k in os.environ},
+        "git": git_state(),
+    }

@@ -1,0 +1,150 @@
+"""``metabench run``: plan cells, run each in processes of its own, collect, report.
+
+Per cell, two processes of the cell's framework: the timing suite (pytest-benchmark),
+then the memory probe and accuracy phase (``bench.worker``). A process that crashes or
+times out marks that cell's phase failed; every other cell's results are kept. Each cell
+writes ``<run>/cells/<cell_id>/``; the run's tables and plots are built from those folders
+by ``bench.report``, so a partial run still reports what it measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import registry
+from bench.cell import Cell
+from bench.errors import MetabenchError
+from bench.spec import ALGORITHMS, load_spec
+
+SUITE_DIR = Path(__file__).resolve().parent / "suite"
+DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglot-5w1s", "sinusoid-10shot"),
+                 "paper": ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
+                           "sinusoid-10shot")}
+PHASE_GROUPS = ("timing", "memory", "accuracy")
+
+
+def detect_device() -> str:
+    """CUDA when an NVIDIA GPU is visible, else CPU (asked of nvidia-smi: no framework here)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10)
+        return "cuda" if out.returncode == 0 and "GPU" in out.stdout else "cpu"
+    except (OSError, subprocess.SubprocessError):
+        return "cpu"
+
+
+def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device: str, threads: int,
+               data_dir, cache_dir) -> list[Cell]:
+    entries = registry.select(frameworks=frameworks, algorithms=algorithms, names=adapters)
+    if not entries:
+        raise MetabenchError("no adapter matches --frameworks/--algorithms/--adapters; "
+                             f"known adapters: {', '.join(registry.entries())}")
+    cells = []
+    for spec_ref in specs:
+        spec = load_spec(spec_ref)
+        for entry in entries:
+            for algorithm in entry.algorithms:
+                if algorithms is not None and algorithm not in algorithms:
+                    continue
+                if algorithm not in spec.algorithms():
+                    continue
+                cells.append(Cell(adapter=entry.name, framework=entry.framework, algorithm=algorithm,
+                                  spec=spec_ref, spec_name=spec.name, profile=profile, device=device,
+                                  threads=threads, data_dir=data_dir, cache_dir=cache_dir))
+    # Group by framework: runs of one framework's processes stay together.
+    order = {f: i for i, f in enumerate(dict.fromkeys(e.framework for e in entries))}
+    cells.sort(key=lambda c: order[c.framework])
+    return cells
+
+
+def _run_process(cmd: list[str], log_path: Path, timeout: float | None, echo) -> tuple[int | None, float]:
+    """Run ``cmd``, teeing its output to ``log_path`` and progress lines to ``echo``."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            for line in proc.stdout:
+                log.write(line)
+                if line.startswith("[") and "]" in line:
+                    echo(line.rstrip())
+                if timeout and time.perf_counter() - t0 > timeout:
+                    proc.kill()
+                    break
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return None, time.perf_counter() - t0
+    rc = proc.returncode
+    return (rc if rc is not None and rc >= 0 else None), time.perf_counter() - t0
+
+
+def run_cell(cell: Cell, cell_dir: Path, phases, echo, timeout: float | None) -> dict:
+    """Run one cell's processes; returns its status record (also written to status.json)."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    cell_json = cell_dir / "cell.json"
+    cell_json.write_text(cell.to_json())
+    status = {"cell_id": cell.cell_id, **asdict(cell), "phases": {}}
+    if "timing" in phases:
+        cmd = [sys.executable, "-m", "pytest", "-c", str(SUITE_DIR / "pytest.ini"), str(SUITE_DIR / "steps.py"),
+               "--rootdir", str(SUITE_DIR), "--metabench-cell", str(cell_json), "-q",
+               "--benchmark-json", str(cell_dir / "benchmark.json"), "--benchmark-disable-gc",
+               "--benchmark-sort=name"]
+        rc, secs = _run_process(cmd, cell_dir / "timing.log", timeout, echo)
+        ok = rc == 0 and (cell_dir / "benchmark.json").exists()
+        status["phases"]["timing"] = {"status": "ok" if ok else "failed", "returncode": rc, "seconds": secs}
+        echo(f"[{cell.cell_id}] timing {'ok' if ok else 'FAILED (see timing.log)'} in {secs:.0f} s")
+    rest = [p for p in ("memory", "accuracy") if p in phases]
+    if rest:
+        cmd = [sys.executable, "-m", "bench.worker", str(cell_json), str(cell_dir), "--phases", ",".join(rest)]
+        rc, secs = _run_process(cmd, cell_dir / "worker.log", timeout, echo)
+        for phase in rest:
+            ok = (cell_dir / f"{phase}.json").exists()
+            status["phases"][phase] = {"status": "ok" if ok else "failed", "returncode": rc, "seconds": secs}
+    (cell_dir / "status.json").write_text(json.dumps(status, indent=1))
+    return status
+
+
+def new_run_id(profile: str) -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
+
+
+def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
+        threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
+        phases=PHASE_GROUPS, timeout: float | None = None, echo=print) -> Path:
+    """Run the benchmark; returns the run's results folder."""
+    if algorithms is not None:
+        unknown = [a for a in algorithms if a not in ALGORITHMS]
+        if unknown:
+            raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(ALGORITHMS)}")
+    device = detect_device() if device == "auto" else device
+    if threads is None:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    specs = list(specs or DEFAULT_SPECS[profile])
+    cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
+                       adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir)
+    run_dir = Path(results_dir) / (run_id or new_run_id(profile))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    from bench.report import write_manifest, write_report
+
+    started = time.time()
+    write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
+                   argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir)
+    echo(f"metabench: {len(cells)} cells, profile {profile}, device {device}, {threads} threads -> {run_dir}")
+    for i, cell in enumerate(cells, 1):
+        echo(f"[{i}/{len(cells)}] {cell.adapter} {cell.algorithm} {cell.spec_name}")
+        status = run_cell(cell, run_dir / "cells" / cell.cell_id, phases, echo, timeout)
+        failed = [p for p, s in status["phases"].items() if s["status"] != "ok"]
+        if failed:
+            echo(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")
+    write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
+                   argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
+    write_report(run_dir)
+    echo(f"metabench: report in {run_dir / 'summary.md'}")
+    return run_dir

@@ -1,0 +1,48 @@
+"""Time each phase of one cell: rounds of one step each, the device synchronised inside the
+timed function, the first (compiling) step timed apart and recorded in ``extra_info``.
+
+Episodes are sampled and moved to the device before timing; every round runs on the same
+device-resident batch, so host-to-device copies are outside the timed region everywhere.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bench.episodes import sampler_for
+from bench.profiles import PROFILES
+from bench.timing import timed_step
+
+
+def test_step(benchmark, cell, built, phase):
+    adapter, spec = built
+    role = "test" if phase == "adapt" else "train"
+    sampler = sampler_for(spec, role, cell.algorithm, data_dir=cell.data_dir, cache_dir=cell.cache_dir)
+    batch = adapter.to_device(sampler.batch(0, spec.meta_batch_size(cell.algorithm)))
+    step = timed_step(adapter, getattr(adapter, phase), batch)
+    profile = PROFILES[cell.profile]
+
+    compiled_before = adapter.compilation_count()
+    t0 = time.perf_counter_ns()
+    step()
+    first_step = (time.perf_counter_ns() - t0) / 1e9
+    compiled_first = adapter.compilation_count()
+    benchmark.group = f"{cell.spec_name} {cell.algorithm} {phase}"
+    benchmark.name = f"{cell.adapter}[{phase}]"
+    benchmark.pedantic(step, rounds=profile.rounds, iterations=1, warmup_rounds=profile.warmup_rounds)
+    compiled_after = adapter.compilation_count()
+
+    info = adapter.describe()
+    recompiled = (compiled_after - compiled_first) if compiled_after is not None else None
+    benchmark.extra_info.update({
+        "cell_id": cell.cell_id, "adapter": cell.adapter, "framework": cell.framework,
+        "algorithm": cell.algorithm, "spec": cell.spec_name, "phase": phase, "profile": cell.profile,
+        "device": info.device, "device_name": info.device_name, "compilation": info.compilation,
+        "first_step_seconds": first_step,
+        "compilations_in_first_step": (compiled_first - compiled_before) if compiled_first is not None else None,
+        "recompilations_while_timed": recompiled,
+        "warmup_rounds": profile.warmup_rounds, "meta_batch_size": spec.meta_batch_size(cell.algorithm),
+        "adapter_info": info.as_dict(),
+    })
+    # A recompilation inside the timed rounds would silently time the compiler: refuse it.
+    assert not recompiled, f"{cell.adapter} recompiled {recompiled} time(s) while being timed"

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real Omniglot files (``$METABENCH_DATA_DIR`` or ../shared/data)
+and a per-session cache directory, so tests never write into the data directory."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _data_dir() -> Path:
+    env = os.environ.get("METABENCH_DATA_DIR")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = _data_dir()
+    if not (d / "omniglot" / "images_background.zip").exists():
+        pytest.fail(f"Omniglot not found under {d}: set METABENCH_DATA_DIR to the folder holding omniglot/")
+    return d
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """A cache shared by the whole session (decoding Omniglot once takes ~10 s)."""
+    env = os.environ.get("METABENCH_CACHE_DIR")
+    return Path(env) if env else tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def data_env(data_dir, cache_dir) -> dict[str, str]:
+    """Environment for a subprocess of the CLI."""
+    return {**os.environ, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
+            "PYTHONPATH": str(REPO)}

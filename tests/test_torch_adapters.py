@@ -1,0 +1,192 @@
+"""The PyTorch adapters: the contract on tiny specs, MAML's gradients against finite
+differences, ProtoNet's loss on a hand-computed case."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from bench.episodes import EpisodeBatch, EpisodeSampler
+from bench.models import init_params, param_shapes
+from bench.spec import load_spec
+from implementations.torch.maml import TorchMAML
+from implementations.torch.protonet import TorchProtoNet, neg_sq_distances, prototypes
+
+TorchMAML.configure(threads=2, device="cpu")
+
+
+def tiny_omniglot(**maml):
+    """Omniglot-shaped spec small enough for float64 finite differences: 16x16, 4 filters."""
+    s = load_spec("omniglot-5w1s")
+    return replace(s, data=replace(s.data, image_size=16), model=replace(s.model, hidden=4),
+                   episode=replace(s.episode, n_way=3, n_query=2),
+                   maml=replace(s.maml, meta_batch_size=2, **maml))
+
+
+def random_image_batch(spec, b=2, k=1, q=2, seed=0) -> EpisodeBatch:
+    rng = np.random.default_rng(seed)
+    n, s = spec.episode.n_way, spec.data.image_size
+    labels = lambda m: np.broadcast_to(np.repeat(np.arange(n), m), (b, n * m)).copy()
+    return EpisodeBatch(rng.random((b, n * k, s, s, 1), np.float32), labels(k),
+                        rng.random((b, n * q, s, s, 1), np.float32), labels(q), np.zeros((b, 1)))
+
+
+def sinusoid_batch(spec, b=3):
+    return EpisodeSampler(spec, "train", spec.train_shape("maml")).batch(0, b)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+def test_maml_contract_on_sinusoid(algorithm):
+    spec = load_spec("sinusoid-10shot")
+    params = init_params(spec, algorithm)
+    a = TorchMAML(spec, algorithm, params)
+    batch = a.to_device(sinusoid_batch(spec))
+    info = a.describe()
+    assert info.framework == "torch" and info.device == "cpu" and info.compilation == "eager"
+    assert a.spec.maml.first_order == (algorithm == "fomaml")
+    adapted = a.inner_step(batch)
+    assert adapted["fc1.weight"].shape == (3, 40, 1)  # one adapted copy per task
+    probe = a.probe(batch)
+    assert probe["support_loss"].shape == (3,) and probe["query_logits"].shape == (3, 10, 1)
+    assert set(k[len("meta_grad/"):] for k in probe if k.startswith("meta_grad/")) == set(params)
+    before = a.evaluate(batch)
+    loss = a.outer_step(batch)
+    a.sync(loss)
+    assert np.isfinite(float(loss))
+    after = a.get_params()
+    assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in params.items()}
+    assert any(not np.array_equal(after[k], params[k]) for k in params)
+    assert before.shape == (3,) and (before >= 0).all()
+    a.set_params(params)
+    assert all(np.array_equal(a.get_params()[k], params[k]) for k in params)
+
+
+def test_protonet_contract_on_omniglot_shapes():
+    spec = tiny_omniglot()
+    params = init_params(spec, "protonet")
+    assert "head.weight" not in params
+    a = TorchProtoNet(spec, "protonet", params)
+    batch = a.to_device(random_image_batch(spec))
+    protos, query = a.adapt(batch)
+    assert protos.shape == (2, 3, 4) and query.shape == (2, 6, 4)
+    acc = a.evaluate(batch)
+    assert acc.shape == (2,) and ((0 <= acc) & (acc <= 1)).all()
+    probe = a.probe(batch)
+    assert probe["query_logits"].shape == (2, 6, 3)
+    a.sync(a.outer_step(batch))
+    assert any(not np.array_equal(a.get_params()[k], params[k]) for k in params)
+
+
+def test_canonical_params_have_no_conv_bias_before_batchnorm():
+    spec = load_spec("omniglot-5w1s")
+    shapes = param_shapes(spec, "maml")
+    assert "conv1.bias" not in shapes and shapes["conv1.weight"] == (64, 1, 3, 3)
+    assert shapes["head.weight"] == (5, 64)
+    no_bn = replace(spec, model=replace(spec.model, batch_norm="none"))
+    assert "conv1.bias" in param_shapes(no_bn, "maml") and "bn1.weight" not in param_shapes(no_bn, "maml")
+
+
+def _float64_meta_loss(adapter: TorchMAML, batch):
+    params = {k: v.double() for k, v in adapter.params.items()}
+    b = adapter.to_device(batch)
+    for name in ("support_x", "query_x") + (("support_y", "query_y") if adapter.regression else ()):
+        setattr(b, name, getattr(b, name).double())
+    return params, (lambda p: adapter._meta_loss(p, b))
+
+
+def _directional_fd(loss_fn, params, direction, eps=1e-7) -> float:
+    # float64; a small step because ReLU, max-pool and BatchNorm on 3 samples make the
+    # meta-loss sharply curved (eps = 1e-5 already crosses kinks on this tiny model)
+    plus = {k: params[k] + eps * direction[k] for k in params}
+    minus = {k: params[k] - eps * direction[k] for k in params}
+    return float((loss_fn(plus) - loss_fn(minus)) / (2 * eps))
+
+
+@pytest.mark.parametrize("spec_name", ["sinusoid", "omniglot"])
+def test_second_order_meta_gradient_matches_finite_differences_and_first_order_does_not(spec_name):
+    if spec_name == "sinusoid":
+        spec = load_spec("sinusoid-10shot")
+        spec = replace(spec, model=replace(spec.model, hidden=8), maml=replace(spec.maml, inner_lr=0.3))
+        batch = sinusoid_batch(spec, 2)
+    else:
+        spec = tiny_omniglot(inner_steps=2)
+        batch = random_image_batch(spec)
+    torch.manual_seed(0)
+    results = {}
+    for algorithm in ("maml", "fomaml"):
+        a = TorchMAML(spec, algorithm, init_params(spec, algorithm, seed=3))
+        params, loss_fn = _float64_meta_loss(a, batch)
+        grads = torch.func.grad(loss_fn)(params)
+        errors = []
+        for _ in range(3):
+            direction = {k: torch.randn_like(v) for k, v in params.items()}
+            analytic = sum(float((grads[k] * direction[k]).sum()) for k in params)
+            numeric = _directional_fd(loss_fn, params, direction)
+            errors.append(abs(analytic - numeric) / max(abs(numeric), 1e-12))
+        results[algorithm] = max(errors)
+    assert results["maml"] < 1e-5, results            # exact second-order gradient
+    assert results["fomaml"] > 1e-3, results          # first order drops the Hessian term
+
+
+def test_first_and_second_order_share_the_adapted_forward_but_not_the_gradient():
+    spec = load_spec("sinusoid-10shot")
+    batch = sinusoid_batch(spec)
+    probes = {}
+    for algorithm in ("maml", "fomaml"):
+        a = TorchMAML(spec, algorithm, init_params(spec, algorithm))
+        probes[algorithm] = a.probe(a.to_device(batch))
+    np.testing.assert_array_equal(probes["maml"]["query_logits"], probes["fomaml"]["query_logits"])
+    g1, g2 = probes["maml"]["meta_grad/fc1.weight"], probes["fomaml"]["meta_grad/fc1.weight"]
+    assert not np.allclose(g1, g2, rtol=1e-3)
+
+
+def test_protonet_loss_on_a_hand_computed_case():
+    # 2-way 1-shot, 2-d embeddings: prototypes (0,0) and (2,0); query (1,0) and (2,1).
+    support = torch.tensor([[0.0, 0.0], [2.0, 0.0]])
+    protos = prototypes(support, 2)
+    query = torch.tensor([[1.0, 0.0], [2.0, 1.0]])
+    logits = neg_sq_distances(query, protos)
+    assert logits.tolist() == [[-1.0, -1.0], [-5.0, -1.0]]
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1]))
+    expected = (np.log(2.0) + np.log(1 + np.exp(-4.0))) / 2
+    assert abs(float(loss) - expected) < 1e-6
+    # prototypes are class means of class-major rows
+    two_shot = torch.tensor([[0.0, 0.0], [2.0, 2.0], [4.0, 0.0], [6.0, 0.0]])
+    assert prototypes(two_shot, 2).tolist() == [[1.0, 1.0], [5.0, 0.0]]
+
+
+def test_adam_matches_the_textbook_update():
+    spec = load_spec("sinusoid-10shot")
+    params = init_params(spec, "maml")
+    a = TorchMAML(spec, "maml", params)
+    batch = a.to_device(sinusoid_batch(spec))
+    g = a.probe(batch)["meta_grad/fc2.weight"].astype(np.float64)
+    a.outer_step(batch)
+    # first Adam step: m_hat = g, v_hat = g^2 -> update lr * g / (|g| + eps)
+    expected = params["fc2.weight"] - 1e-3 * g / (np.abs(g) + 1e-8)
+    np.testing.assert_allclose(a.get_params()["fc2.weight"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_vmapped_second_order_through_batchnorm_is_wrong_in_torch_so_the_adapter_loops():
+    """Documents why TorchMAML loops over tasks: torch.func.vmap's second derivative through
+    batch_norm disagrees with the per-task loop (which matches finite differences above)."""
+    spec = tiny_omniglot()
+    batch = random_image_batch(spec)
+    a = TorchMAML(spec, "maml", init_params(spec, "maml", seed=3))
+    params, loss_fn = _float64_meta_loss(a, batch)
+    b = a.to_device(batch)
+    sx, qx = b.support_x.double(), b.query_x.double()
+
+    def vmapped(p):
+        return torch.func.vmap(a._task_query_loss, in_dims=(None, 0, 0, 0, 0))(
+            p, sx, b.support_y, qx, b.query_y).mean()
+
+    looped, via_vmap = torch.func.grad(loss_fn)(params), torch.func.grad(vmapped)(params)
+    diff = max(float((looped[k] - via_vmap[k]).abs().max()) for k in params)
+    scale = max(float(looped[k].abs().max()) for k in params)
+    if diff / scale < 1e-10:
+        pytest.fail("torch's vmapped double-backward through batch_norm now agrees: "
+                    "TorchMAML may use vmap for the meta-gradient again (faster)")
