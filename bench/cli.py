@@ -74,7 +74,7 @@ def cmd_run(args) -> int:
     run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
-        phases=args.phases, timeout=args.cell_timeout)
+        phases=args.phases, timeout=args.cell_timeout, resume=args.resume)
     return 0
 
 
@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phases", type=_csv, default=["timing", "memory", "accuracy"],
                    help="comma-separated subset of timing,memory,accuracy")
     p.add_argument("--cell-timeout", type=float, help="seconds after which a cell's process is killed")
+    p.add_argument("--resume", action="store_true",
+                   help="with --run-id of an earlier run: keep its finished cells, run the rest")
     data_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -111,14 +111,23 @@ def run_cell(cell: Cell, cell_dir: Path, phases, echo, timeout: float | None) ->
     return status
 
 
+def _finished(cell_dir: Path, phases) -> bool:
+    path = cell_dir / "status.json"
+    if not path.exists():
+        return False
+    done = json.loads(path.read_text())["phases"]
+    return all(done.get(p, {}).get("status") == "ok" for p in phases)
+
+
 def new_run_id(profile: str) -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
 
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
-        phases=PHASE_GROUPS, timeout: float | None = None, echo=print) -> Path:
-    """Run the benchmark; returns the run's results folder."""
+        phases=PHASE_GROUPS, timeout: float | None = None, resume: bool = False, echo=print) -> Path:
+    """Run the benchmark; returns the run's results folder. With ``resume``, cells of an
+    existing run whose requested phases all succeeded are kept, not run again."""
     if algorithms is not None:
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown:
@@ -138,8 +147,12 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
                    argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir)
     echo(f"metabench: {len(cells)} cells, profile {profile}, device {device}, {threads} threads -> {run_dir}")
     for i, cell in enumerate(cells, 1):
+        cell_dir = run_dir / "cells" / cell.cell_id
+        if resume and _finished(cell_dir, phases):
+            echo(f"[{i}/{len(cells)}] {cell.adapter} {cell.algorithm} {cell.spec_name}: done before, kept")
+            continue
         echo(f"[{i}/{len(cells)}] {cell.adapter} {cell.algorithm} {cell.spec_name}")
-        status = run_cell(cell, run_dir / "cells" / cell.cell_id, phases, echo, timeout)
+        status = run_cell(cell, cell_dir, phases, echo, timeout)
         failed = [p for p, s in status["phases"].items() if s["status"] != "ok"]
         if failed:
             echo(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")

@@ -155,6 +155,7 @@ class EpisodeSpec:
         spec = replace(self, budget=replace(self.budget, **overrides))
         if mbs is not None and algorithm is not None:
             section = "protonet" if algorithm == "protonet" else "maml"
+            mbs = min(mbs, getattr(spec, section).meta_batch_size)
             spec = replace(spec, **{section: replace(getattr(spec, section), meta_batch_size=mbs)})
         return spec
 

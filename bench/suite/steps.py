@@ -46,3 +46,21 @@ def test_step(benchmark, cell, built, phase):
     })
     # A recompilation inside the timed rounds would silently time the compiler: refuse it.
     assert not recompiled, f"{cell.adapter} recompiled {recompiled} time(s) while being timed"
+
+
+def test_episode_sampling(benchmark, cell, built):
+    """Sampling one training meta-batch (numpy, host): it must be negligible next to a step."""
+    _, spec = built
+    sampler = sampler_for(spec, "train", cell.algorithm, data_dir=cell.data_dir, cache_dir=cell.cache_dir)
+    size = spec.meta_batch_size(cell.algorithm)
+    sampler.batch(0, size)  # loads and decodes the dataset: not part of sampling
+    index = iter(range(1, 10**9))
+    benchmark.group = f"{cell.spec_name} {cell.algorithm} sample_episodes"
+    benchmark.name = f"{cell.adapter}[sample_episodes]"
+    benchmark.pedantic(lambda: sampler.batch(next(index) * size, size), rounds=PROFILES[cell.profile].rounds,
+                       iterations=1, warmup_rounds=1)
+    benchmark.extra_info.update({
+        "cell_id": cell.cell_id, "adapter": cell.adapter, "framework": cell.framework,
+        "algorithm": cell.algorithm, "spec": cell.spec_name, "phase": "sample_episodes",
+        "profile": cell.profile, "device": "host", "compilation": "numpy", "first_step_seconds": None,
+        "meta_batch_size": size})
