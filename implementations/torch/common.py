@@ -50,14 +50,25 @@ def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, params["head.weight"], params["head.bias"])
 
 
-class TorchBatch:
-    """An episode batch on the device: images NCHW float32, labels int64."""
+def dtype_option(options: dict) -> torch.dtype:
+    """``options["dtype"]``: "float32" (the benchmark) or "float64" (the float64 reference
+    that ``metabench parity`` measures float32 rounding against)."""
+    name = options.get("dtype", "float32")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"option dtype must be float32 or float64, got {name!r}")
+    return getattr(torch, name)
 
-    def __init__(self, batch, device: torch.device):
+
+class TorchBatch:
+    """An episode batch on the device: images NCHW, labels int64, floats in ``dtype``."""
+
+    def __init__(self, batch, device: torch.device, dtype: torch.dtype = torch.float32):
         def move(a: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(np.ascontiguousarray(a))
             if t.dim() == 5:  # [B, n, H, W, C] -> [B, n, C, H, W]
                 t = t.permute(0, 1, 4, 2, 3).contiguous()
+            if t.is_floating_point():
+                t = t.to(dtype)
             return t.to(device)
 
         self.support_x, self.support_y = move(batch.support_x), move(batch.support_y)
@@ -67,8 +78,9 @@ class TorchBatch:
         return self.support_x.shape[0]
 
 
-def params_to_torch(params: dict[str, np.ndarray], device: torch.device) -> Params:
-    return {k: torch.tensor(np.asarray(v, np.float32), device=device) for k, v in params.items()}
+def params_to_torch(params: dict[str, np.ndarray], device: torch.device,
+                    dtype: torch.dtype = torch.float32) -> Params:
+    return {k: torch.tensor(np.asarray(v), dtype=dtype, device=device) for k, v in params.items()}
 
 
 def params_to_numpy(params: Params) -> dict[str, np.ndarray]:

@@ -34,6 +34,7 @@ class TorchMAML(Adapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = common.torch_device(device)
+        self._dtype = common.dtype_option(self.options)
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
@@ -46,7 +47,10 @@ class TorchMAML(Adapter):
 
     # -- the maths -------------------------------------------------------------------------
     def forward(self, params, x):
-        return common.mlp(params, x) if self.regression else common.conv4(params, x, self._bn, self._eps)
+        if self.regression:
+            return common.mlp(params, x)
+        features = common.conv4(params, x, self._bn, self._eps)
+        return F.linear(features, params["head.weight"], params["head.bias"])
 
     def loss(self, params, x, y):
         out = self.forward(params, x)
@@ -85,7 +89,7 @@ class TorchMAML(Adapter):
                                           "inner_step/adapt/evaluate vmapped; Adam from torch.optim")
 
     def to_device(self, batch):
-        return common.TorchBatch(batch, self._dev)
+        return common.TorchBatch(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
         common.sync(self._dev)
@@ -94,7 +98,7 @@ class TorchMAML(Adapter):
         return common.params_to_numpy(self.params)
 
     def set_params(self, params):
-        self.params = {k: v.requires_grad_(False) for k, v in common.params_to_torch(params, self._dev).items()}
+        self.params = common.params_to_torch(params, self._dev, self._dtype)
         self.opt, self.sched = common.make_adam(self.params, self.spec.maml.meta_lr)
 
     def inner_step(self, batch):

@@ -37,6 +37,7 @@ class TorchProtoNet(Adapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = common.torch_device(device)
+        self._dtype = common.dtype_option(self.options)
         self._bn = self.spec.model.batch_norm != "none"
         self._eps = self.spec.model.bn_eps
         self.set_params(params)
@@ -62,7 +63,7 @@ class TorchProtoNet(Adapter):
                                           "Adam from torch.optim, step size halved on schedule")
 
     def to_device(self, batch):
-        return common.TorchBatch(batch, self._dev)
+        return common.TorchBatch(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
         common.sync(self._dev)
@@ -71,7 +72,7 @@ class TorchProtoNet(Adapter):
         return common.params_to_numpy(self.params)
 
     def set_params(self, params):
-        self.params = common.params_to_torch(params, self._dev)
+        self.params = common.params_to_torch(params, self._dev, self._dtype)
         p = self.spec.protonet
         self.opt, self.sched = common.make_adam(self.params, p.meta_lr, p.lr_halve_every)
 

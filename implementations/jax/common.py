@@ -1,0 +1,204 @@
+"""JAX pieces shared by the MAML and ProtoNet adapters: backbones as pure functions of a
+parameter dict, parameter layout conversion, device placement, sync, memory and
+self-description.
+
+Inside JAX, parameters keep their canonical names (``bench.models``); conv weights are
+HWIO (for NHWC convolutions), linear weights stay (out, in) and are applied as
+``x @ w.T``, so only conv weights are transposed on import and export.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import warnings
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from bench.adapter import AdapterInfo, MemoryReading
+from bench.models import CONV_BLOCKS
+
+_threads: int | None = None  # what configure() was given, recorded by describe()
+
+
+def configure(threads: int, device: str) -> None:
+    """Thread and precision settings; XLA reads ``XLA_FLAGS`` when its backend starts, so
+    this must run before the first JAX computation."""
+    global _threads
+    _threads = threads
+    flags = os.environ.get("XLA_FLAGS", "")
+    # XLA:CPU has no thread-count flag: it sizes its intra-op pool from the CPUs this
+    # process may run on (the harness pins them with sched_setaffinity). Its one thread
+    # flag turns Eigen's multi-threading off, which is right for one thread.
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+        from jax._src import xla_bridge  # private, but the only way to know it is too late
+        if xla_bridge.backends_are_initialized():
+            warnings.warn("jax already started its backend: --xla_cpu_multi_thread_eigen=false "
+                          "takes no effect in this process", stacklevel=2)
+    # Full float32 matmuls and convolutions on GPU (no TF32), as in the torch and TF adapters.
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def jax_device(device: str) -> jax.Device:
+    if device == "cpu":
+        return jax.devices("cpu")[0]
+    if device == "cuda":
+        try:
+            return jax.devices("gpu")[0]
+        except RuntimeError:
+            raise RuntimeError("device cuda requested but jax has no GPU backend "
+                               "(install jax[cuda12])") from None
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+# -- the backbones -------------------------------------------------------------------------
+
+CONV_FORMS = ("xla", "im2col")
+
+
+def conv3x3_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The 3x3, stride 1, zero-padding 1 convolution as one matmul over 3x3 patches.
+    Under ``vmap`` with per-task (adapted) weights it becomes a batched matmul; the XLA
+    convolution becomes a grouped convolution, which XLA:CPU runs and differentiates
+    slowly (its cost grows faster than the number of tasks)."""
+    n, h, wd, c = x.shape
+    xp = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches = jnp.concatenate([xp[:, i:i + h, j:j + wd, :] for i in range(3) for j in range(3)], axis=-1)
+    return patches @ w.reshape(9 * c, -1)  # HWIO rows are (i, j, c), the patches' order
+
+
+def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla") -> jax.Array:
+    """NHWC images [n, S, S, C] -> [n, features], features in canonical (C, H, W) order.
+    BatchNorm uses this batch's statistics (biased variance) and no running statistics:
+    under ``vmap`` over tasks the statistics are per task. ``conv``: "xla"
+    (``lax.conv_general_dilated``) or "im2col" (``conv3x3_im2col``), the same maths."""
+    for i in range(1, CONV_BLOCKS + 1):
+        w = params[f"conv{i}.weight"]
+        if conv == "im2col":
+            x = conv3x3_im2col(x, w)
+        else:
+            x = lax.conv_general_dilated(x, w, window_strides=(1, 1), padding=((1, 1), (1, 1)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        if batch_norm:
+            mean = x.mean(axis=(0, 1, 2))
+            var = jnp.square(x - mean).mean(axis=(0, 1, 2))
+            x = (x - mean) * lax.rsqrt(var + eps) * params[f"bn{i}.weight"] + params[f"bn{i}.bias"]
+        else:
+            x = x + params[f"conv{i}.bias"]
+        x = lax.reduce_window(jax.nn.relu(x), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def linear(params, name: str, x: jax.Array) -> jax.Array:
+    return x @ params[f"{name}.weight"].T + params[f"{name}.bias"]
+
+
+def mlp(params, x: jax.Array) -> jax.Array:
+    x = jax.nn.relu(linear(params, "fc1", x))
+    x = jax.nn.relu(linear(params, "fc2", x))
+    return linear(params, "head", x)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def mse(out: jax.Array, target: jax.Array) -> jax.Array:
+    return jnp.square(out - target).mean()
+
+
+# -- layout and placement ------------------------------------------------------------------
+
+def _to_jax_layout(a: np.ndarray) -> np.ndarray:
+    return a.transpose(2, 3, 1, 0) if a.ndim == 4 else a   # OIHW -> HWIO
+
+
+def _to_canonical(a: np.ndarray) -> np.ndarray:
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a   # HWIO -> OIHW
+
+
+def params_to_jax(params: dict[str, np.ndarray], device: jax.Device) -> dict[str, jax.Array]:
+    # A copy: on CPU device_put may alias the numpy buffer, and the outer step donates params.
+    return {k: jax.device_put(np.array(_to_jax_layout(np.asarray(v, np.float32)), copy=True), device)
+            for k, v in params.items()}
+
+
+def params_to_numpy(params) -> dict[str, np.ndarray]:
+    """Canonical layout. A copy: on CPU np.asarray can alias a buffer the next step donates."""
+    return {k: np.array(_to_canonical(np.asarray(v)), copy=True) for k, v in params.items()}
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class JaxBatch:
+    """An episode batch on the device, a pytree: images NHWC float32, labels int32
+    (classification) or float32 [B, n, 1] targets (regression)."""
+
+    support_x: jax.Array
+    support_y: jax.Array
+    query_x: jax.Array
+    query_y: jax.Array
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+
+def to_device(batch, device: jax.Device) -> JaxBatch:
+    def move(a: np.ndarray) -> jax.Array:
+        a = np.asarray(a)
+        a = a.astype(np.int32) if a.dtype.kind == "i" else np.array(a, np.float32, copy=True)
+        return jax.device_put(a, device)
+
+    return JaxBatch(move(batch.support_x), move(batch.support_y), move(batch.query_x), move(batch.query_y))
+
+
+def sync(*trees) -> None:
+    """Block until every array in ``trees`` is computed. Arrays already donated to a later
+    step are skipped: that step's outputs are in ``trees`` too."""
+    leaves = [x for x in jax.tree.leaves(trees) if isinstance(x, jax.Array) and not x.is_deleted()]
+    jax.block_until_ready(leaves)
+
+
+def make_adam(lr: float, halve_every: int = 0) -> optax.GradientTransformation:
+    """torch.optim.Adam's maths: betas 0.9/0.999, eps 1e-8 added to the bias-corrected
+    sqrt(v) (optax's default form, eps_root 0). With ``halve_every``, update t (0-based)
+    uses lr * 0.5 ** (t // halve_every), torch's StepLR stepped after each update."""
+    if halve_every:
+        return optax.adam(lambda count: lr * 0.5 ** (count // halve_every), b1=0.9, b2=0.999, eps=1e-8)
+    return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+
+
+# -- memory, compilation, self-description -------------------------------------------------
+
+def peak_memory(device: jax.Device) -> MemoryReading:
+    stats = device.memory_stats()
+    if stats and "peak_bytes_in_use" in stats:
+        return MemoryReading(int(stats["peak_bytes_in_use"]), "jax.memory_stats.peak_bytes_in_use")
+    return MemoryReading(None, None)
+
+
+def cache_size(*jitted) -> int | None:
+    """Compiled entries of the jitted step functions: grows when a call recompiles."""
+    try:
+        return sum(f._cache_size() for f in jitted)
+    except AttributeError:  # private API gone in a newer JAX
+        return None
+
+
+def describe(device: jax.Device, notes: str) -> AdapterInfo:
+    if device.platform == "gpu":
+        name, precision = device.device_kind, "float32, matmul precision highest (TF32 off)"
+    else:
+        name, precision = platform.processor() or platform.machine(), "float32"
+    import jaxlib
+    return AdapterInfo(framework="jax", framework_version=jax.__version__,
+                       device="cuda" if device.platform == "gpu" else "cpu", device_name=name,
+                       compilation="jit", precision=precision, threads=_threads, notes=notes,
+                       extra={"jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                              "matmul_precision": str(jax.config.jax_default_matmul_precision)})

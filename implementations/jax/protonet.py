@@ -1,0 +1,133 @@
+"""Prototypical Networks (Snell et al. 2017): prototypes are class means of the support
+embeddings, logits are negative squared Euclidean distances, loss is cross-entropy.
+
+Support and query are embedded in one forward pass, as in the reference implementation,
+so BatchNorm's batch statistics cover the whole episode. Episodes are ``vmap``-ed; the
+whole outer step (embedding, loss, gradient, Adam with its step-size schedule) is one
+``jax.jit`` function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from implementations.jax import common
+
+
+def prototypes(support: jax.Array, n_way: int) -> jax.Array:
+    """[n_way * k_shot, d] class-major support embeddings -> [n_way, d] class means."""
+    return support.reshape(n_way, -1, support.shape[-1]).mean(axis=1)
+
+
+def neg_sq_distances(query: jax.Array, protos: jax.Array) -> jax.Array:
+    """[q, d], [n, d] -> [q, n] logits: -||query - prototype||^2 (the difference form, not
+    the |q|^2 - 2 q.p + |p|^2 expansion, as in the torch reference)."""
+    return -jnp.square(query[:, None, :] - protos[None, :, :]).sum(-1)
+
+
+class JaxProtoNet(Adapter):
+    framework = "jax"
+    algorithms = ("protonet",)
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        common.configure(threads, device)
+
+    def __init__(self, spec, algorithm, params, device="cpu", options=None):
+        super().__init__(spec, algorithm, params, device, options)
+        self._dev = common.jax_device(device)
+        self._bn = self.spec.model.batch_norm != "none"
+        self._eps = self.spec.model.bn_eps
+        self._k_shot = self.spec.episode.k_shot
+        p = self.spec.protonet
+        self._optimizer = common.make_adam(p.meta_lr, p.lr_halve_every)
+        self.set_params(params)
+        # params and optimizer state are replaced by every outer step: donated (never the batch)
+        self._outer = jax.jit(self._outer_fn, donate_argnums=(0, 1))
+        self._adapt = jax.jit(jax.vmap(self._embed_episode, in_axes=(None, 0, 0)))
+        self._evaluate = jax.jit(self._evaluate_fn)
+        self._probe = jax.jit(self._probe_fn)
+
+    # -- the maths -------------------------------------------------------------------------
+    def _embed_episode(self, params, sx, qx):
+        """One episode -> (prototypes [n_way, d], query embeddings [n_query_total, d])."""
+        n_support = sx.shape[0]
+        z = common.conv4(params, jnp.concatenate([sx, qx]), self._bn, self._eps)
+        return prototypes(z[:n_support], n_support // self._k_shot), z[n_support:]
+
+    def _episode_logits(self, params, sx, qx):
+        protos, query = self._embed_episode(params, sx, qx)
+        return neg_sq_distances(query, protos)
+
+    def _episode_loss(self, params, sx, qx, qy):
+        return common.cross_entropy(self._episode_logits(params, sx, qx), qy)
+
+    def _loss(self, params, b: common.JaxBatch):
+        return jax.vmap(self._episode_loss, in_axes=(None, 0, 0, 0))(
+            params, b.support_x, b.query_x, b.query_y).mean()
+
+    def _outer_fn(self, params, opt_state, batch):
+        loss, grads = jax.value_and_grad(self._loss)(params, batch)
+        updates, opt_state = self._optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def _evaluate_fn(self, params, batch):
+        logits = jax.vmap(self._episode_logits, in_axes=(None, 0, 0))(params, batch.support_x, batch.query_x)
+        return (logits.argmax(-1) == batch.query_y).sum(axis=1)  # counts: the accuracy is exact in float64
+
+    def _probe_fn(self, params, batch):
+        logits = jax.vmap(self._episode_logits, in_axes=(None, 0, 0))(params, batch.support_x, batch.query_x)
+        losses = jax.vmap(self._episode_loss, in_axes=(None, 0, 0, 0))(
+            params, batch.support_x, batch.query_x, batch.query_y)
+        return losses, logits, jax.grad(self._loss)(params, batch)
+
+    # -- contract --------------------------------------------------------------------------
+    def describe(self) -> AdapterInfo:
+        return common.describe(self._dev, "whole outer step (embedding, loss, gradient, optax Adam with "
+                                          "step-size halving) in one jax.jit; episodes vmapped; support "
+                                          "and query embedded in one pass; params and Adam state donated")
+
+    def to_device(self, batch):
+        return common.to_device(batch, self._dev)
+
+    def sync(self, outputs=None) -> None:
+        common.sync(outputs, self.params, self.opt_state)
+
+    def get_params(self):
+        return common.params_to_numpy(self.params)
+
+    def set_params(self, params):
+        self.params = common.params_to_jax(params, self._dev)
+        # committed to the device like the step outputs, or the second step would recompile
+        self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
+
+    def outer_step(self, batch):
+        self.params, self.opt_state, loss = self._outer(self.params, self.opt_state, batch)
+        return loss
+
+    def adapt(self, batch):
+        """The episodes' class prototypes and query embeddings: [B, n_way, d], [B, n_query_total, d]."""
+        return self._adapt(self.params, batch.support_x, batch.query_x)
+
+    def evaluate(self, batch) -> np.ndarray:
+        return np.asarray(self._evaluate(self.params, batch), dtype=np.float64) / batch.query_y.shape[1]
+
+    def probe(self, batch):
+        losses, logits, grads = self._probe(self.params, batch)
+        # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
+        out = {"support_loss": np.asarray(losses), "query_logits": np.asarray(logits)}
+        out.update({f"meta_grad/{k}": v for k, v in common.params_to_numpy(grads).items()})
+        return out
+
+    def reset_peak_memory(self) -> None:
+        pass  # JAX has no reset: peak_bytes_in_use is the process's peak so far
+
+    def peak_memory(self) -> MemoryReading:
+        return common.peak_memory(self._dev)
+
+    def compilation_count(self) -> int | None:
+        return common.cache_size(self._outer, self._adapt, self._evaluate, self._probe)
