@@ -7,7 +7,8 @@ Canonical parameter layout (numpy float32, PyTorch's conventions), shared by eve
   BatchNorm ``bn{i}.weight`` (gamma) [out], ``bn{i}.bias`` (beta) [out]; without BatchNorm,
   ``conv{i}.bias`` [out] instead. A bias before BatchNorm is removed by its mean subtraction:
   its true gradient is zero and its computed gradient float32 noise, which Adam's
-  normalisation would turn into full-size, framework-dependent updates. Each block: 3x3 conv, stride 1, zero padding 1 ("same") -> BatchNorm ->
+  normalisation would turn into full-size, framework-dependent updates.
+  Each block: 3x3 conv, stride 1, zero padding 1 ("same") -> BatchNorm ->
   ReLU -> 2x2 max-pool, stride 2, floor ("valid"). Features are flattened in (C, H, W)
   order, so a 28x28 input gives 64 x 1 x 1 features.
 - MAML's classifier head: ``head.weight`` [n_way, features], ``head.bias`` [n_way].

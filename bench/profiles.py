@@ -9,8 +9,9 @@ A spec may refine a profile in ``[profiles.<name>]``; those values win.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 
 @dataclass(frozen=True)

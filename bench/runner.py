@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import registry
@@ -120,7 +120,7 @@ def _finished(cell_dir: Path, phases) -> bool:
 
 
 def new_run_id(profile: str) -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
 
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",

@@ -6,7 +6,8 @@ default timer) around this function, so an asynchronous framework cannot return 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def timed_step(adapter, step: Callable[[Any], Any], batch: Any) -> Callable[[], Any]:

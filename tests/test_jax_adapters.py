@@ -24,7 +24,6 @@ from bench.spec import load_spec
 from implementations.jax import common
 from implementations.jax.maml import JaxMAML
 from implementations.jax.protonet import JaxProtoNet
-from implementations.torch import common as torch_common
 from implementations.torch.maml import TorchMAML
 from implementations.torch.protonet import TorchProtoNet
 
