@@ -193,9 +193,10 @@ def test_download_with_wrong_digest_keeps_nothing(http_root, tmp_path):
     assert not list((tmp_path / "data").rglob("*.zip")) and not list((tmp_path / "data").rglob(".part-*"))
 
 
-def test_official_files_are_fetched_when_missing(http_root, tmp_path, data_dir):
+def test_official_files_are_fetched_when_missing(http_root, tmp_path, data_dir, monkeypatch):
     """ensure_file on a missing official zip downloads it from the (local) source and
     accepts it by its published digest."""
+    monkeypatch.delenv("METABENCH_OFFLINE", raising=False)  # CI sets it; this server is local
     root, url = http_root
     (root / "omniglot").mkdir()
     src = data_dir / "omniglot" / "images_evaluation.zip"
