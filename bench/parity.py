@@ -30,6 +30,7 @@ import numpy as np
 
 from bench import registry
 from bench.cell import pin_threads
+from bench.errors import AdapterError
 
 QUANTITIES = ("support_loss", "query_logits", "meta_grad", "params_after")
 DEFAULT_TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
@@ -91,7 +92,8 @@ def _concat(res: dict, prefix: str, quantity: str) -> np.ndarray:
 def _adapter_name(framework: str, algorithm: str) -> str:
     for entry in registry.select(frameworks=[framework], algorithms=[algorithm]):
         return entry.name
-    raise KeyError(f"no default {framework} adapter for {algorithm}")
+    raise AdapterError(f"--frameworks: no {framework} adapter for {algorithm}; known frameworks: "
+                       f"{', '.join(sorted({e.framework for e in registry.entries().values()}))}")
 
 
 def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
