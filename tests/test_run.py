@@ -92,7 +92,8 @@ def test_steps_record_compile_time_apart(run_dir):
     steps = s[s["phase"] != "sample_episodes"]
     assert (steps["first_step_seconds"] > 0).all()
     assert set(steps["compilation"]) >= {"eager", "jit", "graph"}
-    assert (steps.loc[steps["framework"] != "torch", "recompilations"] == 0).all()
+    compiled = steps[steps["framework"].isin(["jax", "tensorflow"])]
+    assert len(compiled) == 12 and (compiled["recompilations"] == 0).all()
 
 
 def test_accuracy_has_one_row_per_cell_with_a_confidence_interval(run_dir):
@@ -120,7 +121,7 @@ def test_manifest_records_environment_fingerprints_and_status(run_dir):
     fp = m["specs"]["omniglot-5w1s"]["episodes"]
     assert len(fp["test"]["fingerprint"]) == 64 and fp["test"]["count"] == 8
     cells = {c["cell_id"]: c for c in m["cells"]}
-    assert len(cells) == len(CELLS) + 1
+    assert len(cells) == len(CELLS) + 2  # and the broken plugin's two cells
     for cid, c in cells.items():
         if cid.startswith("fake-broken"):
             continue
@@ -160,8 +161,9 @@ def test_report_rebuilds_from_cells(run_dir, data_env):
 
 
 def test_pytest_benchmark_compare_reads_the_json(run_dir, data_env):
-    r = subprocess.run([sys.executable, "-m", "pytest_benchmark.cli", "compare", str(run_dir / "benchmark.json"),
-                        "--group-by", "group"], capture_output=True, text=True, env=data_env)
+    cli = str(Path(sys.executable).parent / "pytest-benchmark")  # its console script, in this venv
+    r = subprocess.run([cli, "compare", str(run_dir / "benchmark.json"), "--group-by", "group"],
+                       capture_output=True, text=True, env=data_env)
     assert r.returncode == 0, r.stderr
     assert "torch-maml[outer_step]" in r.stdout
 
