@@ -71,7 +71,7 @@ def train_and_evaluate(adapter, spec, algorithm: str, *, data_dir=None, cache_di
         loss = adapter.outer_step(batch)
         adapter.sync(loss)
         train_seconds += time.perf_counter() - t0
-        recent_losses.append(float(np.asarray(loss_to_float(loss))))
+        recent_losses.append(float(loss))  # every framework's scalar supports __float__
         if budget.val_every and budget.val_episodes and (step % budget.val_every == 0
                                                          or step == budget.meta_train_steps):
             validate(step)
@@ -84,7 +84,3 @@ def train_and_evaluate(adapter, spec, algorithm: str, *, data_dir=None, cache_di
     return AccuracyResult(metric_name(spec), mean, ci, len(values), budget.meta_train_steps,
                           train_seconds, eval_seconds, curve)
 
-
-def loss_to_float(loss) -> float:
-    """A framework scalar to a Python float (every framework's scalar supports __float__)."""
-    return float(loss)
