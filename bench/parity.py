@@ -9,12 +9,15 @@ own process (``python -m bench.parity <request.json> <out.npz>``) and saves:
 - ``meta_grad``     every parameter's meta-gradient
 - ``params_after``  the parameters after one outer step (Adam)
 
-PyTorch also computes everything in float64: its float32-vs-float64 error is the floor of
-float32 rounding for that quantity, reported beside each error. The parent compares each
-quantity with PyTorch's as one max relative error,
-``max|x - x_torch| / max|x_torch|`` over the whole quantity (all parameters together for
-the last two; per-element relative error is meaningless for entries that are zero up to
-rounding). ``params_after`` leaves out the entries whose gradient is rounding noise, which
+Every framework also computes everything in float64 (the adapters' diagnostic option
+``dtype="float64"``): the float64 errors against torch's float64 must be at rounding level
+(``TOLERANCE_64``), which proves the same function is computed. The float32 errors must be
+within ``max(tolerance, FLOOR_FACTOR x floor)``, the floor being torch's own
+float32-vs-float64 error for that quantity; each framework's own float32-vs-float64 error
+is reported beside it. The parent compares each quantity with PyTorch's as one max
+relative error, ``max|x - x_torch| / max|x_torch|`` over the whole quantity (all
+parameters together for the last two; per-element relative error is meaningless for
+entries that are zero up to rounding). ``params_after`` leaves out the entries whose gradient is rounding noise, which
 Adam's normalised first step moves by +-lr in any framework (``params_after_error``).
 """
 
@@ -39,6 +42,8 @@ DEFAULT_TOLERANCE = {"cpu": 1e-4, "cuda": 1e-3}
 # twice that: a comparison also passes within this multiple of torch's float32-vs-float64 error.
 FLOOR_FACTOR = 4.0
 REFERENCE = "torch"
+F64 = "f64/"           # key prefix of the float64 diagnostic's quantities
+TOLERANCE_64 = 1e-9    # float64: the same function, up to float64 rounding
 
 
 def relative_error(x: np.ndarray, ref: np.ndarray) -> float:
@@ -50,7 +55,8 @@ def relative_error(x: np.ndarray, ref: np.ndarray) -> float:
     return float(diff / scale) if scale > 0 else float(diff)
 
 
-def params_after_error(res: dict, ref: dict, prefix: str, lr: float, tolerance: float) -> float:
+def params_after_error(res: dict, ref: dict, prefix: str, lr: float, tolerance: float,
+                       ref_prefix: str | None = None) -> float:
     """Relative error of the parameters after one Adam step, over the entries whose
     meta-gradient is not float32 noise.
 
@@ -59,28 +65,30 @@ def params_after_error(res: dict, ref: dict, prefix: str, lr: float, tolerance: 
     up to ``lr`` either way in any framework. Those entries must only have moved by at most
     ``lr`` (else the error is inf); every other entry counts.
     """
-    names = sorted(k[len(prefix) + len("params_after/"):] for k in ref if k.startswith(prefix + "params_after/"))
+    rp = prefix if ref_prefix is None else ref_prefix
+    names = sorted(k[len(rp) + len("params_after/"):] for k in ref if k.startswith(rp + "params_after/"))
     diffs, scale = [], 0.0
     for name in names:
-        g = np.abs(ref[f"{prefix}meta_grad/{name}"].astype(np.float64))
+        g = np.abs(ref[f"{rp}meta_grad/{name}"].astype(np.float64))
         noise = g <= 10 * tolerance * g.max()
         x = res[f"{prefix}params_after/{name}"].astype(np.float64)
-        r = ref[f"{prefix}params_after/{name}"].astype(np.float64)
+        r = ref[f"{rp}params_after/{name}"].astype(np.float64)
         if x.shape != r.shape:
             return float("inf")
-        if np.any(np.abs(x - ref[f"{prefix}init/{name}"])[noise] > lr * (1 + 1e-3)):
+        if np.any(np.abs(x - ref[f"{rp}init/{name}"])[noise] > lr * (1 + 1e-3)):
             return float("inf")
         diffs.append(np.abs(x - r)[~noise].max(initial=0.0))
         scale = max(scale, np.abs(r).max(initial=0.0))
     return float(max(diffs) / scale) if scale > 0 else float(max(diffs, default=0.0))
 
 
-def _errors(res: dict, ref: dict, prefix: str, lr: float, tolerance: float) -> dict[str, float]:
+def _errors(res: dict, ref: dict, prefix: str, ref_prefix: str, lr: float, tolerance: float) -> dict[str, float]:
+    """Every quantity's error of ``res[prefix...]`` against ``ref[ref_prefix...]``."""
     return {
-        "support_loss": relative_error(res[prefix + "support_loss"], ref[prefix + "support_loss"]),
-        "query_logits": relative_error(res[prefix + "query_logits"], ref[prefix + "query_logits"]),
-        "meta_grad": relative_error(_concat(res, prefix, "meta_grad"), _concat(ref, prefix, "meta_grad")),
-        "params_after": params_after_error(res, ref, prefix, lr, tolerance),
+        "support_loss": relative_error(res[prefix + "support_loss"], ref[ref_prefix + "support_loss"]),
+        "query_logits": relative_error(res[prefix + "query_logits"], ref[ref_prefix + "query_logits"]),
+        "meta_grad": relative_error(_concat(res, prefix, "meta_grad"), _concat(ref, ref_prefix, "meta_grad")),
+        "params_after": params_after_error(res, ref, prefix, lr, tolerance, ref_prefix),
     }
 
 
@@ -103,7 +111,7 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
     from bench.spec import load_spec
 
     out: dict[str, np.ndarray] = {}
-    configured = set()
+    configured, adapters = set(), []
     for i, req in enumerate(requests):
         entry = registry.get(req["adapter"])
         cls = registry.load_adapter_class(entry)
@@ -115,11 +123,11 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
         params = init_params(spec, algorithm)
         sampler = sampler_for(spec, "train", algorithm, data_dir=req["data_dir"], cache_dir=req["cache_dir"])
         episodes = sampler.batch(0, req["batch_size"])
-        variants = [("", entry.options)]
-        if req.get("float64_reference"):
-            variants.append(("ref64/", {**entry.options, "dtype": "float64"}))
-        for tag, options in variants:
-            adapter = cls(spec, algorithm, params, device=device, options=options)
+        adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
+    # float32 first: the float64 diagnostic may switch a process-wide setting (JAX's x64)
+    for tag, dtype in (("", "float32"), (F64, "float64")):
+        for i, cls, spec, algorithm, params, options, episodes in adapters:
+            adapter = cls(spec, algorithm, params, device=device, options={**options, "dtype": dtype})
             _quantities(adapter, adapter.to_device(episodes), params, f"{i}/{tag}", out)
     return out
 
@@ -169,7 +177,7 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
         for framework in [REFERENCE, *[f for f in frameworks if f != REFERENCE]]:
             requests = [{"adapter": _adapter_name(framework, a), "spec": ref, "algorithm": a,
                          "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
-                         "cache_dir": cache_dir, "float64_reference": framework == REFERENCE}
+                         "cache_dir": cache_dir}
                         for ref, _, a in combos]
             results[framework] = _run_framework(framework, requests, device, Path(tmp))
     ref = results[REFERENCE]
@@ -185,12 +193,17 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
             if isinstance(res, dict):
                 spec = load_spec(spec_ref).for_algorithm(algorithm)
                 lr = spec.protonet.meta_lr if algorithm == "protonet" else spec.maml.meta_lr
-                ref64 = {k.replace(f"{i}/ref64/", f"{i}/"): v for k, v in ref.items() if k.startswith(f"{i}/ref64/")}
-                errors = _errors(res, ref, f"{i}/", lr, tolerance)
-                floors = _errors(ref, ref64, f"{i}/", lr, tolerance)
+                p32, p64 = f"{i}/", f"{i}/{F64}"
+                errors = _errors(res, ref, p32, p32, lr, tolerance)
+                errors64 = _errors(res, ref, p64, p64, lr, TOLERANCE_64)
+                floors = _errors(ref, ref, p32, p64, lr, tolerance)
+                own = _errors(res, res, p32, p64, lr, tolerance)
                 for q in QUANTITIES:
-                    row[q], row[f"{q}_floor"] = errors[q], floors[q]
-                row["ok"] = all(errors[q] <= max(tolerance, FLOOR_FACTOR * floors[q]) for q in QUANTITIES)
+                    row[q], row[f"{q}_64"] = errors[q], errors64[q]
+                    row[f"{q}_floor"], row[f"{q}_own_floor"] = floors[q], own[q]
+                row["ok64"] = all(errors64[q] <= TOLERANCE_64 for q in QUANTITIES)
+                row["ok32"] = all(errors[q] <= max(tolerance, FLOOR_FACTOR * floors[q]) for q in QUANTITIES)
+                row["ok"] = row["ok64"] and row["ok32"]
             else:
                 row.update({q: float("nan") for q in QUANTITIES})
                 row["ok"], row["error"] = False, res
@@ -199,12 +212,19 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
     if table.empty:
         echo("metabench parity: nothing to compare")
         return 1
-    shown = table[["framework", "spec", "algorithm", *QUANTITIES, "ok"]].copy()
-    for q in QUANTITIES:
-        shown[q] = [f"{e:.1e} ({f:.1e})" for e, f in zip(table[q], table[f"{q}_floor"])]
-    echo(f"max relative error vs {REFERENCE} float32, in brackets {REFERENCE} float32 vs {REFERENCE} float64 "
-         f"(pass: error <= max({tolerance:g}, {FLOOR_FACTOR:g} x bracket); device {device}, {batch_size} tasks):")
-    echo(shown.to_markdown(index=False))
+    long = []
+    for _, r in table.iterrows():
+        for q in QUANTITIES:
+            long.append({"framework": r["framework"], "spec": r["spec"], "algorithm": r["algorithm"],
+                         "quantity": q, "float32": _fmt(r[q]), f"{REFERENCE} f32 floor": _fmt(r.get(f"{q}_floor")),
+                         "own f32 floor": _fmt(r.get(f"{q}_own_floor")), "float64": _fmt(r.get(f"{q}_64")),
+                         "ok": bool(r["ok"]) if q == QUANTITIES[0] else ""})
+    echo(f"max relative error against {REFERENCE} (device {device}, {batch_size} tasks). Pass: float64 error "
+         f"<= {TOLERANCE_64:g} (the same function) and float32 error <= max({tolerance:g}, {FLOOR_FACTOR:g} x "
+         f"{REFERENCE}'s float32-vs-float64 error); 'own f32 floor' is the framework's own float32-vs-float64 error.")
+    echo(pd.DataFrame(long).to_markdown(index=False))
+    for _, r in table[table.get("error", pd.Series(dtype=str)).notna()].iterrows() if "error" in table else []:
+        echo(f"{r['framework']} {r['spec']} {r['algorithm']}: {r['error']}")
     if out:
         table.to_csv(out, index=False)
     failed = table[~table["ok"]]
@@ -213,6 +233,10 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
         return 1
     echo(f"metabench parity: all {len(table)} comparisons within {tolerance:g}")
     return 0
+
+
+def _fmt(x) -> str:
+    return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.1e}"
 
 
 def main(argv=None) -> int:

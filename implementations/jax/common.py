@@ -45,6 +45,19 @@ def configure(threads: int, device: str) -> None:
     jax.config.update("jax_default_matmul_precision", "highest")
 
 
+def float_dtype(options: dict) -> type:
+    """float32, the benchmark; ``options["dtype"] = "float64"`` is the diagnostic of parity
+    checks. JAX computes in float64 only with ``jax_enable_x64``, a process-wide switch:
+    the float64 option turns it on (float32 adapters built later stay float32, as every
+    array here is cast explicitly)."""
+    name = options.get("dtype", "float32")
+    if name not in ("float32", "float64"):
+        raise ValueError(f"option dtype must be float32 or float64, got {name!r}")
+    if name == "float64" and not jax.config.jax_enable_x64:
+        jax.config.update("jax_enable_x64", True)
+    return np.float64 if name == "float64" else np.float32
+
+
 def jax_device(device: str) -> jax.Device:
     if device == "cpu":
         return jax.devices("cpu")[0]
@@ -123,9 +136,9 @@ def _to_canonical(a: np.ndarray) -> np.ndarray:
     return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a   # HWIO -> OIHW
 
 
-def params_to_jax(params: dict[str, np.ndarray], device: jax.Device) -> dict[str, jax.Array]:
+def params_to_jax(params: dict[str, np.ndarray], device: jax.Device, dtype=np.float32) -> dict[str, jax.Array]:
     # A copy: on CPU device_put may alias the numpy buffer, and the outer step donates params.
-    return {k: jax.device_put(np.array(_to_jax_layout(np.asarray(v, np.float32)), copy=True), device)
+    return {k: jax.device_put(np.array(_to_jax_layout(np.asarray(v, dtype)), copy=True), device)
             for k, v in params.items()}
 
 
@@ -137,7 +150,8 @@ def params_to_numpy(params) -> dict[str, np.ndarray]:
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class JaxBatch:
-    """An episode batch on the device, a pytree: images NHWC float32, labels int32
+    """An episode batch on the device, a pytree: images NHWC float32 (float64 for parity's
+    diagnostic), labels int32
     (classification) or float32 [B, n, 1] targets (regression)."""
 
     support_x: jax.Array
@@ -149,10 +163,10 @@ class JaxBatch:
         return self.support_x.shape[0]
 
 
-def to_device(batch, device: jax.Device) -> JaxBatch:
+def to_device(batch, device: jax.Device, dtype=np.float32) -> JaxBatch:
     def move(a: np.ndarray) -> jax.Array:
         a = np.asarray(a)
-        a = a.astype(np.int32) if a.dtype.kind == "i" else np.array(a, np.float32, copy=True)
+        a = a.astype(np.int32) if a.dtype.kind == "i" else np.array(a, dtype, copy=True)
         return jax.device_put(a, device)
 
     return JaxBatch(move(batch.support_x), move(batch.support_y), move(batch.query_x), move(batch.query_y))

@@ -46,6 +46,7 @@ class JaxMAML(Adapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = common.jax_device(device)
+        self._dtype = common.float_dtype(self.options)
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
@@ -135,7 +136,7 @@ class JaxMAML(Adapter):
                        f"lax.scan at 1 step and is ~15% faster at 5); convolution: {conv}")
 
     def to_device(self, batch):
-        return common.to_device(batch, self._dev)
+        return common.to_device(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
         common.sync(outputs, self.params, self.opt_state)
@@ -144,7 +145,7 @@ class JaxMAML(Adapter):
         return common.params_to_numpy(self.params)
 
     def set_params(self, params):
-        self.params = common.params_to_jax(params, self._dev)
+        self.params = common.params_to_jax(params, self._dev, self._dtype)
         # committed to the device like the step outputs, or the second step would recompile
         self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
 

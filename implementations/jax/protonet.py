@@ -40,6 +40,7 @@ class JaxProtoNet(Adapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = common.jax_device(device)
+        self._dtype = common.float_dtype(self.options)
         self._bn = self.spec.model.batch_norm != "none"
         self._eps = self.spec.model.bn_eps
         self._k_shot = self.spec.episode.k_shot
@@ -92,7 +93,7 @@ class JaxProtoNet(Adapter):
                                           "and query embedded in one pass; params and Adam state donated")
 
     def to_device(self, batch):
-        return common.to_device(batch, self._dev)
+        return common.to_device(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
         common.sync(outputs, self.params, self.opt_state)
@@ -101,7 +102,7 @@ class JaxProtoNet(Adapter):
         return common.params_to_numpy(self.params)
 
     def set_params(self, params):
-        self.params = common.params_to_jax(params, self._dev)
+        self.params = common.params_to_jax(params, self._dev, self._dtype)
         # committed to the device like the step outputs, or the second step would recompile
         self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
 
