@@ -18,6 +18,10 @@ Everything returned by a step may be asynchronous (JAX, CUDA): ``sync(out)`` blo
 
 Shapes follow ``bench.episodes`` (numpy NHWC images, class-major labels) and parameters
 follow ``bench.models`` (canonical numpy layout).
+
+``options`` are the registry entry's (variants of one class); every adapter also accepts
+``options["dtype"] = "float64"``, the diagnostic that ``metabench parity`` builds to prove
+that it computes the reference function at float64 rounding. Benchmarks run float32.
 """
 
 from __future__ import annotations

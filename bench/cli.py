@@ -82,8 +82,8 @@ def cmd_parity(args) -> int:
     from bench.parity import run_parity
 
     return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=args.frameworks,
-                      data_dir=args.data_dir, cache_dir=args.cache_dir, tolerance=args.tolerance,
-                      batch_size=args.batch_size, device=args.device, out=args.out)
+                      adapters=args.adapters, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                      tolerance=args.tolerance, batch_size=args.batch_size, device=args.device, out=args.out)
 
 
 def cmd_report(args) -> int:
@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per framework (default: all available cores)")
     p.add_argument("--results-dir", default="results")
     p.add_argument("--run-id", help="name of the run's folder (default: UTC time and profile)")
-    p.add_argument("--phases", type=_csv, default=["timing", "memory", "accuracy"],
-                   help="comma-separated subset of timing,memory,accuracy")
+    p.add_argument("--phases", type=_csv, default=None,
+                   help="comma-separated subset of parity,timing,memory,accuracy (default: all; "
+                        "the smoke profile leaves out parity, ~3 min on 2 CPU cores)")
     p.add_argument("--cell-timeout", type=float, help="seconds after which a cell's process is killed")
     p.add_argument("--resume", action="store_true",
                    help="with --run-id of an earlier run: keep its finished cells, run the rest")
@@ -144,7 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--specs", type=_csv, default=["omniglot-5w1s", "sinusoid-10shot"])
     p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"])
     p.add_argument("--frameworks", type=_csv, default=["jax", "tensorflow"],
-                   help="frameworks compared against torch")
+                   help="frameworks compared against torch (their default adapters)")
+    p.add_argument("--adapters", type=_csv, help="exact adapter names, variants included; overrides --frameworks")
     p.add_argument("--tolerance", type=float, help="max relative error (default 1e-4 on CPU, 1e-3 on GPU)")
     p.add_argument("--batch-size", type=int, default=4, help="tasks in the compared meta-batch")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

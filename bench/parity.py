@@ -157,8 +157,27 @@ def _run_framework(framework: str, requests: list[dict], device: str, workdir: P
         return {k: data[k] for k in data.files}
 
 
-def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, tolerance=None,
-               batch_size=4, device="cpu", threads=None, out=None, echo=print) -> int:
+def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
+    """(framework, adapter, algorithm) to compare with torch: each framework's default
+    adapter, or the named adapters (variants included)."""
+    if adapters:
+        out = []
+        for name in adapters:
+            entry = registry.get(name)
+            if entry.framework != REFERENCE:
+                out += [(entry.framework, name, a) for a in entry.algorithms if a in algorithms]
+        return out
+    known = sorted({e.framework for e in registry.entries().values()})
+    for f in frameworks:
+        if f not in known:
+            raise AdapterError(f"--frameworks: unknown framework {f!r}; known: {', '.join(known)}")
+    # a framework without an adapter for one of the algorithms is compared on the others
+    return [(f, _adapter_name(f, a), a) for f in frameworks if f != REFERENCE for a in algorithms
+            if registry.select(frameworks=[f], algorithms=[a])]
+
+
+def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=None, cache_dir=None,
+               tolerance=None, batch_size=4, device="cpu", threads=None, out=None, echo=print) -> int:
     """Print the parity table; return 0 when every error is within tolerance, else 1."""
     import os
 
@@ -172,31 +191,41 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
     for spec_ref in specs:
         spec = load_spec(spec_ref)
         combos += [(spec_ref, spec.name, a) for a in algorithms if a in spec.algorithms()]
+    targets = _targets(frameworks or [], adapters, algorithms)
+    # One process per framework; request k of a framework is (combo, adapter) pair k.
+    plan: dict[str, list[tuple[int, str]]] = {REFERENCE: []}
+    for ci, (_, _, algorithm) in enumerate(combos):
+        plan[REFERENCE].append((ci, _adapter_name(REFERENCE, algorithm)))
+        for framework, name, a in targets:
+            if a == algorithm:
+                plan.setdefault(framework, []).append((ci, name))
     results = {}
     with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
-        for framework in [REFERENCE, *[f for f in frameworks if f != REFERENCE]]:
-            requests = [{"adapter": _adapter_name(framework, a), "spec": ref, "algorithm": a,
+        for framework, pairs in plan.items():
+            requests = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2],
                          "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
-                         "cache_dir": cache_dir}
-                        for ref, _, a in combos]
+                         "cache_dir": cache_dir} for ci, name in pairs]
             results[framework] = _run_framework(framework, requests, device, Path(tmp))
     ref = results[REFERENCE]
     if isinstance(ref, str):
         echo(f"metabench parity: reference failed: {ref}")
         return 1
     rows = []
-    for framework, res in results.items():
+    for framework, pairs in plan.items():
         if framework == REFERENCE:
             continue
-        for i, (spec_ref, name, algorithm) in enumerate(combos):
-            row = {"framework": framework, "spec": name, "algorithm": algorithm}
+        res = results[framework]
+        for k, (ci, name) in enumerate(pairs):
+            spec_ref, spec_name, algorithm = combos[ci]
+            row = {"framework": framework, "adapter": name, "spec": spec_name, "algorithm": algorithm}
             if isinstance(res, dict):
                 spec = load_spec(spec_ref).for_algorithm(algorithm)
                 lr = spec.protonet.meta_lr if algorithm == "protonet" else spec.maml.meta_lr
-                p32, p64 = f"{i}/", f"{i}/{F64}"
-                errors = _errors(res, ref, p32, p32, lr, tolerance)
-                errors64 = _errors(res, ref, p64, p64, lr, TOLERANCE_64)
-                floors = _errors(ref, ref, p32, p64, lr, tolerance)
+                p32, p64 = f"{k}/", f"{k}/{F64}"
+                r32, r64 = f"{ci}/", f"{ci}/{F64}"
+                errors = _errors(res, ref, p32, r32, lr, tolerance)
+                errors64 = _errors(res, ref, p64, r64, lr, TOLERANCE_64)
+                floors = _errors(ref, ref, r32, r64, lr, tolerance)
                 own = _errors(res, res, p32, p64, lr, tolerance)
                 for q in QUANTITIES:
                     row[q], row[f"{q}_64"] = errors[q], errors64[q]
@@ -215,7 +244,7 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
     long = []
     for _, r in table.iterrows():
         for q in QUANTITIES:
-            long.append({"framework": r["framework"], "spec": r["spec"], "algorithm": r["algorithm"],
+            long.append({"adapter": r["adapter"], "spec": r["spec"], "algorithm": r["algorithm"],
                          "quantity": q, "float32": _fmt(r[q]), f"{REFERENCE} f32 floor": _fmt(r.get(f"{q}_floor")),
                          "own f32 floor": _fmt(r.get(f"{q}_own_floor")), "float64": _fmt(r.get(f"{q}_64")),
                          "ok": bool(r["ok"]) if q == QUANTITIES[0] else ""})
@@ -223,8 +252,9 @@ def run_parity(*, specs, algorithms, frameworks, data_dir=None, cache_dir=None, 
          f"<= {TOLERANCE_64:g} (the same function) and float32 error <= max({tolerance:g}, {FLOOR_FACTOR:g} x "
          f"{REFERENCE}'s float32-vs-float64 error); 'own f32 floor' is the framework's own float32-vs-float64 error.")
     echo(pd.DataFrame(long).to_markdown(index=False))
-    for _, r in table[table.get("error", pd.Series(dtype=str)).notna()].iterrows() if "error" in table else []:
-        echo(f"{r['framework']} {r['spec']} {r['algorithm']}: {r['error']}")
+    if "error" in table:
+        for _, r in table[table["error"].notna()].iterrows():
+            echo(f"{r['adapter']} {r['spec']} {r['algorithm']}: {r['error']}")
     if out:
         table.to_csv(out, index=False)
     failed = table[~table["ok"]]

@@ -198,7 +198,14 @@ def _agreement(acc: pd.DataFrame) -> str:
                if abs(a.mean - b.mean) > a.ci95 + b.ci95]
         verdict = "all overlap" if not bad else "do NOT overlap: " + "; ".join(f"{x} vs {y}" for x, y in bad)
         lines.append(f"- {spec} / {algorithm}: 95% CIs {verdict}")
-    return "\n".join(lines) + "\n" if lines else ""
+    if not lines:
+        return ""
+    # Why two correct adapters can miss each other's CI: it is one training run each.
+    lines.append("\nEach CI covers the sampling of test episodes for one training run; it leaves out how "
+                 "training runs vary. Adapters that pass parity start from the same weights and see the "
+                 "same episodes, but float32 rounding makes their trajectories drift apart over thousands of "
+                 "steps, most visibly where the learning curve is still steep (compare `curves.csv`).")
+    return "\n".join(lines) + "\n"
 
 
 def _memory_table(mem: pd.DataFrame) -> str:
@@ -207,6 +214,34 @@ def _memory_table(mem: pd.DataFrame) -> str:
     t = mem[["spec", "algorithm", "adapter", "phase", "peak_mib", "source"]].copy()
     t["peak_mib"] = t["peak_mib"].map(lambda v: f"{v:.1f}")
     return t.sort_values(["spec", "algorithm", "adapter"]).to_markdown(index=False) + "\n"
+
+
+def _parity_section(run_dir: Path) -> str:
+    """The run's parity table (``parity.csv``, written before the cells), one row per
+    adapter x spec x algorithm: the meta-gradient's float32 error against torch (torch's
+    own float32-vs-float64 error in brackets) and the largest float64 error."""
+    path = run_dir / "parity.csv"
+    if not path.exists():
+        log = run_dir / "parity.log"
+        return (f"not computed: {log.read_text().strip().splitlines()[-1]}\n" if log.exists()
+                else "not run (`--phases parity`, or `metabench parity`)\n")
+    from bench.parity import QUANTITIES, TOLERANCE_64
+
+    t = pd.read_csv(path)
+    rows = []
+    for r in t.itertuples():
+        if isinstance(getattr(r, "error", None), str):
+            rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": False,
+                         "meta_grad float32 (torch floor)": r.error, "max float64": ""})
+            continue
+        rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": bool(r.ok),
+                     "meta_grad float32 (torch floor)": f"{r.meta_grad:.1e} ({r.meta_grad_floor:.1e})",
+                     "max float64": f"{max(getattr(r, q + '_64') for q in QUANTITIES):.1e}"})
+    failed = sorted({r["adapter"] for r in rows if not r["ok"]})
+    verdict = ("every adapter computes torch's function (float64 within "
+               f"{TOLERANCE_64:g}) and its float32 result is within tolerance"
+               if not failed else f"FAILED for {', '.join(failed)}: their timings compare different maths")
+    return f"{verdict}; all quantities in `parity.csv`.\n\n{pd.DataFrame(rows).to_markdown(index=False)}\n"
 
 
 def _failures(run_dir: Path) -> str:
@@ -249,6 +284,9 @@ Step times are rounds of one step each, the device synchronised inside the timed
 after the first (compiling) step and the warm-up rounds; "x fastest" is the ratio of medians
 within the table. Memory is measured in a process apart from timing.
 
+## Parity against torch (same weights, same meta-batch of 4 tasks)
+
+{_parity_section(run_dir)}
 ## Step times
 
 {_steps_table(tables['steps'])}

@@ -27,7 +27,14 @@ SUITE_DIR = Path(__file__).resolve().parent / "suite"
 DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglot-5w1s", "sinusoid-10shot"),
                  "paper": ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
                            "sinusoid-10shot")}
-PHASE_GROUPS = ("timing", "memory", "accuracy")
+# smoke proves the pipeline: FOMAML is MAML's adapter with its inner gradients stopped, so
+# by default smoke runs MAML and ProtoNet only (--algorithms fomaml adds it), which keeps
+# `nox -s bench -- --profile smoke` (3 frameworks, every phase) within a few minutes.
+DEFAULT_ALGORITHMS = {"smoke": ("maml", "protonet")}
+PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
+# Parity (once per run, before the cells: is every adapter's maths torch's?) takes ~3 min
+# on 2 CPU cores, longer than a whole smoke run; the cpu and paper profiles run it.
+DEFAULT_PHASES = {"smoke": ("timing", "memory", "accuracy"), "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
 
 
 def detect_device() -> str:
@@ -119,15 +126,49 @@ def _finished(cell_dir: Path, phases) -> bool:
     return all(done.get(p, {}).get("status") == "ok" for p in phases)
 
 
+def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_dir, cache_dir, echo) -> None:
+    """``metabench parity`` for the run's adapters, specs and algorithms, into
+    ``parity.csv`` and ``parity.log``. A failure is reported, never fatal: the cells run."""
+    from bench.parity import REFERENCE, run_parity
+
+    adapters = sorted({c.adapter for c in cells if c.framework != REFERENCE})
+    if not adapters:
+        echo("[parity] only the reference framework in this run: nothing to compare")
+        return
+    specs = list(dict.fromkeys(c.spec for c in cells))
+    algorithms = list(dict.fromkeys(c.algorithm for c in cells))
+    echo(f"[parity] {', '.join(adapters)} against {REFERENCE} on {', '.join(specs)} (float32 and float64)")
+    t0 = time.perf_counter()
+    with open(run_dir / "parity.log", "w") as log:
+        def write(line: str) -> None:
+            log.write(line + "\n")
+        try:
+            rc = run_parity(specs=specs, algorithms=algorithms, adapters=adapters, data_dir=data_dir,
+                            cache_dir=cache_dir, device=device, threads=threads, out=run_dir / "parity.csv",
+                            echo=write)
+        except Exception as e:  # a broken plugin or a missing reference framework
+            write(f"parity failed: {type(e).__name__}: {e}")
+            rc = 1
+    verdict = "all within tolerance" if rc == 0 else "FAILED (see parity.log; summary.md lists which)"
+    echo(f"[parity] {verdict} in {time.perf_counter() - t0:.0f} s")
+
+
 def new_run_id(profile: str) -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
 
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
-        phases=PHASE_GROUPS, timeout: float | None = None, resume: bool = False, echo=print) -> Path:
-    """Run the benchmark; returns the run's results folder. With ``resume``, cells of an
-    existing run whose requested phases all succeeded are kept, not run again."""
+        phases=None, timeout: float | None = None, resume: bool = False, echo=print) -> Path:
+    """Run the benchmark; returns the run's results folder. ``phases`` defaults to the
+    profile's. With ``resume``, cells of an existing run whose requested phases all
+    succeeded are kept, not run again, and so is a parity table already written."""
+    phases = tuple(phases or DEFAULT_PHASES[profile])
+    unknown = [p for p in phases if p not in PHASE_GROUPS]
+    if unknown:
+        raise MetabenchError(f"--phases: unknown {unknown[0]!r}; allowed: {', '.join(PHASE_GROUPS)}")
+    if algorithms is None and adapters is None:
+        algorithms = DEFAULT_ALGORITHMS.get(profile)
     if algorithms is not None:
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown:
@@ -146,6 +187,10 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
     write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
                    argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir)
     echo(f"metabench: {len(cells)} cells, profile {profile}, device {device}, {threads} threads -> {run_dir}")
+    if "parity" in phases and not (resume and (run_dir / "parity.csv").exists()):
+        run_parity_phase(run_dir, cells, device=device, threads=threads, data_dir=data_dir,
+                         cache_dir=cache_dir, echo=echo)
+    phases = tuple(p for p in phases if p != "parity")
     for i, cell in enumerate(cells, 1):
         cell_dir = run_dir / "cells" / cell.cell_id
         if resume and _finished(cell_dir, phases):

@@ -173,3 +173,25 @@ def test_unknown_framework_is_a_one_line_error(data_env, tmp_path):
                         str(tmp_path)], capture_output=True, text=True, env=data_env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "known adapters" in r.stderr
     assert textwrap.dedent(r.stderr).count("\n") == 1
+
+
+def test_parity_phase_runs_before_the_cells_and_lands_in_the_summary(data_env, tmp_path):
+    """``--phases parity`` (on by default in the cpu and paper profiles) compares the run's
+    adapters with torch before any cell runs; the summary says whether their maths agree."""
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--profile", "smoke", "--phases", "parity,timing",
+                        "--adapters", "torch-maml,jax-maml", "--algorithms", "maml", "--specs", "sinusoid-10shot",
+                        "--results-dir", str(tmp_path), "--run-id", "p", "--device", "cpu"],
+                       capture_output=True, text=True, env=data_env, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.index("[parity]") < r.stdout.index("[1/2]")
+    table = pd.read_csv(tmp_path / "p" / "parity.csv")
+    assert list(table["adapter"]) == ["jax-maml"] and table["ok"].all()
+    section = (tmp_path / "p" / "summary.md").read_text().split("## Parity")[1].split("## Step times")[0]
+    assert "every adapter computes torch's function" in section and "jax-maml" in section
+    assert not (tmp_path / "p" / "cells" / "jax-maml__maml__sinusoid-10shot" / "accuracy.json").exists()
+
+
+def test_unknown_phase_is_a_one_line_error(data_env, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--phases", "timing,speed", "--results-dir",
+                        str(tmp_path)], capture_output=True, text=True, env=data_env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "--phases: unknown 'speed'" in r.stderr

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import AdapterInfo, MemoryReading
+from bench.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.models import CONV_BLOCKS
 
 _threads: int | None = None  # what configure() was given, recorded by describe()
@@ -216,3 +216,49 @@ def describe(device: jax.Device, notes: str) -> AdapterInfo:
                        compilation="jit", precision=precision, threads=_threads, notes=notes,
                        extra={"jaxlib": jaxlib.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
                               "matmul_precision": str(jax.config.jax_default_matmul_precision)})
+
+
+# -- the shared adapter half ---------------------------------------------------------------
+
+class JaxAdapter(Adapter):
+    """What the JAX adapters share: device and dtype, parameters as a pytree on the device
+    with an optax state (``self._optimizer``, set by the subclass before ``set_params``),
+    sync over the step's outputs and that state, memory, and the parity probe's layout."""
+
+    framework = "jax"
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        configure(threads, device)
+
+    def __init__(self, spec, algorithm, params, device="cpu", options=None):
+        super().__init__(spec, algorithm, params, device, options)
+        self._dev = jax_device(device)
+        self._dtype = float_dtype(self.options)
+        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+
+    def to_device(self, batch):
+        return to_device(batch, self._dev, self._dtype)
+
+    def sync(self, outputs=None) -> None:
+        sync(outputs, self.params, self.opt_state)
+
+    def get_params(self):
+        return params_to_numpy(self.params)
+
+    def set_params(self, params):
+        self.params = params_to_jax(params, self._dev, self._dtype)
+        # committed to the device like the step outputs, or the second step would recompile
+        self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
+
+    def reset_peak_memory(self) -> None:
+        pass  # JAX has no reset: peak_bytes_in_use is the process's peak so far
+
+    def peak_memory(self) -> MemoryReading:
+        return peak_memory(self._dev)
+
+    @staticmethod
+    def probe_result(support_loss, logits, grads) -> dict[str, np.ndarray]:
+        out = {"support_loss": np.asarray(support_loss), "query_logits": np.asarray(logits)}
+        out.update({f"meta_grad/{k}": v for k, v in params_to_numpy(grads).items()})
+        return out

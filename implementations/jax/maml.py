@@ -29,24 +29,17 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from implementations.jax import common
 
 INNER_LOOPS = ("unrolled", "scan")
 
 
-class JaxMAML(Adapter):
-    framework = "jax"
+class JaxMAML(common.JaxAdapter):
     algorithms = ("maml", "fomaml")
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._dev = common.jax_device(device)
-        self._dtype = common.float_dtype(self.options)
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
@@ -54,7 +47,6 @@ class JaxMAML(Adapter):
         self.inner_loop = self.options.get("inner_loop", "unrolled")
         if self.inner_loop not in INNER_LOOPS:
             raise ValueError(f"option inner_loop must be one of {INNER_LOOPS}, got {self.inner_loop!r}")
-        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
         # im2col on CPU (XLA:CPU's grouped convolutions under vmap are ~16x slower, see
         # above); XLA's own convolution on accelerators, where cuDNN serves it.
         self.conv = self.options.get("conv", "im2col" if device == "cpu" else "xla")
@@ -135,20 +127,6 @@ class JaxMAML(Adapter):
                        f"and Adam state donated; tasks vmapped; inner loop: {loop} (on CPU, unrolled equals "
                        f"lax.scan at 1 step and is ~15% faster at 5); convolution: {conv}")
 
-    def to_device(self, batch):
-        return common.to_device(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(outputs, self.params, self.opt_state)
-
-    def get_params(self):
-        return common.params_to_numpy(self.params)
-
-    def set_params(self, params):
-        self.params = common.params_to_jax(params, self._dev, self._dtype)
-        # committed to the device like the step outputs, or the second step would recompile
-        self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
-
     def inner_step(self, batch):
         return self._inner(self.params, batch)
 
@@ -164,16 +142,7 @@ class JaxMAML(Adapter):
         return metric if self.spec.is_regression else metric / batch.query_y.shape[1]
 
     def probe(self, batch):
-        support_loss, logits, grads = self._probe(self.params, batch)
-        out = {"support_loss": np.asarray(support_loss), "query_logits": np.asarray(logits)}
-        out.update({f"meta_grad/{k}": v for k, v in common.params_to_numpy(grads).items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        pass  # JAX has no reset: peak_bytes_in_use is the process's peak so far
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self._dev)
+        return self.probe_result(*self._probe(self.params, batch))
 
     def compilation_count(self) -> int | None:
         return common.cache_size(self._outer, self._inner, self._test_adapt, self._evaluate, self._probe)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from implementations.jax import common
 
 
@@ -29,20 +29,11 @@ def neg_sq_distances(query: jax.Array, protos: jax.Array) -> jax.Array:
     return -jnp.square(query[:, None, :] - protos[None, :, :]).sum(-1)
 
 
-class JaxProtoNet(Adapter):
-    framework = "jax"
+class JaxProtoNet(common.JaxAdapter):
     algorithms = ("protonet",)
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._dev = common.jax_device(device)
-        self._dtype = common.float_dtype(self.options)
-        self._bn = self.spec.model.batch_norm != "none"
-        self._eps = self.spec.model.bn_eps
         self._k_shot = self.spec.episode.k_shot
         p = self.spec.protonet
         self._optimizer = common.make_adam(p.meta_lr, p.lr_halve_every)
@@ -92,20 +83,6 @@ class JaxProtoNet(Adapter):
                                           "step-size halving) in one jax.jit; episodes vmapped; support "
                                           "and query embedded in one pass; params and Adam state donated")
 
-    def to_device(self, batch):
-        return common.to_device(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(outputs, self.params, self.opt_state)
-
-    def get_params(self):
-        return common.params_to_numpy(self.params)
-
-    def set_params(self, params):
-        self.params = common.params_to_jax(params, self._dev, self._dtype)
-        # committed to the device like the step outputs, or the second step would recompile
-        self.opt_state = jax.device_put(self._optimizer.init(self.params), self._dev)
-
     def outer_step(self, batch):
         self.params, self.opt_state, loss = self._outer(self.params, self.opt_state, batch)
         return loss
@@ -118,17 +95,8 @@ class JaxProtoNet(Adapter):
         return np.asarray(self._evaluate(self.params, batch), dtype=np.float64) / batch.query_y.shape[1]
 
     def probe(self, batch):
-        losses, logits, grads = self._probe(self.params, batch)
         # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
-        out = {"support_loss": np.asarray(losses), "query_logits": np.asarray(logits)}
-        out.update({f"meta_grad/{k}": v for k, v in common.params_to_numpy(grads).items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        pass  # JAX has no reset: peak_bytes_in_use is the process's peak so far
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self._dev)
+        return self.probe_result(*self._probe(self.params, batch))
 
     def compilation_count(self) -> int | None:
         return common.cache_size(self._outer, self._adapt, self._evaluate, self._probe)

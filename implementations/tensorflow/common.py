@@ -14,7 +14,7 @@ import platform
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import AdapterInfo, MemoryReading
+from bench.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.models import CONV_BLOCKS
 
 TASK_BATCHING = ("loop", "vectorized_map", "map_fn")
@@ -297,3 +297,73 @@ def describe(device: str, jit_compile: bool, dtype: tf.DType, notes: str, extra:
                        notes=notes,
                        extra={"inter_op_threads": tf.config.threading.get_inter_op_parallelism_threads(),
                               **extra})
+
+
+# -- the shared adapter half -----------------------------------------------------------
+class TFAdapter(Adapter):
+    """What the TensorFlow adapters share: options, device and dtype, the weights as
+    ``tf.Variable``s in TF layout (``self._fmap``: the feature map whose order MAML's head
+    reads, or None) with this module's Adam, the step functions as ``tf.function``s
+    (``self._traced``, counted for recompilation), sync, memory, the parity probe's layout."""
+
+    framework = "tensorflow"
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        configure(threads, device)
+
+    def __init__(self, spec, algorithm, params, device="cpu", options=None):
+        super().__init__(spec, algorithm, params, device, options)
+        check_options(self.options)
+        self._dev = tf_device(device)
+        self._dtype = float_dtype(self.options)
+        self._jit = bool(self.options.get("jit_compile", False))
+        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+        self._fmap: tuple[int, int, int] | None = None
+        self._traced: tuple = ()
+
+    def _make_weights(self, params, lr: float, halve_every: int = 0) -> None:
+        with tf.device(self._dev):
+            self.weights = {k: tf.Variable(self._to_tf(k, v), dtype=self._dtype) for k, v in params.items()}
+            self.opt = Adam(self.weights.values(), lr, halve_every)
+
+    def _compile(self, fn):
+        """One step function as a tf.function, XLA-compiled under ``jit_compile``. Autograph
+        off: all control flow here is Python over static shapes and step counts."""
+        traced = tf.function(fn, jit_compile=self._jit, autograph=False)
+        self._traced += (traced,)
+        return traced
+
+    def _to_tf(self, name, value):
+        return to_tf_layout(name, np.asarray(value), self._fmap).astype(self._dtype.as_numpy_dtype)
+
+    def _to_canonical(self, name, value):
+        return np.ascontiguousarray(to_canonical(name, np.asarray(value), self._fmap))
+
+    def to_device(self, batch):
+        return TFBatch(batch, self._dev, self._dtype)
+
+    def sync(self, outputs=None) -> None:
+        sync(outputs)
+
+    def get_params(self):
+        return {k: self._to_canonical(k, v.numpy()) for k, v in self.weights.items()}
+
+    def set_params(self, params):
+        for k, v in self.weights.items():  # in place: the traced functions hold these variables
+            v.assign(self._to_tf(k, params[k]))
+        self.opt.reset()
+
+    def reset_peak_memory(self) -> None:
+        reset_peak_memory(self.device)
+
+    def peak_memory(self) -> MemoryReading:
+        return peak_memory(self.device)
+
+    def compilation_count(self) -> int:
+        return sum(f.experimental_get_tracing_count() for f in self._traced)
+
+    def probe_result(self, support_loss, logits, grads: dict) -> dict[str, np.ndarray]:
+        out = {"support_loss": support_loss.numpy(), "query_logits": logits.numpy()}
+        out.update({f"meta_grad/{k}": self._to_canonical(k, g.numpy()) for k, g in grads.items()})
+        return out

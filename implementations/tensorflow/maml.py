@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from implementations.tensorflow import common
 
 # How the tasks of a meta-batch are batched, by jit_compile (options["task_batching"]
@@ -29,39 +29,24 @@ from implementations.tensorflow import common
 TASK_BATCHING = {False: "map_fn", True: "loop"}
 
 
-class TFMAML(Adapter):
-    framework = "tensorflow"
+class TFMAML(common.TFAdapter):
     algorithms = ("maml", "fomaml")
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        common.check_options(self.options)
-        self._dev = common.tf_device(device)
-        self._dtype = common.float_dtype(self.options)
-        self._jit = bool(self.options.get("jit_compile", False))
         self._batching = self.options.get("task_batching", TASK_BATCHING[self._jit])
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
         self.regression = self.spec.is_regression
-        self._bn = self.spec.model.batch_norm != "none"
-        self._eps = self.spec.model.bn_eps
         self._pool = common.max_pool_2x2_elementwise if self._jit else common.max_pool_2x2
         # the head reads NHWC-ordered features: its canonical rows are permuted on import/export
         self._fmap = None if self.regression else common.feature_map(self.spec)
-        with tf.device(self._dev):
-            self.weights = {k: tf.Variable(self._to_tf(k, v), dtype=self._dtype) for k, v in params.items()}
-            self.opt = common.Adam(self.weights.values(), m.meta_lr)
-        # autograph off: all control flow here is Python over static shapes and step counts
-        compile_ = lambda f: tf.function(f, jit_compile=self._jit, autograph=False)
-        self._outer_fn = compile_(self._outer)
-        self._probe_fn = compile_(self._probe)
-        self._adapt_fn = compile_(self._adapt_batch)   # steps is a Python int: one trace per value
-        self._evaluate_fn = compile_(self._evaluate)
+        self._make_weights(params, m.meta_lr)
+        self._outer_fn = self._compile(self._outer)
+        self._probe_fn = self._compile(self._probe)
+        self._adapt_fn = self._compile(self._adapt_batch)   # steps is a Python int: one trace per value
+        self._evaluate_fn = self._compile(self._evaluate)
 
     # -- the maths -------------------------------------------------------------------------
     def forward(self, params, x):
@@ -147,26 +132,6 @@ class TFMAML(Adapter):
                     else "") + "own Adam (torch/optax epsilon form)")
         return common.describe(self.device, self._jit, self._dtype, notes, {"task_batching": self._batching})
 
-    def to_device(self, batch):
-        return common.TFBatch(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(outputs)
-
-    def _to_tf(self, name, value):
-        return common.to_tf_layout(name, np.asarray(value), self._fmap).astype(self._dtype.as_numpy_dtype)
-
-    def _to_canonical(self, name, value):
-        return np.ascontiguousarray(common.to_canonical(name, value.numpy(), self._fmap))
-
-    def get_params(self):
-        return {k: self._to_canonical(k, v) for k, v in self.weights.items()}
-
-    def set_params(self, params):
-        for k, v in self.weights.items():  # in place: the traced functions hold these variables
-            v.assign(self._to_tf(k, params[k]))
-        self.opt.reset()
-
     def inner_step(self, batch):
         """Adapted weights after one step, TF layout with a leading task axis."""
         with tf.device(self._dev):
@@ -186,17 +151,4 @@ class TFMAML(Adapter):
 
     def probe(self, batch):
         with tf.device(self._dev):
-            support_loss, logits, grads = self._probe_fn(*batch.tensors)
-        out = {"support_loss": support_loss.numpy(), "query_logits": logits.numpy()}
-        out.update({f"meta_grad/{k}": self._to_canonical(k, g) for k, g in grads.items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        common.reset_peak_memory(self.device)
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self.device)
-
-    def compilation_count(self) -> int:
-        fns = (self._outer_fn, self._probe_fn, self._adapt_fn, self._evaluate_fn)
-        return sum(f.experimental_get_tracing_count() for f in fns)
+            return self.probe_result(*self._probe_fn(*batch.tensors))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from bench.models import feature_size
 from implementations.tensorflow import common
 
@@ -32,35 +32,19 @@ def neg_sq_distances(query, protos):
     return -tf.reduce_sum(tf.square(query[:, None, :] - protos[None, :, :]), axis=-1)
 
 
-class TFProtoNet(Adapter):
-    framework = "tensorflow"
+class TFProtoNet(common.TFAdapter):
     algorithms = ("protonet",)
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        common.check_options(self.options)
-        self._dev = common.tf_device(device)
-        self._dtype = common.float_dtype(self.options)
-        self._jit = bool(self.options.get("jit_compile", False))
         self._batching = self.options.get("task_batching", TASK_BATCHING)
-        self._bn = self.spec.model.batch_norm != "none"
-        self._eps = self.spec.model.bn_eps
         self._k_shot = self.spec.episode.k_shot
         self._features = feature_size(self.spec)
-        p = self.spec.protonet
-        with tf.device(self._dev):
-            self.weights = {k: tf.Variable(self._to_tf(k, v), dtype=self._dtype) for k, v in params.items()}
-            self.opt = common.Adam(self.weights.values(), p.meta_lr, p.lr_halve_every)
-        # autograph off: all control flow here is Python over static shapes
-        compile_ = lambda f: tf.function(f, jit_compile=self._jit, autograph=False)
-        self._outer_fn = compile_(self._outer)
-        self._probe_fn = compile_(self._probe)
-        self._adapt_fn = compile_(self._adapt_batch)
-        self._evaluate_fn = compile_(self._evaluate)
+        self._make_weights(params, self.spec.protonet.meta_lr, self.spec.protonet.lr_halve_every)
+        self._outer_fn = self._compile(self._outer)
+        self._probe_fn = self._compile(self._probe)
+        self._adapt_fn = self._compile(self._adapt_batch)
+        self._evaluate_fn = self._compile(self._evaluate)
 
     # -- the maths -------------------------------------------------------------------------
     def _embed_episode(self, sx, qx):
@@ -114,23 +98,6 @@ class TFProtoNet(Adapter):
                  "tf.function; own Adam (torch/optax epsilon form), step size halved on schedule")
         return common.describe(self.device, self._jit, self._dtype, notes, {"task_batching": self._batching})
 
-    def to_device(self, batch):
-        return common.TFBatch(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(outputs)
-
-    def _to_tf(self, name, value):
-        return common.to_tf_layout(name, np.asarray(value)).astype(self._dtype.as_numpy_dtype)
-
-    def get_params(self):
-        return {k: np.ascontiguousarray(common.to_canonical(k, v.numpy())) for k, v in self.weights.items()}
-
-    def set_params(self, params):
-        for k, v in self.weights.items():  # in place: the traced functions hold these variables
-            v.assign(self._to_tf(k, params[k]))
-        self.opt.reset()
-
     def outer_step(self, batch):
         with tf.device(self._dev):
             return self._outer_fn(batch.support_x, batch.query_x, batch.query_y)
@@ -146,18 +113,5 @@ class TFProtoNet(Adapter):
 
     def probe(self, batch):
         with tf.device(self._dev):
-            losses, logits, grads = self._probe_fn(batch.support_x, batch.query_x, batch.query_y)
-        # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
-        out = {"support_loss": losses.numpy(), "query_logits": logits.numpy()}
-        out.update({f"meta_grad/{k}": common.to_canonical(k, g.numpy()) for k, g in grads.items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        common.reset_peak_memory(self.device)
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self.device)
-
-    def compilation_count(self) -> int:
-        fns = (self._outer_fn, self._probe_fn, self._adapt_fn, self._evaluate_fn)
-        return sum(f.experimental_get_tracing_count() for f in fns)
+            # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
+            return self.probe_result(*self._probe_fn(batch.support_x, batch.query_x, batch.query_y))

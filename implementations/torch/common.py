@@ -3,13 +3,14 @@ dict (``torch.func`` style), device placement, sync, memory and self-description
 
 from __future__ import annotations
 
+import abc
 import platform
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.adapter import AdapterInfo, MemoryReading
+from bench.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.models import CONV_BLOCKS
 
 Params = dict[str, torch.Tensor]
@@ -124,3 +125,58 @@ def describe(device: torch.device, notes: str) -> AdapterInfo:
                        threads=torch.get_num_threads(), notes=notes,
                        extra={"interop_threads": torch.get_num_interop_threads(),
                               "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None})
+
+
+class TorchAdapter(Adapter):
+    """What the torch adapters share: device and dtype, parameters as plain leaf tensors
+    with a torch.optim Adam (``adam_settings()`` says its step size and halving), the
+    meta-gradient applied through ``.grad``, sync, memory and the parity probe's layout."""
+
+    framework = "torch"
+
+    @classmethod
+    def configure(cls, threads: int, device: str) -> None:
+        configure(threads, device)
+
+    def __init__(self, spec, algorithm, params, device="cpu", options=None):
+        super().__init__(spec, algorithm, params, device, options)
+        self._dev = torch_device(device)
+        self._dtype = dtype_option(self.options)
+        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+
+    @abc.abstractmethod
+    def adam_settings(self) -> tuple[float, int]:
+        """(step size, halve every N updates or 0)."""
+
+    def to_device(self, batch):
+        return TorchBatch(batch, self._dev, self._dtype)
+
+    def sync(self, outputs=None) -> None:
+        sync(self._dev)
+
+    def get_params(self):
+        return params_to_numpy(self.params)
+
+    def set_params(self, params):
+        self.params = params_to_torch(params, self._dev, self._dtype)
+        self.opt, self.sched = make_adam(self.params, *self.adam_settings())
+
+    def apply_meta_grad(self, grads: Params) -> None:
+        """One Adam update from a meta-gradient computed by ``torch.func``."""
+        for k, p in self.params.items():
+            p.grad = grads[k]
+        self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+    def reset_peak_memory(self) -> None:
+        reset_peak_memory(self._dev)
+
+    def peak_memory(self) -> MemoryReading:
+        return peak_memory(self._dev)
+
+    @staticmethod
+    def probe_result(support_loss, logits, grads: Params) -> dict[str, np.ndarray]:
+        out = {"support_loss": support_loss.cpu().numpy(), "query_logits": logits.cpu().numpy()}
+        out.update({f"meta_grad/{k}": v.cpu().numpy() for k, v in grads.items()})
+        return out

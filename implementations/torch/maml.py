@@ -19,28 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from implementations.torch import common
 
 
-class TorchMAML(Adapter):
-    framework = "torch"
+class TorchMAML(common.TorchAdapter):
     algorithms = ("maml", "fomaml")
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._dev = common.torch_device(device)
-        self._dtype = common.dtype_option(self.options)
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
         self.regression = self.spec.is_regression
-        self._bn = self.spec.model.batch_norm != "none"
-        self._eps = self.spec.model.bn_eps
         self.set_params(params)
         self._vmapped_adapt = {steps: vmap(self._make_adapt(steps), in_dims=(None, 0, 0))
                                for steps in {1, self.inner_steps, self.test_inner_steps}}
@@ -88,18 +79,8 @@ class TorchMAML(Adapter):
                                           "second derivative through batch_norm is wrong in torch 2.13); "
                                           "inner_step/adapt/evaluate vmapped; Adam from torch.optim")
 
-    def to_device(self, batch):
-        return common.TorchBatch(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(self._dev)
-
-    def get_params(self):
-        return common.params_to_numpy(self.params)
-
-    def set_params(self, params):
-        self.params = common.params_to_torch(params, self._dev, self._dtype)
-        self.opt, self.sched = common.make_adam(self.params, self.spec.maml.meta_lr)
+    def adam_settings(self) -> tuple[float, int]:
+        return self.spec.maml.meta_lr, 0
 
     def inner_step(self, batch):
         # self.params do not require grad: torch.func.grad builds only the inner graph
@@ -107,9 +88,7 @@ class TorchMAML(Adapter):
 
     def outer_step(self, batch):
         grads, loss = self._meta_grad(batch)
-        for k, p in self.params.items():
-            p.grad = grads[k]
-        self.opt.step()
+        self.apply_meta_grad(grads)
         return loss
 
     def adapt(self, batch):
@@ -131,13 +110,4 @@ class TorchMAML(Adapter):
         adapted = self._vmapped_adapt[self.inner_steps](self.params, batch.support_x, batch.support_y)
         with torch.no_grad():
             logits = vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x)
-        grads, _ = self._meta_grad(batch)
-        out = {"support_loss": support_loss.cpu().numpy(), "query_logits": logits.cpu().numpy()}
-        out.update({f"meta_grad/{k}": v.cpu().numpy() for k, v in grads.items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        common.reset_peak_memory(self._dev)
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self._dev)
+        return self.probe_result(support_loss, logits, self._meta_grad(batch)[0])

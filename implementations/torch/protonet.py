@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import AdapterInfo
 from implementations.torch import common
 
 
@@ -26,20 +26,11 @@ def neg_sq_distances(query: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     return -((query[:, None, :] - protos[None, :, :]) ** 2).sum(-1)
 
 
-class TorchProtoNet(Adapter):
-    framework = "torch"
+class TorchProtoNet(common.TorchAdapter):
     algorithms = ("protonet",)
-
-    @classmethod
-    def configure(cls, threads: int, device: str) -> None:
-        common.configure(threads, device)
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._dev = common.torch_device(device)
-        self._dtype = common.dtype_option(self.options)
-        self._bn = self.spec.model.batch_norm != "none"
-        self._eps = self.spec.model.bn_eps
         self.set_params(params)
 
     def _episode_logits(self, params, sx, qx):
@@ -62,30 +53,15 @@ class TorchProtoNet(Adapter):
         return common.describe(self._dev, "episodes vmapped; support and query embedded in one pass; "
                                           "Adam from torch.optim, step size halved on schedule")
 
-    def to_device(self, batch):
-        return common.TorchBatch(batch, self._dev, self._dtype)
-
-    def sync(self, outputs=None) -> None:
-        common.sync(self._dev)
-
-    def get_params(self):
-        return common.params_to_numpy(self.params)
-
-    def set_params(self, params):
-        self.params = common.params_to_torch(params, self._dev, self._dtype)
-        p = self.spec.protonet
-        self.opt, self.sched = common.make_adam(self.params, p.meta_lr, p.lr_halve_every)
+    def adam_settings(self) -> tuple[float, int]:
+        return self.spec.protonet.meta_lr, self.spec.protonet.lr_halve_every
 
     def _meta_grad(self, batch):
         return grad_and_value(self._loss)(self.params, batch)
 
     def outer_step(self, batch):
         grads, loss = self._meta_grad(batch)
-        for k, p in self.params.items():
-            p.grad = grads[k]
-        self.opt.step()
-        if self.sched is not None:
-            self.sched.step()
+        self.apply_meta_grad(grads)
         return loss
 
     def adapt(self, batch):
@@ -111,14 +87,5 @@ class TorchProtoNet(Adapter):
             logits = vmap(self._episode_logits, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.query_x)
             loss = vmap(self._episode_loss, in_dims=(None, 0, 0, 0))(
                 self.params, batch.support_x, batch.query_x, batch.query_y)
-        grads, _ = self._meta_grad(batch)
         # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
-        out = {"support_loss": loss.cpu().numpy(), "query_logits": logits.cpu().numpy()}
-        out.update({f"meta_grad/{k}": v.cpu().numpy() for k, v in grads.items()})
-        return out
-
-    def reset_peak_memory(self) -> None:
-        common.reset_peak_memory(self._dev)
-
-    def peak_memory(self) -> MemoryReading:
-        return common.peak_memory(self._dev)
+        return self.probe_result(loss, logits, self._meta_grad(batch)[0])
