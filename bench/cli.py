@@ -69,13 +69,14 @@ def cmd_episodes(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import run
+    """Exit 1 when any cell failed or any adapter failed parity (the report is written anyway)."""
+    from bench.runner import failures, run
 
-    run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
+    run_dir = run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
         phases=args.phases, timeout=args.cell_timeout, resume=args.resume)
-    return 0
+    return 1 if failures(run_dir) else 0
 
 
 def cmd_parity(args) -> int:

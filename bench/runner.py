@@ -153,6 +153,23 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
     echo(f"[parity] {verdict} in {time.perf_counter() - t0:.0f} s")
 
 
+def failures(run_dir: Path) -> list[str]:
+    """What went wrong in a run: failed or unfinished cells, and adapters that failed parity."""
+    out = []
+    for status_path in sorted((run_dir / "cells").glob("*/status.json")):
+        phases = json.loads(status_path.read_text())["phases"]
+        bad = [p for p, s in phases.items() if s["status"] != "ok"]
+        if bad:
+            out.append(f"{status_path.parent.name} ({', '.join(bad)})")
+    parity = run_dir / "parity.csv"
+    if parity.exists():
+        import pandas as pd
+
+        table = pd.read_csv(parity)
+        out += [f"parity {a}" for a in sorted(set(table.loc[~table["ok"].astype(bool), "adapter"]))]
+    return out
+
+
 def new_run_id(profile: str) -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
@@ -205,4 +222,7 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
                    argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
     write_report(run_dir)
     echo(f"metabench: report in {run_dir / 'summary.md'}")
+    failed = failures(run_dir)
+    if failed:
+        echo(f"metabench: {len(failed)} failure(s), the other results are complete: {'; '.join(failed)}")
     return run_dir
