@@ -1,6 +1,7 @@
 """Budget profiles: how much to train, evaluate and time, never what an episode is.
 
-``smoke`` proves the pipeline in seconds (CI); ``cpu`` is the default without a GPU
+``smoke`` proves the pipeline in seconds per cell (MAML and ProtoNet unless
+``--algorithms`` says otherwise, no parity phase: ``bench.runner``); ``cpu`` is the default without a GPU
 (minutes per cell on a 2-core machine, enough to reach the accuracy targets); ``paper``
 keeps the spec's own budget (the papers' 60k-iteration protocols: GPU hours).
 

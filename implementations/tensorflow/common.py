@@ -35,6 +35,15 @@ def configure(threads: int, device: str) -> None:
             tf.config.set_visible_devices([], "GPU")
         except (RuntimeError, ValueError):
             pass
+    else:
+        # Allocate on demand, as JAX is told to (XLA_PYTHON_CLIENT_PREALLOCATE=false) and as
+        # torch does: TF otherwise reserves nearly all GPU memory up front. (Peak memory is
+        # read from the allocator's own counter either way.) Untested: no GPU here yet.
+        for gpu in tf.config.list_physical_devices("GPU"):
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (RuntimeError, ValueError):  # the context already exists: leave it
+                pass
     # Full float32 everywhere, as torch and JAX are set (TF32 would round matmul/conv inputs).
     tf.config.experimental.enable_tensor_float_32_execution(False)
 
