@@ -17,8 +17,9 @@ float32-vs-float64 error for that quantity; each framework's own float32-vs-floa
 is reported beside it. The parent compares each quantity with PyTorch's as one max
 relative error, ``max|x - x_torch| / max|x_torch|`` over the whole quantity (all
 parameters together for the last two; per-element relative error is meaningless for
-entries that are zero up to rounding). ``params_after`` leaves out the entries whose gradient is rounding noise, which
-Adam's normalised first step moves by +-lr in any framework (``params_after_error``).
+entries that are zero up to rounding). ``params_after`` leaves out the entries whose
+gradient is rounding noise, which Adam's normalised first step moves by +-lr in any
+framework (``params_after_error``).
 """
 
 from __future__ import annotations

@@ -167,6 +167,8 @@ def failures(run_dir: Path) -> list[str]:
 
         table = pd.read_csv(parity)
         out += [f"parity {a}" for a in sorted(set(table.loc[~table["ok"].astype(bool), "adapter"]))]
+    elif (run_dir / "parity.log").exists():  # the parity phase ran but produced no table
+        out.append("parity (see parity.log)")
     return out
 
 

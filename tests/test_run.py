@@ -197,3 +197,17 @@ def test_unknown_phase_is_a_one_line_error(data_env, tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--phases", "timing,speed", "--results-dir",
                         str(tmp_path)], capture_output=True, text=True, env=data_env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "--phases: unknown 'speed'" in r.stderr
+
+
+def test_failures_lists_failed_cells_and_parity(tmp_path):
+    """What makes ``metabench run`` exit 1: a failed phase, a parity row, a parity phase with no table."""
+    from bench.runner import failures
+
+    cell = tmp_path / "cells" / "a__maml__s"
+    cell.mkdir(parents=True)
+    (cell / "status.json").write_text(json.dumps({"phases": {"timing": {"status": "ok"},
+                                                             "memory": {"status": "failed"}}}))
+    (tmp_path / "parity.log").write_text("parity failed: AdapterError: unknown adapter\n")
+    assert failures(tmp_path) == ["a__maml__s (memory)", "parity (see parity.log)"]
+    pd.DataFrame({"adapter": ["x", "y"], "ok": [True, False]}).to_csv(tmp_path / "parity.csv", index=False)
+    assert failures(tmp_path) == ["a__maml__s (memory)", "parity y"]
