@@ -76,7 +76,10 @@ def cmd_run(args) -> int:
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
         phases=args.phases, timeout=args.cell_timeout, resume=args.resume)
-    return 1 if failures(run_dir) else 0
+    failed = failures(run_dir)
+    if failed:
+        print(f"metabench: {len(failed)} failure(s), the other results are complete: {'; '.join(failed)}")
+    return 1 if failed else 0
 
 
 def cmd_parity(args) -> int:

@@ -224,7 +224,4 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
                    argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
     write_report(run_dir)
     echo(f"metabench: report in {run_dir / 'summary.md'}")
-    failed = failures(run_dir)
-    if failed:
-        echo(f"metabench: {len(failed)} failure(s), the other results are complete: {'; '.join(failed)}")
     return run_dir
