@@ -75,7 +75,7 @@ def cmd_run(args) -> int:
     run_dir = run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
-        phases=args.phases, timeout=args.cell_timeout, resume=args.resume)
+        phases=args.phases, timeout=args.cell_timeout, resume=args.resume, command=args.command_line)
     failed = failures(run_dir)
     if failed:
         print(f"metabench: {len(failed)} failure(s), the other results are complete: {'; '.join(failed)}")
@@ -164,8 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def command_line(argv: list[str]) -> str:
+    """The command as the user typed it (``metabench run --profile smoke``), whatever
+    script path or ``python -m`` launched this process: a manifest must read the same on
+    every machine."""
+    import shlex
+
+    return shlex.join(["metabench", *argv])
+
+
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.command_line = command_line(argv)
     if getattr(args, "profile", "x") is None:
         from bench.runner import detect_device
 

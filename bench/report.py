@@ -56,7 +56,7 @@ def _fingerprints(cells, data_dir, cache_dir) -> dict:
     return out
 
 
-def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, argv, data_dir, cache_dir,
+def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, command, data_dir, cache_dir,
                    finished=None) -> None:
     from bench.environment import collect_environment
 
@@ -64,7 +64,7 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, a
     old = json.loads(path.read_text()) if path.exists() else {}
     manifest = {
         "run_id": run_dir.name,
-        "command": " ".join(argv),
+        "command": command,
         "profile": profile, "device": device, "threads": threads,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)) if finished else None,

@@ -178,10 +178,13 @@ def new_run_id(profile: str) -> str:
 
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
-        phases=None, timeout: float | None = None, resume: bool = False, echo=print) -> Path:
+        phases=None, timeout: float | None = None, resume: bool = False, command: str | None = None,
+        echo=print) -> Path:
     """Run the benchmark; returns the run's results folder. ``phases`` defaults to the
     profile's. With ``resume``, cells of an existing run whose requested phases all
-    succeeded are kept, not run again, and so is a parity table already written."""
+    succeeded are kept, not run again, and so is a parity table already written. ``command``
+    is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed)."""
+    command = command or "bench.runner.run() (called from Python, not the command line)"
     phases = tuple(phases or DEFAULT_PHASES[profile])
     unknown = [p for p in phases if p not in PHASE_GROUPS]
     if unknown:
@@ -204,7 +207,7 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
 
     started = time.time()
     write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
-                   argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir)
+                   command=command, data_dir=data_dir, cache_dir=cache_dir)
     echo(f"metabench: {len(cells)} cells, profile {profile}, device {device}, {threads} threads -> {run_dir}")
     if "parity" in phases and not (resume and (run_dir / "parity.csv").exists()):
         run_parity_phase(run_dir, cells, device=device, threads=threads, data_dir=data_dir,
@@ -221,7 +224,7 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
         if failed:
             echo(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")
     write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
-                   argv=sys.argv, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
+                   command=command, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
     write_report(run_dir)
     echo(f"metabench: report in {run_dir / 'summary.md'}")
     return run_dir

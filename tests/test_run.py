@@ -119,6 +119,9 @@ def test_curves_and_memory(run_dir):
 def test_manifest_records_environment_fingerprints_and_status(run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["profile"] == "smoke" and m["device"] == "cpu" and m["finished"]
+    # as the user typed it (the test launched `python -m bench.cli`), no interpreter path
+    assert m["command"].startswith("metabench run --profile smoke --adapters torch-maml,"), m["command"]
+    assert sys.executable not in m["command"]
     assert m["harness_environment"]["git"]["sha"]
     fp = m["specs"]["omniglot-5w1s"]["episodes"]
     assert len(fp["test"]["fingerprint"]) == 64 and fp["test"]["count"] == 8
