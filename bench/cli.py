@@ -100,6 +100,28 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_readme(args) -> int:
+    """Regenerate (or with ``--check`` verify) the generated blocks of Markdown files."""
+    from pathlib import Path
+
+    from bench import readme
+
+    stale = 0
+    for name in args.files:
+        path = Path(name)
+        if not path.is_file():
+            raise MetabenchError(f"{name}: no such Markdown file; name a file that holds "
+                                 "<!-- metabench:headline RUN --> blocks (default README.md)")
+        if args.check:
+            bad = [b.run for b in readme.blocks(path) if b.stale]
+            for run in bad:
+                print(f"{name}: the block generated from {run} is stale; run `metabench readme {name}`")
+            stale += len(bad)
+        else:
+            print(f"{name}: {readme.update(path)} block(s) rewritten")
+    return 1 if stale else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="metabench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -161,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild a run's tables, summary and plots from its cells")
     p.add_argument("run_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")
+    p.add_argument("files", nargs="*", default=["README.md"], metavar="FILE")
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is stale")
+    p.set_defaults(func=cmd_readme)
     return ap
 
 

@@ -1,10 +1,20 @@
-"""Statistics over timing rounds and evaluation episodes (numpy only)."""
+"""Statistics that pytest-benchmark does not compute: bootstrap CIs of a median and of a
+ratio of medians, intervals across seeds, and the paired test on test episodes.
+
+Everything pytest-benchmark already reports for a set of rounds (median, IQR, quartiles,
+min, mean, rounds) is read from its ``stats`` record, never recomputed here: two
+quartile conventions once gave the same rounds two different IQRs (issue 9).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
+
+N_BOOT = 2000
+SEED = 0  # fixed: a report rebuilt from the same rounds prints the same intervals
 
 
 def mean_ci95(values) -> tuple[float, float]:
@@ -18,21 +28,95 @@ def mean_ci95(values) -> tuple[float, float]:
     return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
 
 
-def bootstrap_median_ci(values, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile-bootstrap confidence interval of the median."""
+def _boot_medians(v: np.ndarray, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    return np.median(rng.choice(v, size=(n_boot, v.size), replace=True), axis=1)
+
+
+def bootstrap_median_ci(values, n_boot: int = N_BOOT, seed: int = SEED, level: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap confidence interval of the median of ``values``."""
     v = np.asarray(values, dtype=np.float64)
     if v.size < 2:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    medians = np.median(rng.choice(v, size=(n_boot, v.size), replace=True), axis=1)
+    medians = _boot_medians(v, np.random.default_rng(seed), n_boot)
     lo, hi = np.quantile(medians, [(1 - level) / 2, 1 - (1 - level) / 2])
     return float(lo), float(hi)
 
 
-def summarize_rounds(seconds) -> dict[str, float]:
-    v = np.asarray(seconds, dtype=np.float64)
-    q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75])
-    lo, hi = bootstrap_median_ci(v)
-    return {"rounds": int(v.size), "median": float(med), "iqr": float(q3 - q1), "q1": float(q1),
-            "q3": float(q3), "min": float(v.min()), "mean": float(v.mean()),
-            "median_ci_low": lo, "median_ci_high": hi}
+def ratio_of_medians_ci(numerator, denominator, n_boot: int = N_BOOT, seed: int = SEED,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """``median(numerator) / median(denominator)`` and its percentile-bootstrap CI.
+
+    Both sets of rounds are resampled, independently (they come from different processes),
+    so the interval carries the noise of both. With ``numerator`` the baseline's rounds
+    this is a speedup: above 1 means ``denominator`` is faster."""
+    a = np.asarray(numerator, dtype=np.float64)
+    b = np.asarray(denominator, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        return math.nan, math.nan, math.nan
+    ratio = float(np.median(a) / np.median(b))
+    if a.size < 2 or b.size < 2:
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ratios = _boot_medians(a, rng, n_boot) / _boot_medians(b, rng, n_boot)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return ratio, float(lo), float(hi)
+
+
+def t_interval95(values) -> tuple[float, float]:
+    """Mean and half-width of the 95% Student-t interval of the mean: for a handful of
+    training seeds, where 1.96 standard errors would be far too narrow."""
+    from scipy import stats
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return (float(v[0]) if v.size else math.nan), math.nan
+    return float(v.mean()), float(stats.t.ppf(0.975, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """A paired t-test of ``b - a`` over the same test episodes."""
+    n: int                # episodes
+    mean_diff: float      # mean of b - a (in the metric's units)
+    ci_low: float         # 95% t interval of the mean difference
+    ci_high: float
+    t: float
+    p: float              # two-sided
+
+    @property
+    def significant(self) -> bool:
+        return self.p < 0.05
+
+
+def paired_test(a, b) -> PairedTest:
+    """Paired t-test of per-episode metrics ``b`` against ``a`` (same episodes, same order).
+
+    Every framework is evaluated on the very same test episodes, so the episode-to-episode
+    difficulty cancels in ``b - a``: far stronger than asking whether two CIs overlap."""
+    from scipy import stats
+
+    d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    n = d.size
+    if n < 2:
+        return PairedTest(n, float(d.mean()) if n else math.nan, math.nan, math.nan, math.nan, math.nan)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    if sd == 0:  # identical up to a constant: no noise to test against
+        return PairedTest(n, mean, mean, mean, math.copysign(math.inf, mean) if mean else 0.0,
+                          0.0 if mean else 1.0)
+    se = sd / math.sqrt(n)
+    t = mean / se
+    half = float(stats.t.ppf(0.975, n - 1)) * se
+    return PairedTest(n, mean, mean - half, mean + half, t, float(2 * stats.t.sf(abs(t), n - 1)))
+
+
+def holm(pvalues) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (same order as given): several framework pairs are
+    tested at once, and "significant" must hold for the family, not for each test alone."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (p.size - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()

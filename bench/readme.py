@@ -1,0 +1,71 @@
+"""Generated blocks in Markdown files: numbers that come from a committed run, never typed.
+
+A block is delimited by two HTML comments (invisible when rendered)::
+
+    <!-- metabench:headline results/20261128-cpu-all -->
+    ...the output of bench.tables.headline_markdown(results/20261128-cpu-all)...
+    <!-- /metabench:headline -->
+
+``metabench readme`` rewrites every block from the run folder its opening comment names;
+``metabench readme --check`` exits 1 when a block differs from what the run would generate
+(the test suite runs the same check, so hand-edited or stale numbers fail CI).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.errors import MetabenchError
+
+BLOCK = re.compile(r"(<!-- metabench:headline (?P<run>\S+) -->\n)(?P<body>.*?)(<!-- /metabench:headline -->)",
+                   re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Block:
+    run: str          # the run folder, relative to the Markdown file's repository root
+    body: str         # the text between the two comments, as it stands in the file
+    expected: str     # what the run generates now
+
+    @property
+    def stale(self) -> bool:
+        return self.body != self.expected
+
+
+def generate(run_dir: Path) -> str:
+    """The body of a headline block for ``run_dir``: the run's generated tables, then a
+    link to its full summary. Deterministic: no timestamps, no absolute paths."""
+    from bench.tables import headline_markdown
+
+    if not (run_dir / "manifest.json").is_file():
+        raise MetabenchError(f"{run_dir}: not a metabench run (no manifest.json); "
+                             "name a folder under results/ in the block's opening comment")
+    return f"\n{headline_markdown(run_dir).strip()}\n\n"
+
+
+def blocks(path: Path, root: Path | None = None) -> list[Block]:
+    """Every generated block of the Markdown file ``path``; run folders are resolved
+    against ``root`` (default: the file's folder)."""
+    root = root or path.parent
+    text = path.read_text(encoding="utf-8")
+    return [Block(m["run"], m["body"], generate(root / m["run"])) for m in BLOCK.finditer(text)]
+
+
+def update(path: Path, root: Path | None = None) -> int:
+    """Rewrite every block of ``path`` from its run; returns how many changed."""
+    root = root or path.parent
+    text = path.read_text(encoding="utf-8")
+    changed = 0
+
+    def regenerate(m: re.Match) -> str:
+        nonlocal changed
+        body = generate(root / m["run"])
+        changed += body != m["body"]
+        return m.group(1) + body + m.group(4)
+
+    new = BLOCK.sub(regenerate, text)
+    if changed:
+        path.write_text(new, encoding="utf-8")
+    return changed
