@@ -28,10 +28,14 @@ class Cell:
     threads: int
     data_dir: str | None = None
     cache_dir: str | None = None
+    # Training seed: initial weights and training-episode order (bench.episodes). Seed 0 is
+    # the spec's own; timing and memory run at seed 0 only, accuracy at every seed.
+    seed: int = 0
 
     @property
     def cell_id(self) -> str:
-        return f"{self.adapter}__{self.algorithm}__{self.spec_name}"
+        base = f"{self.adapter}__{self.algorithm}__{self.spec_name}"
+        return f"{base}__seed{self.seed}" if self.seed else base
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
@@ -72,6 +76,6 @@ def build(cell: Cell, *, with_init: bool = True):
     cls = registry.load_adapter_class(entry)
     cls.configure(cell.threads, cell.device)
     spec = load_spec(cell.spec).for_algorithm(cell.algorithm).with_profile(cell.profile, cell.algorithm)
-    params = init_params(spec, cell.algorithm)
+    params = init_params(spec, cell.algorithm, train_seed=cell.seed)
     adapter = cls(spec, cell.algorithm, params, device=cell.device, options=entry.options)
     return adapter, spec, params

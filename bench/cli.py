@@ -75,7 +75,10 @@ def cmd_run(args) -> int:
     run_dir = run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
-        phases=args.phases, timeout=args.cell_timeout, resume=args.resume, command=args.command_line)
+        phases=args.phases, timeout=args.cell_timeout, resume=args.resume, command=args.command_line,
+        seeds=args.seeds, dry_run=args.dry_run)
+    if run_dir is None:  # --dry-run: the plan was printed
+        return 0
     failed = failures(run_dir)
     if failed:
         print(f"metabench: {len(failed)} failure(s), the other results are complete: {'; '.join(failed)}")
@@ -164,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=float, help="seconds after which a cell's process is killed")
     p.add_argument("--resume", action="store_true",
                    help="with --run-id of an earlier run: keep its finished cells, run the rest")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="training seeds per cell (initial weights and training-episode order; the test "
+                        "episodes stay the same): accuracy at every seed, timing and memory at seed 0")
+    p.add_argument("--dry-run", action="store_true", help="print the plan (cells, phases, estimated duration) and exit")
     data_flags(p)
     p.set_defaults(func=cmd_run)
 

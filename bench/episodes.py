@@ -18,7 +18,10 @@ drawn, so labels carry no information about the split's class order.
 
 Randomness: episode ``index`` of ``role`` (train / val / test) draws from
 ``SeedSequence(seed, spawn_key=(role, index))``, independent of every other episode,
-so any episode can be produced alone, in any order, in any process.
+so any episode can be produced alone, in any order, in any process. A training seed
+``s > 0`` (``metabench run --seeds``) gives the train role a stream of its own,
+``spawn_key=(role, index, s)``; validation and test episodes never depend on it, so every
+training seed is evaluated on the same test episodes.
 """
 
 from __future__ import annotations
@@ -62,9 +65,10 @@ class EpisodeSampler:
 
     def __init__(self, spec: EpisodeSpec, role: str, shape: EpisodeShape | None = None, *,
                  data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-                 allow_download: bool = True):
+                 allow_download: bool = True, train_seed: int = 0):
         if role not in ROLES:
             raise ValueError(f"role must be one of {list(ROLES)}, got {role!r}")
+        self.train_seed = train_seed if role == "train" else 0
         self.spec = spec
         self.role = role
         self.shape = shape or spec.episode
@@ -109,7 +113,8 @@ class EpisodeSampler:
         return self._pool[0].shape[0]
 
     def _rng(self, index: int) -> np.random.Generator:
-        return np.random.default_rng(np.random.SeedSequence(self.spec.seed, spawn_key=(ROLES[self.role], index)))
+        key = (ROLES[self.role], index) + ((self.train_seed,) if self.train_seed else ())
+        return np.random.default_rng(np.random.SeedSequence(self.spec.seed, spawn_key=key))
 
     # -- episodes ------------------------------------------------------------------------
     def batch(self, start: int, size: int) -> EpisodeBatch:
@@ -160,6 +165,8 @@ class EpisodeSampler:
         indices (task parameters and inputs, for sinusoid) of episodes ``start..start+count-1``."""
         h = hashlib.sha256()
         h.update(f"{self.identity}|{self.role}|{self.shape}|seed={self.spec.seed}".encode())
+        if self.train_seed:
+            h.update(f"|train_seed={self.train_seed}".encode())
         for s0 in range(start, start + count, chunk):
             prov = self.batch(s0, min(chunk, start + count - s0)).provenance
             h.update(np.ascontiguousarray(prov).tobytes())

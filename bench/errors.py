@@ -26,3 +26,21 @@ class DataError(MetabenchError):
 
 class AdapterError(MetabenchError):
     """An adapter name that is unknown, or an adapter that cannot serve a cell."""
+
+
+class Diverged(Exception):
+    """A non-finite loss: the cell stops instead of training (or timing) on NaNs.
+
+    Not a user error: a cell's status, ``diverged``, with the step and the value.
+    ``step`` counts outer steps from 1 (``phase`` says which phase counted them).
+    """
+
+    def __init__(self, phase: str, step: int | str, value: float):
+        self.phase = phase
+        self.step = step
+        self.value = float(value)
+        super().__init__(f"non-finite loss {self.value} at step {step}")
+
+    def record(self) -> dict:
+        """What the cell's ``<phase>.diverged.json`` holds."""
+        return {"phase": self.phase, "step": self.step, "value": repr(self.value), "detail": str(self)}

@@ -64,10 +64,13 @@ def param_shapes(spec: EpisodeSpec, algorithm: str) -> dict[str, tuple[int, ...]
     return shapes
 
 
-def init_params(spec: EpisodeSpec, algorithm: str, seed: int | None = None) -> dict[str, np.ndarray]:
-    """The canonical initial parameters: identical for every framework."""
+def init_params(spec: EpisodeSpec, algorithm: str, seed: int | None = None,
+                train_seed: int = 0) -> dict[str, np.ndarray]:
+    """The canonical initial parameters: identical for every framework. A training seed
+    ``> 0`` draws another initialisation (``metabench run --seeds``)."""
     seed = spec.seed if seed is None else seed
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_INIT_STREAM,)))
+    key = (_INIT_STREAM,) + ((train_seed,) if train_seed else ())
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
     params = {}
     for name, shape in param_shapes(spec, algorithm).items():
         if name.startswith("bn") and name.endswith(".weight"):

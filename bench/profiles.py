@@ -11,8 +11,10 @@ A spec may refine a profile in ``[profiles.<name>]``; those values win.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+HOUR = 3600.0
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,15 @@ class Profile:
     warmup_rounds: int          # untimed steps after the first (compile) step
     rounds: int                 # timed rounds of one step each
     memory_steps: int           # steps run by the peak-memory probe
+    # Seconds a cell's phase may take before the watchdog kills it (``--cell-timeout``
+    # overrides). Generous: several times what the phase takes on a loaded 2-core CPU, so
+    # only a hang (a deadlock, a runaway compile) reaches them.
+    time_limits: dict[str, float] = field(default_factory=lambda: {"timing": HOUR, "memory": HOUR,
+                                                                   "accuracy": 24 * HOUR})
+
+    def time_limit(self, phases) -> float:
+        """The limit of one process running ``phases`` one after the other, in seconds."""
+        return sum(self.time_limits[p] for p in phases)
 
 
 def _smoke(spec) -> dict[str, int]:
@@ -46,9 +57,15 @@ def _paper(spec) -> dict[str, int]:
 
 PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "seconds per cell: proves every phase runs (CI)", _smoke,
-                     warmup_rounds=1, rounds=3, memory_steps=1),
+                     warmup_rounds=1, rounds=3, memory_steps=1,
+                     # a smoke cell takes 5-60 s per phase (JAX and TF compile on 2 cores)
+                     time_limits={"timing": 600, "memory": 300, "accuracy": 600}),
     "cpu": Profile("cpu", "minutes per cell on a laptop-class CPU: reaches the accuracy targets",
-                   _cpu, warmup_rounds=3, rounds=20, memory_steps=2),
+                   _cpu, warmup_rounds=3, rounds=20, memory_steps=2,
+                   # cpu-all on 2 cores (README): timing up to ~5 min, accuracy up to ~25 min a cell
+                   time_limits={"timing": 1 * HOUR, "memory": 0.5 * HOUR, "accuracy": 4 * HOUR}),
     "paper": Profile("paper", "the papers' budgets (60k meta-iterations): GPU hours", _paper,
-                     warmup_rounds=10, rounds=100, memory_steps=3),
+                     warmup_rounds=10, rounds=100, memory_steps=3,
+                     # 60k second-order MAML iterations: GPU hours, a day at most
+                     time_limits={"timing": 2 * HOUR, "memory": 1 * HOUR, "accuracy": 48 * HOUR}),
 }

@@ -4,26 +4,33 @@ Everything is rebuilt from the cells' own folders (``cells/<cell_id>/``), so a p
 resumed run reports whatever its cells measured. Files written into the run folder:
 
 - ``timings.csv``  one row per timed round
-- ``steps.csv``    one row per (cell, phase): median, IQR, bootstrap CI, first step (compile)
+- ``steps.csv``    one row per (cell, phase): pytest-benchmark's statistics (median, IQR,
+  quartiles, min, mean), the bootstrap CI of the median, first step (compile)
 - ``memory.csv``   one row per cell: peak bytes and which API measured them
-- ``accuracy.csv`` one row per cell: mean and 95% CI over the test episodes
+- ``accuracy.csv`` one row per cell and training seed: mean and 95% CI over the test
+  episodes, target and time to target
+- ``episodes.csv`` the test metric of every test episode, per cell and seed (paired tests)
 - ``curves.csv``   learning curves (validation metric every ``val_every`` steps, with time)
 - ``benchmark.json`` every cell's pytest-benchmark records in one file (``pytest-benchmark compare``)
 - ``manifest.json`` environment, specs with episode fingerprints, each cell's status
-- ``summary.md``, ``step_times.png``, ``learning_curves.png``
+- ``summary.md`` (parity verdict, comparison tables from ``bench.tables``, details),
+  ``speedups.png``, ``step_times.png``, ``learning_curves.png`` (``bench.plots``)
+
+Numbers from a cell are read only when the phase that wrote them ended "ok" in the
+cell's ``status.json``: a failed, timed-out or diverged phase never enters a median.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import pandas as pd
 
-from bench.stats import summarize_rounds
+from bench import tables
+from bench.stats import bootstrap_median_ci
 
 CELL_COLUMNS = ["framework", "algorithm", "adapter", "spec"]
 FINGERPRINT_TRAIN_CAP = 10_000  # training episodes hashed into the manifest, at most
@@ -31,7 +38,7 @@ FINGERPRINT_TRAIN_CAP = 10_000  # training episodes hashed into the manifest, at
 
 # -- manifest ----------------------------------------------------------------------------
 
-def _fingerprints(cells, data_dir, cache_dir) -> dict:
+def _episode_fingerprints(cells, data_dir, cache_dir) -> dict:
     from bench.episodes import sampler_for
     from bench.spec import load_spec
 
@@ -46,11 +53,13 @@ def _fingerprints(cells, data_dir, cache_dir) -> dict:
                 n = spec.budget.eval_episodes
                 entry["episodes"]["test"] = {"count": n, "fingerprint": sampler_for(
                     spec, "test", data_dir=data_dir, cache_dir=cache_dir).fingerprint(n)}
-            train_key = f"train/{cell.algorithm}"
+            seed = getattr(cell, "seed", 0)
+            train_key = f"train/{cell.algorithm}" + (f"/seed{seed}" if seed else "")
             if train_key not in entry["episodes"]:
                 n = min(spec.budget.meta_train_steps * spec.meta_batch_size(cell.algorithm), FINGERPRINT_TRAIN_CAP)
                 entry["episodes"][train_key] = {"count": n, "fingerprint": sampler_for(
-                    spec, "train", cell.algorithm, data_dir=data_dir, cache_dir=cache_dir).fingerprint(n)}
+                    spec, "train", cell.algorithm, train_seed=seed, data_dir=data_dir,
+                    cache_dir=cache_dir).fingerprint(n)}
         except Exception as e:  # missing data: the cells will report it; the manifest says so
             entry["episodes"]["error"] = str(e)
     return out
@@ -69,7 +78,7 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)) if finished else None,
         "harness_environment": collect_environment(None, device, threads),
-        "specs": old.get("specs") or _fingerprints(cells, data_dir, cache_dir),
+        "specs": old.get("specs") or _episode_fingerprints(cells, data_dir, cache_dir),
         "cells": [],
     }
     for cell in cells:
@@ -85,127 +94,197 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
 
 # -- collecting the cells' results ---------------------------------------------------------
 
+# Which status.json phase vouches for which file: a file is read only when its phase ended
+# "ok", so numbers from failed, timed-out or diverged cells never enter a median.
+TIMING, MEMORY, ACCURACY = "timing", "memory", "accuracy"
+STAT_KEYS = ("rounds", "median", "iqr", "q1", "q3", "min", "max", "mean", "stddev")
+EPISODE_COLUMNS = ["run_id", *CELL_COLUMNS, "seed", "episode", "value"]
+ACCURACY_COLUMNS = ["run_id", *CELL_COLUMNS, "episodes", "metric", "mean", "ci95", "train_steps", "train_seconds",
+                    "eval_seconds", "seed", "target", "target_direction", "steps_to_target",
+                    "time_to_target_seconds", "compile_seconds"]
+
+
 def _cells(run_dir: Path):
     for cell_dir in sorted((run_dir / "cells").glob("*")):
         if (cell_dir / "cell.json").exists():
             yield cell_dir, json.loads((cell_dir / "cell.json").read_text())
 
 
+def _phase_status(cell_dir: Path) -> dict[str, dict]:
+    path = cell_dir / "status.json"
+    return json.loads(path.read_text()).get("phases", {}) if path.exists() else {}
+
+
+def _ok(phases: dict, phase: str) -> bool:
+    return phases.get(phase, {}).get("status") == "ok"
+
+
+def _step_rows(data: dict, ident: dict) -> tuple[list[dict], list[dict]]:
+    """(rounds, steps) of one cell's benchmark.json; the statistics are pytest-benchmark's own."""
+    rounds, steps = [], []
+    for b in data.get("benchmarks", []):
+        extra, st = b.get("extra_info", {}), b["stats"]
+        seconds = st.get("data", [])
+        if not seconds:
+            continue
+        phase = extra["phase"]
+        rounds += [{**ident, "phase": phase, "round": i, "seconds": s, "device": extra.get("device")}
+                   for i, s in enumerate(seconds)]
+        lo, hi = bootstrap_median_ci(seconds)  # the one statistic pytest-benchmark lacks
+        steps.append({**ident, "phase": phase, "device": extra.get("device"),
+                      "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
+                      "first_step_seconds": extra.get("first_step_seconds"),
+                      "recompilations": extra.get("recompilations_while_timed"),
+                      **{k: st.get(k) for k in STAT_KEYS}, "median_ci_low": lo, "median_ci_high": hi})
+    return rounds, steps
+
+
+def _accuracy_row(a: dict, ident: dict) -> dict:
+    row = {**ident, **{k: a.get(k) for k in ("episodes", "metric", "mean", "ci95", "train_steps", "train_seconds",
+                                             "eval_seconds", "target", "target_direction", "steps_to_target",
+                                             "time_to_target_seconds")}}
+    row["compile_seconds"] = a.get("compile_seconds", a.get("first_step_seconds"))
+    if row["target_direction"] is None:
+        row["target_direction"] = "min" if a.get("metric") == "mse" else "max"
+    return row
+
+
 def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """Every cell's results as tidy frames; reads only, writes nothing.
+
+    Frames: ``timings`` (one row per round), ``steps`` (per cell and phase, pytest-benchmark's
+    statistics plus the bootstrap CI of the median), ``memory``, ``accuracy`` (per cell and
+    seed), ``episodes`` (test metric per test episode), ``curves``, ``status`` (per cell and
+    status.json phase). Old runs without seeds read as seed 0."""
+    run_dir = Path(run_dir)
     run_id = run_dir.name
-    rounds, steps, memory, accuracy, curves, benchmarks = [], [], [], [], [], []
-    machine_info = None
+    rounds, steps, memory, accuracy, episodes, curves, status = [], [], [], [], [], [], []
     for cell_dir, cell in _cells(run_dir):
-        ident = {"framework": cell["framework"], "algorithm": cell["algorithm"], "adapter": cell["adapter"],
-                 "spec": cell["spec_name"]}
-        bench_path = cell_dir / "benchmark.json"
-        if bench_path.exists():
-            data = json.loads(bench_path.read_text())
-            machine_info = machine_info or data.get("machine_info")
-            for b in data.get("benchmarks", []):
-                benchmarks.append(b)
-                extra = b.get("extra_info", {})
-                seconds = b["stats"].get("data", [])
-                for i, s in enumerate(seconds):
-                    rounds.append({"run_id": run_id, **ident, "phase": extra["phase"], "round": i,
-                                   "seconds": s, "device": extra.get("device")})
-                if seconds:
-                    steps.append({"run_id": run_id, **ident, "phase": extra["phase"], "device": extra.get("device"),
-                                  "compilation": extra.get("compilation"),
-                                  "meta_batch_size": extra.get("meta_batch_size"),
-                                  "first_step_seconds": extra.get("first_step_seconds"),
-                                  "recompilations": extra.get("recompilations_while_timed"),
-                                  **summarize_rounds(seconds)})
-        mem_path = cell_dir / "memory.json"
-        if mem_path.exists():
-            m = json.loads(mem_path.read_text())
-            memory.append({"run_id": run_id, **ident, "phase": m["phase"], "peak_bytes": m["peak_bytes"],
+        seed = int(cell.get("seed", 0) or 0)
+        ident = {"run_id": run_id, "framework": cell["framework"], "algorithm": cell["algorithm"],
+                 "adapter": cell["adapter"], "spec": cell["spec_name"], "seed": seed}
+        phases = _phase_status(cell_dir)
+        status += [{"cell_id": cell_dir.name, **ident, "phase": p, "status": s.get("status"),
+                    "returncode": s.get("returncode"), "seconds": s.get("seconds"), "detail": _detail(cell_dir, p, s)}
+                   for p, s in phases.items()]
+        if _ok(phases, TIMING) and (cell_dir / "benchmark.json").exists():
+            r, s = _step_rows(json.loads((cell_dir / "benchmark.json").read_text()), ident)
+            rounds += r
+            steps += s
+        if _ok(phases, MEMORY) and (cell_dir / "memory.json").exists():
+            m = json.loads((cell_dir / "memory.json").read_text())
+            memory.append({**ident, "phase": m["phase"], "peak_bytes": m["peak_bytes"],
                            "peak_mib": m["peak_bytes"] / 2**20, "source": m["source"],
                            "framework_api": m["framework_api"]})
-        acc_path = cell_dir / "accuracy.json"
-        if acc_path.exists():
-            a = json.loads(acc_path.read_text())
-            accuracy.append({"run_id": run_id, **ident, "episodes": a["episodes"], "metric": a["metric"],
-                             "mean": a["mean"], "ci95": a["ci95"], "train_steps": a["train_steps"],
-                             "train_seconds": a["train_seconds"], "eval_seconds": a["eval_seconds"]})
+        if not _ok(phases, ACCURACY):
+            continue
+        if (cell_dir / "accuracy.json").exists():
+            accuracy.append(_accuracy_row(json.loads((cell_dir / "accuracy.json").read_text()), ident))
+        ep_path = cell_dir / "episodes.csv"
+        if ep_path.exists() and ep_path.stat().st_size:
+            e = pd.read_csv(ep_path)
+            episodes.append(e.assign(**ident)[EPISODE_COLUMNS])
         curve_path = cell_dir / "curve.csv"
         if curve_path.exists() and curve_path.stat().st_size:
             c = pd.read_csv(curve_path)
-            for k, v in ident.items():
+            for k, v in reversed(ident.items()):
                 c.insert(0, k, v)
-            c.insert(0, "run_id", run_id)
             curves.append(c)
-    if benchmarks:
-        merged = {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks,
-                  "datetime": time.strftime("%Y-%m-%dT%H:%M:%S"), "version": "metabench"}
-        (run_dir / "benchmark.json").write_text(json.dumps(merged, indent=1))
     return {
-        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "round", "seconds", "device"]),
+        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "round", "seconds", "device",
+                                                 "seed"]),
         "steps": pd.DataFrame(steps),
         "memory": pd.DataFrame(memory),
-        "accuracy": pd.DataFrame(accuracy, columns=["run_id", *CELL_COLUMNS, "episodes", "metric", "mean", "ci95",
-                                                    "train_steps", "train_seconds", "eval_seconds"]),
+        "accuracy": pd.DataFrame(accuracy, columns=ACCURACY_COLUMNS),
+        "episodes": pd.concat(episodes, ignore_index=True) if episodes else pd.DataFrame(columns=EPISODE_COLUMNS),
         "curves": pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(
-            columns=["run_id", *CELL_COLUMNS, "step", "train_seconds", "val_mean", "val_ci95", "train_loss"]),
+            columns=["run_id", *CELL_COLUMNS, "seed", "step", "train_seconds", "val_mean", "val_ci95",
+                     "train_loss"]),
+        "status": pd.DataFrame(status, columns=["cell_id", "run_id", *CELL_COLUMNS, "seed", "phase", "status",
+                                                "returncode", "seconds", "detail"]),
     }
+
+
+def merged_benchmark_json(run_dir: Path) -> dict | None:
+    """The cells' pytest-benchmark records in one file (``pytest-benchmark compare`` reads
+    it). ``commit_info`` and ``datetime`` are the run's own (its earliest timed cell), not
+    the time the report was built; cells whose timing failed are left out."""
+    records, heads = [], []
+    for cell_dir, _ in _cells(run_dir):
+        path = cell_dir / "benchmark.json"
+        if path.exists() and _ok(_phase_status(cell_dir), TIMING):
+            data = json.loads(path.read_text())
+            heads.append(data)
+            records += data.get("benchmarks", [])
+    if not records:
+        return None
+    first = min(heads, key=lambda d: d.get("datetime") or "")
+    return {"machine_info": first.get("machine_info"), "commit_info": first.get("commit_info", {}),
+            "benchmarks": records, "datetime": first.get("datetime"), "version": first.get("version", "metabench")}
+
+
+def read_parity(run_dir: Path) -> pd.DataFrame | None:
+    path = Path(run_dir) / "parity.csv"
+    return pd.read_csv(path) if path.exists() else None
 
 
 # -- summary -------------------------------------------------------------------------------
 
-def _fmt_seconds(s: float) -> str:
-    if s is None or (isinstance(s, float) and math.isnan(s)):
-        return "-"
-    return f"{s * 1e3:.1f} ms" if s < 1 else f"{s:.2f} s"
-
-
-def _steps_table(steps: pd.DataFrame) -> str:
+def _detail_steps_table(steps: pd.DataFrame) -> str:
+    """Long format, one table per spec / algorithm / phase: every statistic of every adapter."""
     if steps.empty:
         return "_no timing results_\n"
     lines = []
-    for (spec, algorithm, phase), g in steps.groupby(["spec", "algorithm", "phase"], sort=True):
+    keyed = sorted(steps.groupby(["spec", "algorithm", "phase"], sort=False), key=lambda kg: tables.row_key(*kg[0]))
+    for (spec, algorithm, phase), g in keyed:
         fastest = g["median"].min()
         t = pd.DataFrame({
             "adapter": g["adapter"], "compilation": g["compilation"],
-            "median": g["median"].map(_fmt_seconds), "IQR": g["iqr"].map(_fmt_seconds),
-            "median 95% CI": [f"{_fmt_seconds(lo)} - {_fmt_seconds(hi)}"
-                              for lo, hi in zip(g["median_ci_low"], g["median_ci_high"])],
-            "rounds": g["rounds"], "first step (compile)": g["first_step_seconds"].map(_fmt_seconds),
-            "x fastest": (g["median"] / fastest).map(lambda r: f"{r:.2f}"),
-        }).sort_values("adapter")
-        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.to_markdown(index=False)}\n")
+            "median": [tables.format_seconds(m, (lo, hi)) for m, lo, hi in
+                       zip(g["median"], g["median_ci_low"], g["median_ci_high"])],
+            "IQR": g["iqr"].map(tables.format_seconds), "min": g["min"].map(tables.format_seconds),
+            "rounds": g["rounds"], "first step (compile)": g["first_step_seconds"].map(tables.format_seconds),
+        })
+        if phase != tables.SAMPLING:  # host-side numpy is shown, never ranked
+            t["x fastest"] = (g["median"] / fastest).map(lambda r: f"{r:.2f}")
+        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.sort_values('adapter').to_markdown(index=False)}\n")
     return "\n".join(lines)
 
 
-def _accuracy_table(acc: pd.DataFrame) -> str:
+def _accuracy_detail(acc: pd.DataFrame) -> str:
+    """One row per cell and seed: the test result, training time, time to target."""
     if acc.empty:
         return "_no accuracy results_\n"
-    t = acc.copy()
-    t["result"] = [f"{m * 100:.2f} +- {c * 100:.2f} %" if metric == "accuracy" else f"{m:.4f} +- {c:.4f}"
-                   for m, c, metric in zip(t["mean"], t["ci95"], t["metric"])]
-    t["train time"] = t["train_seconds"].map(lambda s: f"{s:.0f} s")
-    t = t[["spec", "algorithm", "adapter", "metric", "result", "episodes", "train_steps", "train time"]]
-    return t.sort_values(["spec", "algorithm", "adapter"]).to_markdown(index=False) + "\n"
+    t = acc.sort_values(["spec", "algorithm", "adapter", "seed"])
+    out = pd.DataFrame({
+        "spec": t["spec"], "algorithm": t["algorithm"], "adapter": t["adapter"], "seed": t["seed"],
+        "result (mean ± 95% CI)": [tables.format_metric(m, c, metric)
+                                   for m, c, metric in zip(t["mean"], t["ci95"], t["metric"])],
+        "episodes": t["episodes"], "train steps": t["train_steps"],
+        "train time": t["train_seconds"].map(tables.format_seconds),
+        "time to target": [_reached_text(r) for r in t.itertuples()],
+    })
+    return out.to_markdown(index=False) + "\n"
 
 
-def _agreement(acc: pd.DataFrame) -> str:
-    """Do the frameworks' results fall within each other's 95% confidence intervals?"""
-    lines = []
-    for (spec, algorithm), g in acc.groupby(["spec", "algorithm"]):
-        if len(g) < 2:
-            continue
-        rows = list(g.itertuples())
-        bad = [(a.adapter, b.adapter) for i, a in enumerate(rows) for b in rows[i + 1:]
-               if abs(a.mean - b.mean) > a.ci95 + b.ci95]
-        verdict = "all overlap" if not bad else "do NOT overlap: " + "; ".join(f"{x} vs {y}" for x, y in bad)
-        lines.append(f"- {spec} / {algorithm}: 95% CIs {verdict}")
-    if not lines:
-        return ""
-    # Why two correct adapters can miss each other's CI: it is one training run each.
-    lines.append("\nEach CI covers the sampling of test episodes for one training run; it leaves out how "
-                 "training runs vary. Adapters that pass parity start from the same weights and see the "
-                 "same episodes, but float32 rounding makes their trajectories drift apart over thousands of "
-                 "steps, most visibly where the learning curve is still steep (compare `curves.csv`).")
-    return "\n".join(lines) + "\n"
+def _reached_text(r) -> str:
+    if tables.is_missing(r.target):
+        return "no target"
+    if tables.is_missing(r.time_to_target_seconds):
+        return "not reached"
+    return f"{tables.format_seconds(r.time_to_target_seconds)} ({int(r.steps_to_target)} steps)"
+
+
+def _paired_section(tabs: dict, baseline: str) -> str:
+    paired = tables.paired_comparisons(tabs["episodes"], baseline)
+    if paired.empty:
+        return ("Not available: this run saved no per-episode test metrics (`episodes.csv`), so "
+                "frameworks are compared by their confidence intervals only.\n")
+    metric_of = {(r.spec, r.algorithm): r.metric for r in tabs["accuracy"].itertuples()}
+    return (f"{tables.paired_sentence(paired)}\n\nEvery framework is evaluated on the same test episodes; "
+            "each row is a paired t-test of the per-episode metric (averaged over the seeds each "
+            "adapter has) minus the baseline's, Holm-adjusted over the table.\n\n"
+            f"{tables.paired_table(paired, metric_of).to_markdown(index=False)}\n")
 
 
 def _memory_table(mem: pd.DataFrame) -> str:
@@ -216,18 +295,9 @@ def _memory_table(mem: pd.DataFrame) -> str:
     return t.sort_values(["spec", "algorithm", "adapter"]).to_markdown(index=False) + "\n"
 
 
-def _parity_section(run_dir: Path) -> str:
-    """The run's parity table (``parity.csv``, written before the cells), one row per
-    adapter x spec x algorithm: the meta-gradient's float32 error against torch (torch's
-    own float32-vs-float64 error in brackets) and the largest float64 error."""
-    path = run_dir / "parity.csv"
-    if not path.exists():
-        log = run_dir / "parity.log"
-        return (f"not computed: {log.read_text().strip().splitlines()[-1]}\n" if log.exists()
-                else "not run (`--phases parity`, or `metabench parity`)\n")
-    from bench.parity import QUANTITIES, TOLERANCE_64
+def _parity_rows(t: pd.DataFrame) -> list[dict]:
+    from bench.parity import QUANTITIES
 
-    t = pd.read_csv(path)
     rows = []
     for r in t.itertuples():
         if isinstance(getattr(r, "error", None), str):
@@ -237,42 +307,84 @@ def _parity_section(run_dir: Path) -> str:
         rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": bool(r.ok),
                      "meta_grad float32 (torch floor)": f"{r.meta_grad:.1e} ({r.meta_grad_floor:.1e})",
                      "max float64": f"{max(getattr(r, q + '_64') for q in QUANTITIES):.1e}"})
-    failed = sorted({r["adapter"] for r in rows if not r["ok"]})
-    verdict = ("every adapter computes torch's function (float64 within "
-               f"{TOLERANCE_64:g}) and its float32 result is within tolerance"
-               if not failed else f"FAILED for {', '.join(failed)}: their timings compare different maths")
-    return f"{verdict}; all quantities in `parity.csv`.\n\n{pd.DataFrame(rows).to_markdown(index=False)}\n"
+    return rows
 
 
-def _failures(run_dir: Path) -> str:
+def _parity_verdict(run_dir: Path) -> str:
+    """One paragraph: whether every adapter computes torch's function, naming them."""
+    t = read_parity(run_dir)
+    if t is None:
+        log = run_dir / "parity.log"
+        return (f"not computed: {log.read_text().strip().splitlines()[-1]}\n" if log.exists()
+                else "not run (`--phases parity`, or `metabench parity`): no timing below is "
+                     "checked to compute the same maths.\n")
+    from bench.parity import TOLERANCE_64
+
+    failed = sorted({r["adapter"] for r in _parity_rows(t) if not r["ok"]})
+    checked = ", ".join(sorted(set(t["adapter"])))
+    if failed:
+        return (f"FAILED for {', '.join(failed)}: their timings compare different maths (marked "
+                f"{tables.FAILED_PARITY} below; the comparisons are under Failures). Checked: {checked}.\n")
+    return (f"every adapter computes torch's function (float64 within {TOLERANCE_64:g}) and its float32 "
+            f"result is within tolerance: {checked}. Details under Parity details and in `parity.csv`.\n")
+
+
+def _parity_details(run_dir: Path) -> str:
+    t = read_parity(run_dir)
+    if t is None:
+        return "_no parity table_\n"
+    return f"{pd.DataFrame(_parity_rows(t)).to_markdown(index=False)}\n"
+
+
+def _detail(cell_dir: Path, phase: str, s: dict) -> str | None:
+    """A failed phase's one-line reason: status.json's ``detail``, else (older runs) the
+    last line of ``<phase>*.error.txt``."""
+    if s.get("status") == "ok":
+        return None
+    if s.get("detail"):
+        return s["detail"]
+    err = next(iter(sorted(cell_dir.glob(f"{phase}*.error.txt"))), None)
+    return err.read_text().strip().splitlines()[-1] if err and err.read_text().strip() else None
+
+
+def _failures(run_dir: Path, status: pd.DataFrame) -> str:
+    """Every non-ok phase with its status and reason, every unfinished cell, every failed
+    parity comparison (adapter vs torch on spec / algorithm)."""
     lines = []
+    seen = set(status["cell_id"])
     for cell_dir, _ in _cells(run_dir):
-        status_path = cell_dir / "status.json"
-        if not status_path.exists():
+        if cell_dir.name not in seen and not (cell_dir / "status.json").exists():
             lines.append(f"- {cell_dir.name}: did not finish")
-            continue
-        for phase, s in json.loads(status_path.read_text())["phases"].items():
-            if s["status"] != "ok":
-                err = next(iter(sorted(cell_dir.glob(f"{phase}*.error.txt"))), None)
-                last = err.read_text().strip().splitlines()[-1] if err else f"see {phase} log"
-                lines.append(f"- {cell_dir.name} / {phase}: {last}")
+    for r in status[status["status"] != "ok"].itertuples():
+        why = f": {r.detail}" if r.detail else f" (see cells/{r.cell_id}/{r.phase} log)"
+        rc = "" if tables.is_missing(r.returncode) else f", exit {int(r.returncode)}"
+        lines.append(f"- {r.cell_id} / {r.phase}: {r.status}{rc}{why}")
+    parity = read_parity(run_dir)
+    if parity is not None:
+        for r in _parity_rows(parity):
+            if not r["ok"]:
+                lines.append(f"- parity {r['adapter']} vs torch on {r['spec']} / {r['algorithm']}: "
+                             f"{r['meta_grad float32 (torch floor)']} (meta_grad float32 error, torch floor)")
+    elif (run_dir / "parity.log").exists():
+        lines.append(f"- parity: {(run_dir / 'parity.log').read_text().strip().splitlines()[-1]}")
     return "\n".join(lines) + "\n" if lines else "none\n"
 
 
-def write_report(run_dir: Path) -> dict[str, pd.DataFrame]:
-    run_dir = Path(run_dir)
-    tables = collect(run_dir)
-    for name in ("timings", "steps", "memory", "accuracy", "curves"):
-        tables[name].to_csv(run_dir / f"{name}.csv", index=False)
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
-    env = manifest.get("harness_environment", {})
-    plots = write_plots(run_dir, tables)
-    fingerprints = []
+def _fingerprints(manifest: dict) -> str:
+    lines = []
     for name, s in manifest.get("specs", {}).items():
         for role, e in s.get("episodes", {}).items():
             if isinstance(e, dict):
-                fingerprints.append(f"- {name} {role}: {e['count']} episodes, `{e['fingerprint'][:16]}`")
-    text = f"""# metabench run {manifest.get('run_id', run_dir.name)}
+                lines.append(f"- {name} {role}: {e['count']} episodes, `{e['fingerprint'][:16]}`")
+    return "\n".join(lines) or "_none_"
+
+
+def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str = "torch") -> str:
+    """``summary.md``: the parity verdict, the generated comparison tables (two screens),
+    then the detail sections, the failures and the plots."""
+    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    env = manifest.get("harness_environment", {})
+    return f"""# metabench run {manifest.get('run_id', run_dir.name)}
 
 - command: `{manifest.get('command', '?')}`
 - profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {manifest.get('threads')}
@@ -280,69 +392,56 @@ def write_report(run_dir: Path) -> dict[str, pd.DataFrame]:
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}
 
-Step times are rounds of one step each, the device synchronised inside the timed region,
-after the first (compiling) step and the warm-up rounds; "x fastest" is the ratio of medians
-within the table. Memory is measured in a process apart from timing.
-
 ## Parity against torch (same weights, same meta-batch of 4 tasks)
 
-{_parity_section(run_dir)}
+{_parity_verdict(run_dir)}
+## Comparison
+
+{tables.headline_sections(tabs, baseline, read_parity(run_dir))}
+Step times are rounds of one step each, the device synchronised inside the timed region;
+`sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
+Memory is measured in a process apart from timing.
+
 ## Step times
 
-{_steps_table(tables['steps'])}
+{_detail_steps_table(tabs['steps'])}
 ## Peak memory (one outer step)
 
-{_memory_table(tables['memory'])}
-## Accuracy ({'mean +- 95% CI over test episodes'})
+{_memory_table(tabs['memory'])}
+## Accuracy per cell and seed (mean ± 95% CI over test episodes)
 
-{_accuracy_table(tables['accuracy'])}
-{_agreement(tables['accuracy'])}
+{_accuracy_detail(tabs['accuracy'])}
+## Paired comparison on the same test episodes
+
+{_paired_section(tabs, baseline)}
+## Parity details
+
+{_parity_details(run_dir)}
 ## Episode fingerprints
 
-{chr(10).join(fingerprints) or '_none_'}
+{_fingerprints(manifest)}
 
 ## Failures
 
-{_failures(run_dir)}
+{_failures(run_dir, tabs['status'])}
 ## Plots
 
 {chr(10).join(f'![{p}]({p})' for p in plots) or '_none_'}
 """
-    (run_dir / "summary.md").write_text(text)
-    return tables
 
 
-def write_plots(run_dir: Path, tables) -> list[str]:
-    import matplotlib
+def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFrame]:
+    """Rebuild every table, plot and ``summary.md`` of ``run_dir`` from its cells' folders."""
+    from bench import atomic
+    from bench.plots import write_plots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    written = []
-    rounds = tables["timings"]
-    if not rounds.empty:
-        r = rounds.copy()
-        r["ms"] = r["seconds"] * 1e3
-        r["cell"] = r["spec"] + " / " + r["algorithm"] + " / " + r["phase"]
-        g = sns.catplot(data=r, x="ms", y="adapter", col="cell", col_wrap=3, kind="box", sharex=False,
-                        height=2.6, aspect=1.5, hue="framework", legend=False)
-        g.set_titles("{col_name}")
-        g.set_xlabels("step time (ms), rounds of one step")
-        g.figure.suptitle("Step times", y=1.02)
-        g.savefig(run_dir / "step_times.png", dpi=110, bbox_inches="tight")
-        plt.close(g.figure)
-        written.append("step_times.png")
-    curves = tables["curves"]
-    if not curves.empty:
-        c = curves.copy()
-        c["cell"] = c["spec"] + " / " + c["algorithm"]
-        g = sns.relplot(data=c, x="train_seconds", y="val_mean", hue="framework", style="framework",
-                        col="cell", col_wrap=3, kind="line", marker="o", height=2.8, aspect=1.3,
-                        facet_kws={"sharey": False, "sharex": False})
-        g.set_titles("{col_name}")
-        g.set_axis_labels("meta-training wall-clock (s)", "validation metric")
-        g.savefig(run_dir / "learning_curves.png", dpi=110, bbox_inches="tight")
-        plt.close(g.figure)
-        written.append("learning_curves.png")
-    return written
+    run_dir = Path(run_dir)
+    tabs = collect(run_dir)
+    for name in ("timings", "steps", "memory", "accuracy", "curves", "episodes"):
+        atomic.write_csv(run_dir / f"{name}.csv", tabs[name])
+    merged = merged_benchmark_json(run_dir)
+    if merged:
+        atomic.write_json(run_dir / "benchmark.json", merged)
+    plots = write_plots(run_dir, tabs, baseline)
+    atomic.write_text(run_dir / "summary.md", summary_markdown(run_dir, tabs, plots, baseline))
+    return tabs

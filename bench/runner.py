@@ -14,11 +14,12 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import registry
+from bench import plan, registry
 from bench.cell import Cell
 from bench.errors import MetabenchError
 from bench.spec import ALGORITHMS, load_spec
@@ -47,7 +48,8 @@ def detect_device() -> str:
 
 
 def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device: str, threads: int,
-               data_dir, cache_dir) -> list[Cell]:
+               data_dir, cache_dir, seeds: int = 1) -> list[Cell]:
+    """Every (adapter, algorithm, spec) the selection allows, once per training seed."""
     entries = registry.select(frameworks=frameworks, algorithms=algorithms, names=adapters)
     if not entries:
         raise MetabenchError("no adapter matches --frameworks/--algorithms/--adapters; "
@@ -61,12 +63,14 @@ def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device:
                     continue
                 if algorithm not in spec.algorithms():
                     continue
-                cells.append(Cell(adapter=entry.name, framework=entry.framework, algorithm=algorithm,
-                                  spec=spec_ref, spec_name=spec.name, profile=profile, device=device,
-                                  threads=threads, data_dir=data_dir, cache_dir=cache_dir))
-    # Group by framework: runs of one framework's processes stay together.
+                cells += [Cell(adapter=entry.name, framework=entry.framework, algorithm=algorithm,
+                               spec=spec_ref, spec_name=spec.name, profile=profile, device=device,
+                               threads=threads, data_dir=data_dir, cache_dir=cache_dir, seed=seed)
+                          for seed in range(seeds)]
+    # Group by framework: runs of one framework's processes stay together; seeds > 0
+    # (accuracy only) after every seed-0 cell, so a run's timings come first.
     order = {f: i for i, f in enumerate(dict.fromkeys(e.framework for e in entries))}
-    cells.sort(key=lambda c: order[c.framework])
+    cells.sort(key=lambda c: (c.seed > 0, order[c.framework]))
     return cells
 
 
@@ -176,14 +180,57 @@ def new_run_id(profile: str) -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
 
+class _Progress:
+    """A progress bar over the run's estimated seconds (bench.plan), so that its ETA weighs
+    a 10-minute training cell above a 10-second one; the cell's own progress lines (the
+    worker's ``train i/n``) show beside it."""
+
+    def __init__(self, cells, phases, profile):
+        from tqdm import tqdm
+
+        self.profile, self.phases = profile, phases
+        self.tqdm = tqdm(total=round(plan.estimate_seconds(cells, [p for p in phases if p != "parity"], profile)),
+                         unit="s", file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty(),
+                         bar_format="{l_bar}{bar}| {elapsed} elapsed, about {remaining} left {postfix}")
+
+    def update(self, cell, phases) -> None:
+        self.tqdm.update(round(plan.estimate_seconds([cell], phases, self.profile)))
+
+    def line(self, text: str) -> None:
+        self.tqdm.set_postfix_str(text[-60:], refresh=True)
+
+
+@contextmanager
+def progress_bar(cells, phases, profile, echo):
+    """``(bar, say)``: ``say`` prints a line above the bar (or just prints, without a terminal)."""
+    bar = _Progress(cells, phases, profile)
+
+    def say(text: str) -> None:
+        if bar.tqdm.disable:
+            echo(text)
+            return
+        bar.line(text)
+        if "] train " not in text:  # a worker's training progress only moves the bar's text
+            bar.tqdm.write(text, file=sys.stderr)
+
+    try:
+        yield bar, say
+    finally:
+        bar.tqdm.close()
+
+
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
         phases=None, timeout: float | None = None, resume: bool = False, command: str | None = None,
-        echo=print) -> Path:
+        seeds: int = 1, dry_run: bool = False, echo=print) -> Path | None:
     """Run the benchmark; returns the run's results folder. ``phases`` defaults to the
     profile's. With ``resume``, cells of an existing run whose requested phases all
     succeeded are kept, not run again, and so is a parity table already written. ``command``
-    is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed)."""
+    is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed).
+    ``seeds`` training seeds per cell (seeds > 0 run the accuracy phase only). With
+    ``dry_run`` the plan is printed and nothing is run or written (returns None)."""
+    if seeds < 1:
+        raise MetabenchError(f"--seeds: must be at least 1, got {seeds}")
     command = command or "bench.runner.run() (called from Python, not the command line)"
     phases = tuple(phases or DEFAULT_PHASES[profile])
     unknown = [p for p in phases if p not in PHASE_GROUPS]
@@ -200,29 +247,39 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     specs = list(specs or DEFAULT_SPECS[profile])
     cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
-                       adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir)
+                       adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
+                       seeds=seeds)
+    if "accuracy" not in phases:  # a training seed changes nothing else: one cell each
+        cells = [c for c in cells if c.seed == 0]
     run_dir = Path(results_dir) / (run_id or new_run_id(profile))
+    echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
+                       seeds=seeds))
+    if dry_run:
+        return None
     run_dir.mkdir(parents=True, exist_ok=True)
     from bench.report import write_manifest, write_report
 
     started = time.time()
     write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
                    command=command, data_dir=data_dir, cache_dir=cache_dir)
-    echo(f"metabench: {len(cells)} cells, profile {profile}, device {device}, {threads} threads -> {run_dir}")
     if "parity" in phases and not (resume and (run_dir / "parity.csv").exists()):
         run_parity_phase(run_dir, cells, device=device, threads=threads, data_dir=data_dir,
                          cache_dir=cache_dir, echo=echo)
-    phases = tuple(p for p in phases if p != "parity")
-    for i, cell in enumerate(cells, 1):
-        cell_dir = run_dir / "cells" / cell.cell_id
-        if resume and _finished(cell_dir, phases):
-            echo(f"[{i}/{len(cells)}] {cell.adapter} {cell.algorithm} {cell.spec_name}: done before, kept")
-            continue
-        echo(f"[{i}/{len(cells)}] {cell.adapter} {cell.algorithm} {cell.spec_name}")
-        status = run_cell(cell, cell_dir, phases, echo, timeout)
-        failed = [p for p, s in status["phases"].items() if s["status"] != "ok"]
-        if failed:
-            echo(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")
+    with progress_bar(cells, phases, profile, echo) as (bar, say):
+        for i, cell in enumerate(cells, 1):
+            cell_dir = run_dir / "cells" / cell.cell_id
+            todo = plan.cell_phases(cell, phases)
+            name = f"{cell.adapter} {cell.algorithm} {cell.spec_name}" + (f" seed {cell.seed}" if cell.seed else "")
+            if resume and _finished(cell_dir, todo):
+                say(f"[{i}/{len(cells)}] {name}: done before, kept")
+                bar.update(cell, todo)
+                continue
+            say(f"[{i}/{len(cells)}] {name}")
+            status = run_cell(cell, cell_dir, todo, say, timeout)
+            bar.update(cell, todo)
+            failed = [p for p, s in status["phases"].items() if s["status"] != "ok"]
+            if failed:
+                say(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")
     write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
                    command=command, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
     write_report(run_dir)

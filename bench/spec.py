@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib import resources
@@ -24,6 +25,9 @@ BATCH_NORM_MODES = ("transductive", "none")
 DISTANCES = ("squared_euclidean",)
 ALGORITHMS = ("maml", "fomaml", "protonet")
 OMNIGLOT_IMAGES_PER_CLASS = 20
+CONV_POOLINGS = 4  # Conv-4: each block halves the side (2x2 max-pool, floor), see bench.models
+# A spec's name names folders (cells/<adapter>__<algorithm>__<name>/) and CSV rows.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,10 @@ class BudgetSpec:
     eval_episodes: int = 600
     val_every: int = 100                      # learning-curve point every so many steps; 0: none
     val_episodes: int = 100
+    # Validation metric that counts as "good enough" (accuracy: at least; MSE: at most);
+    # the accuracy phase records when training first reaches it. 0: no target. Set per
+    # algorithm in [targets]; with_profile() resolves it, profiles may override it.
+    target: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -105,6 +113,8 @@ class EpisodeSpec:
     # profile name -> overrides of ``budget`` fields, for every algorithm or in a
     # sub-table per algorithm (which may also set ``meta_batch_size``); see ``with_profile``.
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # algorithm -> target validation metric (see BudgetSpec.target)
+    targets: dict[str, float] = field(default_factory=dict)
     source: str = "<spec>"
 
     @property
@@ -143,11 +153,14 @@ class EpisodeSpec:
 
     def with_profile(self, profile: str, algorithm: str | None = None) -> EpisodeSpec:
         """Apply a budget profile: built-in defaults, then the spec's ``[profiles.<name>]``
-        values, then its ``[profiles.<name>.<algorithm>]`` values."""
+        values, then its ``[profiles.<name>.<algorithm>]`` values. The algorithm's
+        ``[targets]`` entry becomes ``budget.target`` unless the profile sets one."""
         from bench.profiles import PROFILES
 
         table = self.profiles.get(profile, {})
         overrides = dict(PROFILES[profile].budget_overrides(self))
+        if algorithm is not None:
+            overrides["target"] = self.targets.get(algorithm, 0.0)
         overrides.update({k: v for k, v in table.items() if not isinstance(v, dict)})
         if algorithm is not None:
             overrides.update(table.get(algorithm, {}))
@@ -170,6 +183,7 @@ class EpisodeSpec:
 _SECTIONS = {"data": DataSpec, "episode": EpisodeShape, "model": ModelSpec, "maml": MAMLSpec,
              "protonet": ProtoNetSpec, "budget": BudgetSpec}
 _TOP_LEVEL = {"name": str, "seed": int, "description": str}
+_FLOAT_PROFILE_KEYS = {"target"}
 _PROFILE_KEYS = {f.name for f in fields(BudgetSpec)}
 
 
@@ -177,11 +191,19 @@ def _type_name(tp) -> str:
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
 
 
+def _finite(source: str, path: str, value: float) -> float:
+    # TOML has nan and inf literals; no rate, range or epsilon of a spec means either, and
+    # in a cell they only surface as NaN losses after minutes of work.
+    if not math.isfinite(value):
+        raise SpecError(source, path, f"must be a finite number, got {value!r}")
+    return float(value)
+
+
 def _check_type(source: str, path: str, value: Any, tp) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(source, path, f"must be a number, got {value!r}")
-        return float(value)
+        return _finite(source, path, value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(source, path, f"must be an integer, got {value!r}")
@@ -194,6 +216,8 @@ def _check_type(source: str, path: str, value: Any, tp) -> Any:
         if (not isinstance(value, list) or len(value) != 2
                 or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value)):
             raise SpecError(source, path, f"must be a pair of numbers [low, high], got {value!r}")
+        for v in value:
+            _finite(source, path, v)
         if not value[0] <= value[1]:
             raise SpecError(source, path, f"low must not exceed high, got {value!r}")
         return (float(value[0]), float(value[1]))
@@ -238,14 +262,26 @@ def _check_profile_table(source: str, path: str, table: Any, nested: bool) -> No
         allowed = sorted(_PROFILE_KEYS | ({"meta_batch_size"} if not nested else set(ALGORITHMS)))
         if key not in allowed:
             raise SpecError(source, f"{path}.{key}", f"unknown field; allowed: {', '.join(allowed)}")
-        _check_type(source, f"{path}.{key}", value, int)
-        _positive(source, f"{path}.{key}", value, allow_zero=key in ("val_every", "val_episodes"))
+        _check_type(source, f"{path}.{key}", value, float if key in _FLOAT_PROFILE_KEYS else int)
+        _positive(source, f"{path}.{key}", value, allow_zero=key in ("val_every", "val_episodes", "target"))
+
+
+def _check_targets(source: str, table: Any) -> dict[str, float]:
+    if not isinstance(table, dict):
+        raise SpecError(source, "targets", "must be a table: [targets] with algorithm = value")
+    out = {}
+    for key, value in table.items():
+        if key not in ALGORITHMS:
+            raise SpecError(source, f"targets.{key}", f"unknown algorithm; allowed: {', '.join(ALGORITHMS)}")
+        out[key] = _check_type(source, f"targets.{key}", value, float)
+        _positive(source, f"targets.{key}", out[key])
+    return out
 
 
 def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
     for key in raw:
-        if key not in _TOP_LEVEL and key not in _SECTIONS and key != "profiles":
-            allowed = sorted(_TOP_LEVEL) + sorted(_SECTIONS) + ["profiles"]
+        if key not in _TOP_LEVEL and key not in _SECTIONS and key not in ("profiles", "targets"):
+            allowed = sorted(_TOP_LEVEL) + sorted(_SECTIONS) + ["profiles", "targets"]
             raise SpecError(source, key, f"unknown field; allowed: {', '.join(allowed)}")
     for key, tp in _TOP_LEVEL.items():
         if key in raw:
@@ -266,7 +302,8 @@ def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
             raise SpecError(source, f"profiles.{pname}", f"unknown profile; allowed: {', '.join(PROFILES)}")
         _check_profile_table(source, f"profiles.{pname}", table, nested=True)
     spec = EpisodeSpec(name=raw["name"], seed=raw.get("seed", 0), description=raw.get("description", ""),
-                       profiles=profiles, source=source, **built)
+                       profiles=profiles, targets=_check_targets(source, raw.get("targets", {})),
+                       source=source, **built)
     validate(spec)
     return spec
 
@@ -274,6 +311,9 @@ def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
 def validate(spec: EpisodeSpec) -> None:
     """Check the values of a spec whose fields all have the right types."""
     s, d, e = spec.source, spec.data, spec.episode
+    if not NAME_PATTERN.match(spec.name):
+        raise SpecError(s, "name", f"{spec.name!r} names folders and table rows: use letters, digits, "
+                        f"'.', '_' and '-', starting with a letter or digit (e.g. \"omniglot-5w1s\")")
     _one_of(s, "data.dataset", d.dataset, DATASETS)
     if spec.seed < 0:
         raise SpecError(s, "seed", f"must be >= 0, got {spec.seed}")
@@ -293,6 +333,14 @@ def validate(spec: EpisodeSpec) -> None:
     _positive(s, "budget.eval_episodes", b.eval_episodes)
     _positive(s, "budget.val_every", b.val_every, allow_zero=True)
     _positive(s, "budget.val_episodes", b.val_episodes, allow_zero=True)
+    _positive(s, "budget.target", b.target, allow_zero=True)
+    for algorithm, target in spec.targets.items():
+        if algorithm not in spec.algorithms():
+            raise SpecError(s, f"targets.{algorithm}", f"this spec does not configure {algorithm}; "
+                            f"it configures {', '.join(spec.algorithms())}")
+        if not spec.is_regression and target > 1:
+            raise SpecError(s, f"targets.{algorithm}", f"an accuracy target is a fraction, got {target}; "
+                            "e.g. 0.9 for 90%")
     if spec.maml is None and spec.protonet is None:
         raise SpecError(s, "maml", "a spec needs a [maml] or a [protonet] section (or both)")
     if spec.maml is not None:
@@ -320,8 +368,25 @@ def validate(spec: EpisodeSpec) -> None:
                             f"set n_way = 1, got {e.n_way}")
         if d.amplitude[0] <= 0:
             raise SpecError(s, "data.amplitude", f"must be > 0, got {list(d.amplitude)}")
+        if d.x_range[0] == d.x_range[1]:
+            raise SpecError(s, "data.x_range", f"low must be below high (every point of a task would be the "
+                            f"same x), got {list(d.x_range)}")
     else:
+        _validate_image_size(spec)
         _validate_omniglot_shapes(spec)
+
+
+def _validate_image_size(spec: EpisodeSpec) -> None:
+    """Conv-4 needs at least one pixel after its four poolings (else its cell fails in
+    ``bench.models.feature_size``, after the framework has started)."""
+    side, sides = spec.data.image_size, [spec.data.image_size]
+    for _ in range(CONV_POOLINGS):
+        side //= 2
+        sides.append(side)
+    if side < 1:
+        raise SpecError(spec.source, "data.image_size", f"{spec.data.image_size} is too small for Conv-4's "
+                        f"{CONV_POOLINGS} 2x2 poolings ({' -> '.join(map(str, sides))}); "
+                        f"use at least {2 ** CONV_POOLINGS}")
 
 
 def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
@@ -375,10 +440,13 @@ def load_spec(path_or_name: str | Path) -> EpisodeSpec:
     if path.suffix == ".toml" or path.exists():
         source = str(path)
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8-sig")  # TOML is UTF-8; a BOM from an editor is harmless
         except OSError as e:
             raise SpecError(source, "file", f"cannot read ({e.strerror}); give a spec file or one of: "
                             f"{', '.join(builtin_spec_names())}") from None
+        except UnicodeDecodeError as e:
+            raise SpecError(source, "file", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
+                            f"{e.start}); TOML files are UTF-8: save it as UTF-8") from None
     else:
         name = str(path_or_name)
         if name not in builtin_spec_names():

@@ -1,16 +1,18 @@
 """The framework's own process for one cell's memory probe and accuracy phase.
 
 ``python -m bench.worker CELL_JSON CELL_DIR [--phases memory,accuracy]`` writes
-``memory.json``, ``accuracy.json`` and ``curve.csv`` into CELL_DIR. Each phase that
-fails writes ``<phase>.error.txt`` instead and the worker goes on with the next; the
-exit code is non-zero when any phase failed.
+``memory.json``, ``accuracy.json`` and ``curve.csv`` into CELL_DIR, each atomically
+(``bench.atomic``). Each phase that fails writes ``<phase>.error.txt`` instead and the
+worker goes on with the next; a phase whose loss turns non-finite writes
+``<phase>.diverged.json`` too (step and value: status ``diverged``). The exit code is
+non-zero when any phase failed.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import math
 import resource
 import sys
 import time
@@ -18,7 +20,9 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+from bench import atomic
 from bench.cell import Cell, build, pin_threads
+from bench.errors import Diverged
 
 
 def _rss_bytes() -> int:
@@ -36,9 +40,16 @@ def measure_memory(adapter, spec, cell: Cell, steps: int) -> dict:
     batch = adapter.to_device(sampler.batch(0, spec.meta_batch_size(cell.algorithm)))
     adapter.reset_peak_memory()
     rss_before = _rss_bytes()
+    losses = []
     for _ in range(steps):
-        adapter.sync(adapter.outer_step(batch))
+        loss = adapter.outer_step(batch)
+        adapter.sync(loss)
+        losses.append(loss)
     reading = adapter.peak_memory()
+    # read after the peak: a host read is no part of what is measured
+    for step, loss in enumerate(losses, 1):
+        if not math.isfinite(float(loss)):
+            raise Diverged("memory", step, float(loss))
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {
         "phase": "outer_step", "steps": steps,
@@ -49,7 +60,9 @@ def measure_memory(adapter, spec, cell: Cell, steps: int) -> dict:
     }
 
 
-def run_accuracy(adapter, spec, cell: Cell, init, log) -> tuple[dict, list[dict]]:
+def run_accuracy(adapter, spec, cell: Cell, init, log) -> tuple[dict, list[dict], list[float]]:
+    """Train from ``init`` (the cell's seed) and evaluate: (accuracy row, curve points,
+    the test metric of every test episode)."""
     from bench.training import train_and_evaluate
 
     adapter.set_params(init)  # the memory probe stepped the optimizer: start again
@@ -61,11 +74,10 @@ def run_accuracy(adapter, spec, cell: Cell, init, log) -> tuple[dict, list[dict]
             val = f" val {point['val_mean']:.4f}" if point else ""
             log(f"train {step}/{total}{val}")
 
-    result = train_and_evaluate(adapter, spec, cell.algorithm, data_dir=cell.data_dir,
+    result = train_and_evaluate(adapter, spec, cell.algorithm, train_seed=cell.seed, data_dir=cell.data_dir,
                                 cache_dir=cell.cache_dir, progress=progress)
     row = asdict(result)
-    curve = row.pop("curve")
-    return row, curve
+    return row, row.pop("curve"), row.pop("episode_values")
 
 
 def main(argv=None) -> int:
@@ -85,7 +97,7 @@ def main(argv=None) -> int:
     try:
         adapter, spec, init = build(cell)
     except Exception:
-        (out / "build.error.txt").write_text(traceback.format_exc())
+        atomic.write_text(out / "build.error.txt", traceback.format_exc())
         log("build failed")
         return 1
     from bench.environment import collect_environment
@@ -94,28 +106,37 @@ def main(argv=None) -> int:
     env = collect_environment(cell.framework, cell.device, cell.threads)
     env["pinned_cores"] = cores
     env["adapter_info"] = adapter.describe().as_dict()
-    (out / "environment.json").write_text(json.dumps(env, indent=1, default=str))
+    atomic.write_json(out / "environment.json", env, default=str)
     failed = False
     for phase in args.phases.split(","):
         t0 = time.perf_counter()
         try:
             if phase == "memory":
                 mem = measure_memory(adapter, spec, cell, PROFILES[cell.profile].memory_steps)
-                (out / "memory.json").write_text(json.dumps(mem, indent=1))
+                atomic.write_json(out / "memory.json", mem)
             elif phase == "accuracy":
-                row, curve = run_accuracy(adapter, spec, cell, init, log)
-                (out / "accuracy.json").write_text(json.dumps(row, indent=1))
-                with open(out / "curve.csv", "w", newline="") as f:
+                row, curve, values = run_accuracy(adapter, spec, cell, init, log)
+                # the curve and the episodes first: accuracy.json is what marks the phase done
+                with atomic.atomic_open(out / "episodes.csv", "w", newline="") as f:
+                    f.write("episode,value\n")
+                    f.writelines(f"{i},{v!r}\n" for i, v in enumerate(values))
+                with atomic.atomic_open(out / "curve.csv", "w", newline="") as f:
                     writer = csv.DictWriter(f, fieldnames=["step", "train_seconds", "val_mean", "val_ci95",
                                                            "train_loss"])
                     writer.writeheader()
                     writer.writerows(curve)
+                atomic.write_json(out / "accuracy.json", row)
             else:
                 raise ValueError(f"unknown phase {phase!r}")
             log(f"{phase} done in {time.perf_counter() - t0:.1f} s")
+        except Diverged as e:
+            failed = True
+            atomic.write_json(out / f"{phase}.diverged.json", e.record())
+            atomic.write_text(out / f"{phase}.error.txt", f"{traceback.format_exc()}diverged: {e}\n")
+            log(f"{phase} DIVERGED: {e}")
         except Exception:
             failed = True
-            (out / f"{phase}.error.txt").write_text(traceback.format_exc())
+            atomic.write_text(out / f"{phase}.error.txt", traceback.format_exc())
             log(f"{phase} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
     return 1 if failed else 0
 

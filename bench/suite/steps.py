@@ -1,20 +1,41 @@
 """Time each phase of one cell: rounds of one step each, the device synchronised inside the
 timed function, the first (compiling) step timed apart and recorded in ``extra_info``.
 
+A non-finite loss from ``outer_step`` ends the cell as ``diverged`` (``timing.diverged.json``
+beside the cell's JSON): timings of steps on NaNs never reach a median. The loss is read
+after the first step and after the last round, outside the timed region; NaNs persist in
+the parameters, so a divergence in any round shows in the last.
+
 Episodes are sampled and moved to the device before timing; every round runs on the same
 device-resident batch, so host-to-device copies are outside the timed region everywhere.
 """
 
 from __future__ import annotations
 
+import math
 import time
+from pathlib import Path
 
+from bench import atomic
 from bench.episodes import sampler_for
+from bench.errors import Diverged
 from bench.profiles import PROFILES
 from bench.timing import timed_step
 
 
-def test_step(benchmark, cell, built, phase):
+def _check_finite(phase: str, step: str, out, cell_json: Path) -> None:
+    """Raise ``Diverged`` (and record it for the runner) when ``outer_step`` returned a
+    non-finite loss; other phases return parameters or prototypes, not a loss."""
+    if phase != "outer_step":
+        return
+    value = float(out)
+    if not math.isfinite(value):
+        error = Diverged("timing", step, value)
+        atomic.write_json(cell_json.parent / "timing.diverged.json", error.record())
+        raise error
+
+
+def test_step(benchmark, cell, built, phase, pytestconfig):
     adapter, spec = built
     role = "test" if phase == "adapt" else "train"
     sampler = sampler_for(spec, role, cell.algorithm, data_dir=cell.data_dir, cache_dir=cell.cache_dir)
@@ -24,12 +45,15 @@ def test_step(benchmark, cell, built, phase):
 
     compiled_before = adapter.compilation_count()
     t0 = time.perf_counter_ns()
-    step()
+    out = step()
     first_step = (time.perf_counter_ns() - t0) / 1e9
+    cell_json = Path(pytestconfig.getoption("--metabench-cell"))
+    _check_finite(phase, "1 (first step)", out, cell_json)
     compiled_first = adapter.compilation_count()
     benchmark.group = f"{cell.spec_name} {cell.algorithm} {phase}"
     benchmark.name = f"{cell.adapter}[{phase}]"
-    benchmark.pedantic(step, rounds=profile.rounds, iterations=1, warmup_rounds=profile.warmup_rounds)
+    out = benchmark.pedantic(step, rounds=profile.rounds, iterations=1, warmup_rounds=profile.warmup_rounds)
+    _check_finite(phase, f"{2 + profile.warmup_rounds + profile.rounds - 1} (last timed round)", out, cell_json)
     compiled_after = adapter.compilation_count()
 
     info = adapter.describe()

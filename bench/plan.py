@@ -1,0 +1,64 @@
+"""What a run will do, said before it starts: its cells, their phases, a duration estimate,
+and a quicker command to try first (``metabench run`` prints it; ``--dry-run`` stops there).
+
+Estimates are per phase and profile, from the committed 2-core CPU runs (results/): they
+say "minutes" or "an hour", not a promise. A GPU runs the ``paper`` profile, whose budget
+is GPU hours per cell; its estimate is flagged as unmeasured.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from bench.cell import Cell
+
+# Seconds per cell and phase on a 2-core CPU, rounded up from the committed runs:
+# 20261128-cpu-all (median timing ~12 s, accuracy 10-590 s a cell) and the smoke runs
+# (2 min 47 s for 9 cells). The parity phase is per run, not per cell.
+TYPICAL_SECONDS = {
+    "smoke": {"timing": 12, "memory": 4, "accuracy": 8, "parity": 0},
+    "cpu": {"timing": 15, "memory": 10, "accuracy": 300, "parity": 200},
+    "paper": {"timing": 60, "memory": 30, "accuracy": 6 * 3600, "parity": 200},
+}
+
+
+def cell_phases(cell: Cell, phases) -> tuple[str, ...]:
+    """The phases a cell runs: a training seed > 0 only changes training, so its cell runs
+    the accuracy phase alone (timing and memory are measured at seed 0)."""
+    cell_level = tuple(p for p in phases if p != "parity")
+    return cell_level if cell.seed == 0 else tuple(p for p in cell_level if p == "accuracy")
+
+
+def estimate_seconds(cells, phases, profile: str) -> float:
+    typical = TYPICAL_SECONDS[profile]
+    total = typical["parity"] if "parity" in phases else 0
+    for cell in cells:
+        total += sum(typical[p] for p in cell_phases(cell, phases))
+    return float(total)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1) -> str:
+    """The plan as a few lines of text: what runs, for how long, and a quicker first try."""
+    frameworks = Counter(c.framework for c in cells)
+    workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
+    est = estimate_seconds(cells, phases, profile)
+    lines = [
+        f"metabench: {len(cells)} cells ({', '.join(f'{n} {fw}' for fw, n in frameworks.items())}), "
+        f"profile {profile}, device {device}, {threads} threads per framework -> {run_dir}",
+        f"  workloads: {', '.join(workloads)}",
+        f"  phases: {', '.join(phases)}" + (f"; {seeds} training seeds (seeds > 0: accuracy only)"
+                                            if seeds > 1 else ""),
+        f"  estimated duration: about {_duration(est)}"
+        + (" (from 2-core CPU runs; a GPU's is unmeasured)" if device == "cuda" else " on a 2-core CPU"),
+    ]
+    if profile != "smoke":
+        lines.append("  a first try in minutes: metabench run --profile smoke  (or nox -s bench -- --profile smoke)")
+    return "\n".join(lines)

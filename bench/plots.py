@@ -1,0 +1,191 @@
+"""The run's figures, each returned as a matplotlib Figure (tests inspect them) and saved
+by ``write_plots``.
+
+- ``speedups.png``: speedup against the baseline per workload and phase, log scale, CI
+  whiskers, one marker per framework. Sampling is left out (it stays in the tables).
+- ``step_times.png``: distribution of the rounds, log axis, one row per workload, one
+  column per phase in a fixed order, each panel listing only its own adapters.
+- ``learning_curves.png``: one row per workload (its metric's direction in the y label,
+  the target as a line, ``val_ci95`` as a band) and two views: against meta-training
+  wall-clock (log axis) and against steps, so "slower per step" and "learns differently
+  per step" can be told apart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import tables
+
+MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
+STEP_PHASES = ["outer_step", "inner_step", "adapt"]  # columns of the step-time figure, in this order
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _styles(labels, baseline: str) -> dict[str, tuple]:
+    """(colour, marker) per column label, the same in every figure of a run."""
+    import seaborn as sns
+
+    ordered = sorted(set(labels), key=lambda lb: tables._label_key(lb, baseline))
+    colours = sns.color_palette("colorblind", max(len(ordered), 3))
+    return {lb: (colours[i], MARKERS[i % len(MARKERS)]) for i, lb in enumerate(ordered)}
+
+
+def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch"):
+    """Speedup vs ``baseline`` (from ``tables.comparison``) per workload and phase."""
+    plt = _plt()
+    c = cmp[(cmp["phase"] != tables.SAMPLING) & cmp["speedup"].notna() & (cmp["adapter"] != cmp["baseline"])]
+    rows = sorted({(r.spec, r.algorithm, r.phase) for r in c.itertuples()}, key=lambda k: tables.row_key(*k))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(rows), 2) + 1.4))
+    styles = _styles(cmp["label"], baseline)
+    labels = sorted(set(c["label"]), key=lambda lb: tables._label_key(lb, baseline))
+    offsets = np.linspace(-0.25, 0.25, len(labels)) if len(labels) > 1 else [0.0]
+    for offset, label in zip(offsets, labels):
+        d = c[c["label"] == label]
+        y = [rows.index((r.spec, r.algorithm, r.phase)) + offset for r in d.itertuples()]
+        lo = (d["speedup"] - d["speedup_ci_low"]).fillna(0).clip(lower=0)
+        hi = (d["speedup_ci_high"] - d["speedup"]).fillna(0).clip(lower=0)
+        colour, marker = styles[label]
+        ax.errorbar(d["speedup"], y, xerr=[lo, hi], fmt=marker, color=colour, label=label, capsize=3, ms=6)
+    ax.axvline(1.0, color="grey", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)), [tables.row_label(*k).replace("`", "") for k in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # first workload on top, as in the tables
+    ax.set_xlabel(f"speedup vs {baseline} (ratio of median step times, log scale; > 1 is faster)")
+    ax.set_title(f"Speedup vs {baseline}, 95% bootstrap CI")
+    if labels:
+        ax.legend(loc="best", fontsize=8)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
+    """Rounds per adapter: one row per spec / algorithm, one column per phase (fixed order);
+    a panel lists only the adapters timed in it; log axis."""
+    plt = _plt()
+    t = timings[timings["phase"].isin(STEP_PHASES)].copy()
+    t["label"] = [tables.column_label(f, a, al) for f, a, al in zip(t["framework"], t["adapter"], t["algorithm"])]
+    workloads = sorted({(r.spec, r.algorithm) for r in t.itertuples()}, key=lambda k: tables.row_key(*k))
+    phases = [p for p in STEP_PHASES if p in set(t["phase"])]
+    styles = _styles(t["label"], baseline)
+    fig, axes = plt.subplots(len(workloads), len(phases), figsize=(4.2 * len(phases), 0.5 + 1.9 * len(workloads)),
+                             squeeze=False)
+    for i, (spec, algorithm) in enumerate(workloads):
+        for j, phase in enumerate(phases):
+            ax = axes[i][j]
+            d = t[(t["spec"] == spec) & (t["algorithm"] == algorithm) & (t["phase"] == phase)]
+            if d.empty:  # this algorithm has no such phase: no empty frame
+                ax.set_visible(False)
+                continue
+            labels = sorted(set(d["label"]), key=lambda lb: tables._label_key(lb, baseline))
+            data = [d.loc[d["label"] == lb, "seconds"].to_numpy() * 1e3 for lb in labels]
+            box = ax.boxplot(data, vert=False, widths=0.6, patch_artist=True, showfliers=False)
+            for patch, lb in zip(box["boxes"], labels):
+                patch.set_facecolor(styles[lb][0])
+                patch.set_alpha(0.5)
+            for k, (values, lb) in enumerate(zip(data, labels), 1):
+                jitter = np.random.default_rng(k).uniform(-0.15, 0.15, len(values))
+                ax.scatter(values, k + jitter, s=6, color=styles[lb][0], zorder=3)
+            ax.set_yticks(range(1, len(labels) + 1), labels)
+            ax.set_xscale("log")
+            ax.set_title(f"{spec} / {algorithm} / {phase}", fontsize=9)
+            ax.set_xlabel("step time (ms, log scale)")
+            ax.grid(axis="x", which="both", alpha=0.3)
+    fig.suptitle("Step times: rounds of one step after the first step and warm-up")
+    fig.tight_layout()
+    return fig
+
+
+def _targets(accuracy: pd.DataFrame) -> dict[tuple[str, str], float]:
+    if accuracy.empty or "target" not in accuracy:
+        return {}
+    a = accuracy[accuracy["target"].notna()]
+    return {(r.spec, r.algorithm): float(r.target) for r in a.drop_duplicates(["spec", "algorithm"]).itertuples()}
+
+
+def _metric_label(metric: str) -> str:
+    return ("validation accuracy (higher is better)" if metric == "accuracy"
+            else f"validation {metric.upper()} (lower is better)")
+
+
+def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline: str = "torch"):
+    """One row per spec / algorithm, two views: wall-clock (log) and steps. The lowest seed
+    of each adapter is drawn with its ``val_ci95`` band, other seeds as thin lines."""
+    plt = _plt()
+    c = curves.copy()
+    if "seed" not in c:
+        c["seed"] = 0
+    c["label"] = [tables.column_label(f, a, al) for f, a, al in zip(c["framework"], c["adapter"], c["algorithm"])]
+    workloads = sorted({(r.spec, r.algorithm) for r in c.itertuples()}, key=lambda k: tables.row_key(*k))
+    metric_of = {(r.spec, r.algorithm): r.metric for r in accuracy.itertuples()} if not accuracy.empty else {}
+    targets = _targets(accuracy)
+    styles = _styles(c["label"], baseline)
+    fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 0.6 + 2.8 * len(workloads)), squeeze=False)
+    for i, (spec, algorithm) in enumerate(workloads):
+        d = c[(c["spec"] == spec) & (c["algorithm"] == algorithm)]
+        metric = metric_of.get((spec, algorithm), "mse" if "sinusoid" in spec else "accuracy")
+        wall, per_step = axes[i]
+        for label, g in sorted(d.groupby("label"), key=lambda kv: tables._label_key(kv[0], baseline)):
+            colour, marker = styles[label]
+            for n, (seed, s) in enumerate(sorted(g.groupby("seed"), key=lambda kv: kv[0])):
+                s = s.sort_values("step")
+                main = n == 0
+                kw = {"color": colour, "lw": 1.6 if main else 0.7, "alpha": 1.0 if main else 0.5,
+                      "label": label if main else None}
+                timed = s[s["train_seconds"] > 0]  # step 0 sits at t = 0, off a log axis
+                wall.plot(timed["train_seconds"], timed["val_mean"], marker=marker if main else None, ms=3, **kw)
+                per_step.plot(s["step"], s["val_mean"], marker=marker if main else None, ms=3, **kw)
+                if main and s["val_ci95"].notna().any():
+                    band = s["val_ci95"].fillna(0)
+                    per_step.fill_between(s["step"], s["val_mean"] - band, s["val_mean"] + band, color=colour,
+                                          alpha=0.15, lw=0)
+                    tb = timed["val_ci95"].fillna(0)
+                    wall.fill_between(timed["train_seconds"], timed["val_mean"] - tb, timed["val_mean"] + tb,
+                                      color=colour, alpha=0.15, lw=0)
+        target = targets.get((spec, algorithm))
+        for ax in (wall, per_step):
+            if target is not None:
+                ax.axhline(target, color="black", ls=":", lw=1, label="target")
+            ax.set_ylabel(_metric_label(metric))
+            ax.set_title(f"{spec} / {algorithm}", fontsize=9)
+            ax.grid(alpha=0.3)
+        wall.set_xscale("log")
+        wall.set_xlabel("meta-training wall-clock (s, log scale; compile excluded)")
+        per_step.set_xlabel("meta-training step")
+        wall.legend(fontsize=7, loc="best")
+    fig.suptitle("Learning curves: validation metric with 95% CI")
+    fig.tight_layout()
+    return fig
+
+
+def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]:
+    """Save the figures the run's tables allow; returns their file names."""
+    from bench import atomic
+
+    plt = _plt()
+    written = []
+    cmp = tables.comparison(tabs["steps"], tabs["timings"], baseline)
+    figures = []
+    if not cmp.empty and cmp["speedup"].notna().any() and (cmp["adapter"] != cmp["baseline"]).any():
+        figures.append(("speedups.png", speedup_figure(cmp, baseline)))
+    if not tabs["timings"][tabs["timings"]["phase"].isin(STEP_PHASES)].empty:
+        figures.append(("step_times.png", step_time_figure(tabs["timings"], baseline)))
+    if not tabs["curves"].empty:
+        figures.append(("learning_curves.png", learning_curve_figure(tabs["curves"], tabs["accuracy"], baseline)))
+    for name, fig in figures:
+        atomic.save_figure(Path(run_dir) / name, fig, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(name)
+    return written

@@ -1,0 +1,494 @@
+"""The comparison tables a reader came for: which framework is faster at which step, by
+how much, whether the difference is real, what compilation costs, and whether accuracy
+agrees. pandas only; no framework is imported.
+
+The tidy frames (one row per spec x algorithm x phase x adapter) carry the numbers; the
+``*_pivot`` functions turn them into strings, rows ``spec / algorithm / phase``, one column
+per framework (variants under their adapter's name). ``headline_markdown`` renders the
+headline tables of a run folder: the README embeds its output and a test regenerates it,
+so it is deterministic (fixed bootstrap seed, no timestamps, no absolute paths).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import stats
+
+SAMPLING = "sample_episodes"  # host-side numpy: shown in detail tables, never ranked
+PHASE_ORDER = ["outer_step", "inner_step", "adapt", SAMPLING]
+ALGORITHM_ORDER = ["maml", "fomaml", "protonet"]
+FRAMEWORK_ORDER = ["torch", "jax", "tensorflow"]
+EAGER = "eager"
+FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+def is_missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def _decimals(x: float, digits: int = 3) -> int:
+    """Decimals that show ``digits`` significant digits of ``x`` (never negative: 1234 s
+    prints as 1234, not 1.23e+03)."""
+    if x == 0 or not math.isfinite(x):
+        return 0
+    return max(0, digits - 1 - math.floor(math.log10(abs(x))))
+
+
+def time_unit(seconds: float) -> tuple[str, float]:
+    """The unit (µs, ms or s) in which ``seconds`` reads with 3 significant digits."""
+    if abs(seconds) < 1e-3:
+        return "µs", 1e6
+    if abs(seconds) < 1:
+        return "ms", 1e3
+    return "s", 1.0
+
+
+def format_seconds(seconds, ci: tuple[float, float] | None = None) -> str:
+    """``0.000512`` -> ``512 µs``; with a CI, ``250 ms [248, 253]`` (bounds in the median's unit)."""
+    if is_missing(seconds):
+        return "-"
+    unit, scale = time_unit(seconds)
+    d = _decimals(seconds * scale)
+    text = f"{seconds * scale:.{d}f} {unit}"
+    if ci is not None and not any(is_missing(c) for c in ci):
+        lo, hi = (c * scale for c in ci)
+        text += f" [{lo:.{d}f}, {hi:.{d}f}]"
+    return text
+
+
+def format_ratio(ratio, lo=None, hi=None) -> str:
+    """``1.45x [1.41, 1.49]``, in bold when the CI excludes 1 (a real difference)."""
+    if is_missing(ratio):
+        return "-"
+    d = _decimals(ratio)
+    text = f"{ratio:.{d}f}x"
+    if not (is_missing(lo) or is_missing(hi)):
+        if lo > 1 or hi < 1:
+            text = f"**{text}**"
+        text += f" [{lo:.{d}f}, {hi:.{d}f}]"
+    return text
+
+
+def format_metric(mean, half_width, metric: str) -> str:
+    """Accuracy in percent with two decimals (as the papers print it); MSE with 3
+    significant digits."""
+    if is_missing(mean):
+        return "-"
+    if metric == "accuracy":
+        ci = "" if is_missing(half_width) else f" ± {half_width * 100:.2f}"
+        return f"{mean * 100:.2f}{ci} %"
+    d = _decimals(mean)
+    return f"{mean:.{d}f}" + ("" if is_missing(half_width) else f" ± {half_width:.{d}f}")
+
+
+# -- identities and order -----------------------------------------------------------------
+
+def family(algorithm: str) -> str:
+    return "protonet" if algorithm == "protonet" else "maml"
+
+
+def column_label(framework: str, adapter: str, algorithm: str) -> str:
+    """A framework's default adapter (``jax-maml``, ``jax-protonet``) is shown as the
+    framework; a variant (``tensorflow-maml-xla``) keeps its own name."""
+    return framework if adapter == f"{framework}-{family(algorithm)}" else adapter
+
+
+def _label_key(label: str, baseline: str) -> tuple:
+    fw = label.split("-")[0]
+    rank = FRAMEWORK_ORDER.index(fw) if fw in FRAMEWORK_ORDER else len(FRAMEWORK_ORDER)
+    return (label != baseline, rank, fw, label != fw, label)
+
+
+def row_key(spec: str, algorithm: str, phase: str | None = None) -> tuple:
+    a = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+    p = PHASE_ORDER.index(phase) if phase in PHASE_ORDER else len(PHASE_ORDER)
+    return (spec, a, algorithm, p, phase or "")
+
+
+def row_label(spec: str, algorithm: str, phase: str | None = None) -> str:
+    return f"{spec} / {algorithm}" + (f" / `{phase}`" if phase else "")
+
+
+# -- the comparison: one row per spec x algorithm x phase x adapter --------------------------
+
+def break_even_steps(first_compiled: float, median_compiled: float, first_eager: float,
+                     median_eager: float) -> float:
+    """Steps (the first included) after which the compiled adapter's total time is no more
+    than the eager one's: the smallest ``n >= 1`` with
+    ``first_c + (n - 1) * median_c <= first_e + (n - 1) * median_e``. ``inf`` when the
+    compiled adapter never catches up (slower per step and slower to start)."""
+    extra = first_compiled - first_eager
+    if extra <= 0:
+        return 1.0
+    saved_per_step = median_eager - median_compiled
+    if saved_per_step <= 0:
+        return math.inf
+    return float(1 + math.ceil(extra / saved_per_step))
+
+
+def _baseline_adapter(group: pd.DataFrame, baseline: str) -> str | None:
+    """``baseline`` names an adapter, or a framework (its default adapter, else the first)."""
+    names = set(group["adapter"])
+    if baseline in names:
+        return baseline
+    of_framework = group[group["framework"] == baseline]
+    if of_framework.empty:
+        return None
+    default = of_framework[of_framework["label"] == baseline]
+    return (default if not default.empty else of_framework).sort_values("adapter")["adapter"].iloc[0]
+
+
+def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
+    """Per spec x algorithm x phase x adapter: the median step time and its bootstrap CI
+    (from ``steps``), the speedup ``median(baseline) / median(adapter)`` with a bootstrap CI
+    that resamples both adapters' rounds (from ``timings``), the first-step (compile) time,
+    and the break-even step count against the fastest eager adapter of the same phase.
+
+    ``steps`` rows come from cells whose timing phase succeeded (``bench.report.collect``
+    drops the others). When a cell was timed under several training seeds, the lowest
+    seed's rounds are used: rounds from different processes are not pooled."""
+    columns = ["spec", "algorithm", "phase", "framework", "adapter", "label", "compilation", "rounds",
+               "median", "median_ci_low", "median_ci_high", "first_step_seconds", "baseline", "speedup",
+               "speedup_ci_low", "speedup_ci_high", "fastest_eager", "break_even_steps"]
+    if steps.empty:
+        return pd.DataFrame(columns=columns)
+    s = steps.copy()
+    if "seed" not in s:
+        s["seed"] = 0
+    s = s.sort_values("seed").drop_duplicates(["spec", "algorithm", "phase", "adapter"], keep="first")
+    s["label"] = [column_label(f, a, al) for f, a, al in zip(s["framework"], s["adapter"], s["algorithm"])]
+    t = timings.copy()
+    if "seed" not in t:
+        t["seed"] = 0
+    rounds = {key: g["seconds"].to_numpy() for key, g in t.groupby(["spec", "algorithm", "phase", "adapter", "seed"])}
+    out = []
+    for (spec, algorithm, phase), g in s.groupby(["spec", "algorithm", "phase"], sort=False):
+        base = _baseline_adapter(g, baseline)
+        base_row = g[g["adapter"] == base].iloc[0] if base else None
+        eager = g[g["compilation"] == EAGER]
+        fastest_eager = eager.sort_values(["median", "adapter"]).iloc[0] if not eager.empty else None
+        for r in g.itertuples():
+            own = rounds.get((spec, algorithm, phase, r.adapter, r.seed), np.array([]))
+            row = {c: getattr(r, c, None) for c in ("spec", "algorithm", "phase", "framework", "adapter", "label",
+                                                     "compilation", "rounds", "median", "median_ci_low",
+                                                     "median_ci_high", "first_step_seconds")}
+            row.update(baseline=base, speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan,
+                       fastest_eager=None, break_even_steps=math.nan)
+            if base_row is not None and phase != SAMPLING:
+                base_rounds = rounds.get((spec, algorithm, phase, base, base_row.seed), np.array([]))
+                ratio, lo, hi = stats.ratio_of_medians_ci(base_rounds, own)
+                # the adapter's own record is the reference median; rounds may be missing in old tables
+                row["speedup"] = base_row["median"] / r.median if is_missing(ratio) else ratio
+                row["speedup_ci_low"], row["speedup_ci_high"] = lo, hi
+            if (fastest_eager is not None and r.compilation != EAGER and phase != SAMPLING
+                    and not is_missing(r.first_step_seconds) and not is_missing(fastest_eager["first_step_seconds"])):
+                row["fastest_eager"] = fastest_eager["adapter"]
+                row["break_even_steps"] = break_even_steps(r.first_step_seconds, r.median,
+                                                           fastest_eager["first_step_seconds"], fastest_eager["median"])
+            out.append(row)
+    cmp = pd.DataFrame(out, columns=columns)
+    order = sorted(range(len(cmp)), key=lambda i: (*row_key(cmp.spec[i], cmp.algorithm[i], cmp.phase[i]),
+                                                   _label_key(cmp.label[i], baseline)))
+    return cmp.iloc[order].reset_index(drop=True)
+
+
+# -- pivots (strings) ---------------------------------------------------------------------
+
+def _pivot(cmp: pd.DataFrame, cell, baseline: str, with_phase: bool = True, marks=None,
+           drop_labels=()) -> pd.DataFrame:
+    """Rows spec / algorithm (/ phase) in the fixed order; one column per label."""
+    if cmp.empty:
+        return pd.DataFrame()
+    keys = ["spec", "algorithm", "phase"] if with_phase else ["spec", "algorithm"]
+    labels = sorted({lb for lb in cmp["label"] if lb not in drop_labels}, key=lambda lb: _label_key(lb, baseline))
+    headers = {lb: _header(cmp, lb) for lb in labels}
+    rows = []
+    for key, g in sorted(cmp.groupby(keys, sort=False), key=lambda kg: row_key(*kg[0])):
+        row = {"spec / algorithm" + (" / phase" if with_phase else ""): row_label(*key)}
+        by_label = {r.label: r for r in g.itertuples()}
+        for lb in labels:
+            r = by_label.get(lb)
+            text = cell(r) if r is not None else "-"
+            mark = (marks or {}).get((r.adapter, key[0], key[1])) if r is not None else None
+            row[headers[lb]] = f"{text} {mark}" if mark and text != "-" else text
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _header(cmp: pd.DataFrame, label: str) -> str:
+    modes = sorted(set(cmp.loc[cmp["label"] == label, "compilation"].dropna())) if "compilation" in cmp else []
+    return f"{label} ({modes[0]})" if len(modes) == 1 else label
+
+
+def step_time_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None,
+                    include_sampling: bool = False) -> pd.DataFrame:
+    """Median step time [95% bootstrap CI of the median]."""
+    c = cmp if include_sampling else cmp[cmp["phase"] != SAMPLING]
+    return _pivot(c, lambda r: format_seconds(r.median, (r.median_ci_low, r.median_ci_high)), baseline, marks=marks)
+
+
+def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None) -> pd.DataFrame:
+    """Speedup against the baseline [95% bootstrap CI]; sampling is never ranked."""
+    c = cmp[(cmp["phase"] != SAMPLING) & cmp["baseline"].notna()]
+    base_labels = set(c.loc[c["adapter"] == c["baseline"], "label"])
+    return _pivot(c, lambda r: format_ratio(r.speedup, r.speedup_ci_low, r.speedup_ci_high), baseline,
+                  marks=marks, drop_labels=base_labels)
+
+
+def _first_step_cell(r) -> str:
+    text = format_seconds(r.first_step_seconds)
+    if is_missing(r.break_even_steps):
+        return text
+    if math.isinf(r.break_even_steps):
+        return f"{text}, never repaid"
+    return f"{text}, repaid after {int(r.break_even_steps)} steps"
+
+
+def first_step_pivot(cmp: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
+    """First-step (compile) time, and for compiled adapters the break-even step count
+    against the fastest eager adapter of the same phase."""
+    return _pivot(cmp[cmp["phase"] != SAMPLING], _first_step_cell, baseline)
+
+
+# -- accuracy -----------------------------------------------------------------------------
+
+def accuracy_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
+    """One row per spec x algorithm x adapter: with one seed, the mean and 95% CI over test
+    episodes; with several, the mean of the seeds' means and a 95% t interval across seeds
+    (run-to-run variation, which one training run cannot show)."""
+    columns = ["spec", "algorithm", "framework", "adapter", "label", "metric", "seeds", "mean", "ci95",
+               "across_seeds", "target", "target_direction", "reached", "time_to_target_seconds",
+               "steps_to_target"]
+    if accuracy.empty:
+        return pd.DataFrame(columns=columns)
+    a = accuracy.copy()
+    for col, default in (("seed", 0), ("target", math.nan), ("target_direction", None),
+                         ("time_to_target_seconds", math.nan), ("steps_to_target", math.nan)):
+        if col not in a:
+            a[col] = default
+    rows = []
+    for (spec, algorithm, adapter), g in a.groupby(["spec", "algorithm", "adapter"], sort=False):
+        g = g.sort_values("seed")
+        first = g.iloc[0]
+        if len(g) > 1:
+            mean, half = stats.t_interval95(g["mean"])
+        else:
+            mean, half = float(first["mean"]), float(first["ci95"])
+        reached = g["time_to_target_seconds"].notna()
+        rows.append({
+            "spec": spec, "algorithm": algorithm, "framework": first["framework"], "adapter": adapter,
+            "label": column_label(first["framework"], adapter, algorithm), "metric": first["metric"],
+            "seeds": len(g), "mean": mean, "ci95": half, "across_seeds": len(g) > 1,
+            "target": first["target"], "target_direction": first["target_direction"],
+            "reached": int(reached.sum()),
+            # over the seeds that reached it: how long "good enough" takes when it comes
+            "time_to_target_seconds": float(g.loc[reached, "time_to_target_seconds"].mean()) if reached.any()
+            else math.nan,
+            "steps_to_target": float(g.loc[reached, "steps_to_target"].mean()) if reached.any() else math.nan,
+        })
+    return pd.DataFrame(rows, columns=columns)
+
+
+def accuracy_pivot(summary: pd.DataFrame, baseline: str = "torch", marks=None) -> pd.DataFrame:
+    """Rows spec / algorithm; per framework ``mean ± 95% CI`` (``(n seeds)`` when across seeds)."""
+    def cell(r):
+        text = format_metric(r.mean, r.ci95, r.metric)
+        return f"{text} ({r.seeds} seeds)" if r.across_seeds else text
+    return _pivot(summary, cell, baseline, with_phase=False, marks=marks)
+
+
+def time_to_target_pivot(summary: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
+    """Rows spec / algorithm (target); per framework the meta-training wall-clock until the
+    validation metric first reached the target (compile time excluded), steps in brackets."""
+    s = summary[summary["target"].notna()].copy() if "target" in summary else summary.iloc[0:0]
+    if s.empty:
+        return pd.DataFrame()
+
+    def cell(r):
+        if not r.reached:
+            return "not reached" if r.seeds == 1 else f"not reached (0/{r.seeds})"
+        text = f"{format_seconds(r.time_to_target_seconds)} ({int(round(r.steps_to_target))} steps)"
+        return text if r.seeds == 1 else f"{text}, {r.reached}/{r.seeds} seeds"
+    t = _pivot(s, cell, baseline, with_phase=False)
+    targets = {row_label(r.spec, r.algorithm): _target_text(r) for r in s.itertuples()}
+    t.insert(1, "target", [targets[k] for k in t.iloc[:, 0]])
+    return t
+
+
+def _target_text(r) -> str:
+    sign = ">=" if r.target_direction != "min" else "<="
+    value = f"{r.target * 100:g} %" if r.metric == "accuracy" else f"{r.target:g}"
+    return f"{r.metric} {sign} {value}"
+
+
+# -- paired comparison on the same test episodes --------------------------------------------
+
+def paired_comparisons(episodes: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
+    """Per spec x algorithm, every adapter against the baseline on the same test episodes:
+    per-episode metric averaged over the seeds each has, then a paired t-test of the
+    differences (adapter - baseline). p-values are Holm-adjusted over the whole table."""
+    columns = ["spec", "algorithm", "adapter", "label", "baseline", "seeds", "baseline_seeds", "episodes",
+               "mean_diff", "ci_low", "ci_high", "t", "p", "p_holm", "significant"]
+    if episodes.empty:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for (spec, algorithm), g in episodes.groupby(["spec", "algorithm"], sort=False):
+        g = g.assign(label=[column_label(f, a, algorithm) for f, a in zip(g["framework"], g["adapter"])])
+        base = _baseline_adapter(g.drop_duplicates("adapter"), baseline)
+        if base is None:
+            continue
+        per_episode = g.groupby(["adapter", "episode"])["value"].mean().unstack("episode")
+        seeds = g.groupby("adapter")["seed"].nunique()
+        for adapter in per_episode.index:
+            if adapter == base:
+                continue
+            pair = per_episode.loc[[base, adapter]].dropna(axis=1)  # episodes both evaluated
+            test = stats.paired_test(pair.loc[base].to_numpy(), pair.loc[adapter].to_numpy())
+            first = g[g["adapter"] == adapter].iloc[0]
+            rows.append({"spec": spec, "algorithm": algorithm, "adapter": adapter, "label": first["label"],
+                         "baseline": base, "seeds": int(seeds[adapter]), "baseline_seeds": int(seeds[base]),
+                         "episodes": test.n, "mean_diff": test.mean_diff, "ci_low": test.ci_low,
+                         "ci_high": test.ci_high, "t": test.t, "p": test.p})
+    out = pd.DataFrame(rows, columns=columns)
+    if not out.empty:
+        valid = out["p"].notna()
+        out.loc[valid, "p_holm"] = stats.holm(out.loc[valid, "p"])
+        out["significant"] = out["p_holm"].fillna(1.0) < 0.05
+    return out.sort_values(["spec", "algorithm", "adapter"], key=lambda c: c.map(
+        lambda v: ALGORITHM_ORDER.index(v) if v in ALGORITHM_ORDER else v) if c.name == "algorithm" else c
+    ).reset_index(drop=True)
+
+
+def paired_table(paired: pd.DataFrame, metric_of: dict) -> pd.DataFrame:
+    """The paired comparisons as strings, saying plainly whether each is significant."""
+    rows = []
+    for r in paired.itertuples():
+        metric = metric_of.get((r.spec, r.algorithm), "accuracy")
+        scale, unit = (100, " points") if metric == "accuracy" else (1, "")
+        d = 2 if metric == "accuracy" else max(_decimals(abs(r.mean_diff) or 1e-3), 3)
+        rows.append({
+            "spec / algorithm": row_label(r.spec, r.algorithm), "vs": r.baseline, "adapter": r.adapter,
+            "seeds": r.seeds, "episodes": r.episodes,
+            "mean difference [95% CI]": f"{r.mean_diff * scale:+.{d}f}{unit} "
+                                        f"[{r.ci_low * scale:+.{d}f}, {r.ci_high * scale:+.{d}f}]",
+            "p (Holm)": _format_p(r.p_holm),
+            "verdict": "**significant**" if r.significant else "not significant",
+        })
+    return pd.DataFrame(rows)
+
+
+def _format_p(p) -> str:
+    if is_missing(p):
+        return "-"
+    return "< 1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
+
+
+def paired_sentence(paired: pd.DataFrame) -> str:
+    """One plain sentence: which accuracy differences are significant."""
+    if paired.empty:
+        return ""
+    sig = paired[paired["significant"]]
+    if sig.empty:
+        return (f"No accuracy difference from {paired['baseline'].iloc[0].split('-')[0]} is significant "
+                "(paired t-test on the same test episodes, Holm-adjusted p < 0.05).")
+    names = "; ".join(f"{r.adapter} on {r.spec} / {r.algorithm} ({r.mean_diff * 100:+.2f} points)"
+                      if abs(r.mean_diff) <= 1 else f"{r.adapter} on {r.spec} / {r.algorithm}"
+                      for r in sig.itertuples())
+    return f"Significant accuracy differences (paired t-test, Holm p < 0.05): {names}."
+
+
+# -- parity marks -------------------------------------------------------------------------
+
+def parity_marks(parity: pd.DataFrame | None, cells: pd.DataFrame, reference: str = "torch") -> dict:
+    """``{(adapter, spec, algorithm): mark}``: † failed parity, ‡ not checked although the
+    run has a parity table. Runs without parity mark nothing (their summary says so once);
+    the reference framework is what the others are checked against."""
+    if parity is None or cells.empty:
+        return {}
+    ok = {}
+    for r in parity.itertuples():
+        ok[(r.adapter, r.spec, r.algorithm)] = bool(r.ok) if not is_missing(getattr(r, "ok", None)) else False
+    marks = {}
+    for r in cells.drop_duplicates(["adapter", "spec", "algorithm"]).itertuples():
+        if r.framework == reference:
+            continue
+        key = (r.adapter, r.spec, r.algorithm)
+        marks[key] = UNCHECKED_PARITY if key not in ok else (None if ok[key] else FAILED_PARITY)
+    return {k: v for k, v in marks.items() if v}
+
+
+def marks_legend(marks: dict) -> str:
+    parts = []
+    if FAILED_PARITY in marks.values():
+        parts.append(f"{FAILED_PARITY} failed parity (its timings compare different maths)")
+    if UNCHECKED_PARITY in marks.values():
+        parts.append(f"{UNCHECKED_PARITY} not checked by parity")
+    return "; ".join(parts)
+
+
+# -- the headline -------------------------------------------------------------------------
+
+def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFrame | None = None) -> str:
+    """The headline tables from a run's collected tables (``bench.report.collect``)."""
+    cmp = comparison(tables["steps"], tables["timings"], baseline)
+    marks = parity_marks(parity, cmp)
+    acc = accuracy_summary(tables["accuracy"])
+    parts = []
+    if not cmp.empty:
+        parts += [_para("**Step time**: median [95% bootstrap CI] of rounds of one step, after the first step "
+                        "and the warm-up rounds.", step_time_pivot(cmp, baseline, marks)),
+                  _para(f"**Speedup vs {baseline}**: ratio of median step times [95% bootstrap CI, both sets "
+                        "of rounds resampled]; above 1 is faster; in bold where the CI excludes 1.",
+                        speedup_pivot(cmp, baseline, marks)),
+                  _para("**First step** (compilation included) and, for compiled adapters, the step count "
+                        "at which the extra first-step time is repaid against the fastest eager adapter "
+                        "of the same phase.", first_step_pivot(cmp, baseline))]
+    if not acc.empty:
+        paired = paired_comparisons(tables.get("episodes", pd.DataFrame()), baseline)
+        text = _para("**Accuracy** on the test episodes: mean ± 95% CI over the episodes (with several "
+                     "training seeds: the mean over seeds ± a 95% t interval across them).",
+                     accuracy_pivot(acc, baseline, marks))
+        sentence = paired_sentence(paired) or ("No per-episode metrics were saved in this run: the "
+                                               "frameworks can be compared by their CIs only.")
+        parts.append(f"{text}\n{_wrap(sentence)}\n")
+        ttt = time_to_target_pivot(acc, baseline)
+        if not ttt.empty:
+            parts.append(_para("**Time to target**: meta-training wall-clock until the validation metric "
+                               "first reached the target (compilation excluded), steps in brackets.", ttt))
+    legend = marks_legend(marks)
+    if legend:
+        parts.append(_wrap(legend + ".") + "\n")
+    return "\n".join(parts) if parts else "_no results_\n"
+
+
+def headline_markdown(run_dir: Path, baseline: str = "torch") -> str:
+    """Deterministic Markdown of the headline tables of ``run_dir``: step time, speedup
+    against ``baseline`` (a framework or an adapter name), first step and break-even,
+    accuracy with the paired verdict, time to target. No timestamps, no absolute paths:
+    the README embeds the output and a test regenerates it."""
+    from bench.report import collect, read_parity
+
+    run_dir = Path(run_dir)
+    return headline_sections(collect(run_dir), baseline, read_parity(run_dir))
+
+
+def _para(text: str, table: pd.DataFrame) -> str:
+    return f"{_wrap(text)}\n\n{_md(table)}"
+
+
+def _md(df: pd.DataFrame) -> str:
+    return df.to_markdown(index=False) + "\n" if not df.empty else "_none_\n"
+
+
+def _wrap(text: str, width: int = 96) -> str:
+    """Prose in generated blocks wraps like the hand-written Markdown around it."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
