@@ -35,7 +35,7 @@ class TorchProtoNet(common.TorchAdapter):
 
     def _episode_logits(self, params, sx, qx):
         n_support = sx.shape[0]
-        z = common.conv4(params, torch.cat([sx, qx]), self._bn, self._eps)
+        z = common.conv4(params, torch.cat([sx, qx]), self._bn, self._eps, norm=common.fused_batch_norm)
         n_way = n_support // self._k_shot
         return neg_sq_distances(z[n_support:], prototypes(z[:n_support], n_way))
 
@@ -71,7 +71,8 @@ class TorchProtoNet(common.TorchAdapter):
             n_way = n_support // self._k_shot
 
             def one(sx, qx):
-                z = common.conv4(self.params, torch.cat([sx, qx]), self._bn, self._eps)
+                z = common.conv4(self.params, torch.cat([sx, qx]), self._bn, self._eps,
+                                 norm=common.fused_batch_norm)
                 return prototypes(z[:n_support], n_way), z[n_support:]
             return vmap(one)(batch.support_x, batch.query_x)
 
