@@ -90,7 +90,8 @@ def cmd_parity(args) -> int:
 
     return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=args.frameworks,
                       adapters=args.adapters, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                      tolerance=args.tolerance, batch_size=args.batch_size, device=args.device, out=args.out)
+                      tolerance=args.tolerance, batch_size=args.batch_size, device=args.device, out=args.out,
+                      use_cache=not args.no_cache)
 
 
 def cmd_report(args) -> int:
@@ -98,8 +99,31 @@ def cmd_report(args) -> int:
 
     from bench.report import write_report
 
-    write_report(Path(args.run_dir))
+    write_report(Path(args.run_dir), baseline=args.baseline)
     print(Path(args.run_dir) / "summary.md")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Exit 1 with ``--fail-above`` when a step slowed down beyond it (CI excluding no change)."""
+    from pathlib import Path
+
+    from bench.atomic import write_text
+    from bench.compare import compare_runs, markdown
+
+    c = compare_runs(Path(args.run_a), Path(args.run_b))
+    print(markdown(c, args.fail_above, tablefmt="simple"))
+    if args.out:
+        write_text(args.out, markdown(c, args.fail_above))
+    return 1 if args.fail_above is not None and not c.regressions(args.fail_above).empty else 0
+
+
+def cmd_index(args) -> int:
+    from pathlib import Path
+
+    from bench.report import write_index
+
+    print(write_index(Path(args.results_dir)))
     return 0
 
 
@@ -184,12 +208,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tasks in the compared meta-batch")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", help="write the table as CSV here")
+    p.add_argument("--no-cache", action="store_true",
+                   help="recompute torch's reference results instead of reading them from the cache")
     data_flags(p)
     p.set_defaults(func=cmd_parity)
 
     p = sub.add_parser("report", help="rebuild a run's tables, summary and plots from its cells")
     p.add_argument("run_dir")
+    p.add_argument("--baseline", default="torch", help="framework or adapter the speedups are relative to")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="run B against run A: step-time ratios with CIs, accuracy, environment")
+    p.add_argument("run_a", metavar="RUN_A")
+    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("--out", help="also write the comparison as Markdown here")
+    p.add_argument("--fail-above", type=float, metavar="PCT",
+                   help="exit 1 when a step is slower by more than PCT percent and its CI excludes no change")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("index", help="regenerate results/README.md, the index of committed runs")
+    p.add_argument("results_dir", nargs="?", default="results")
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")
     p.add_argument("files", nargs="*", default=["README.md"], metavar="FILE")
@@ -219,7 +258,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except MetabenchError as e:
-        print(f"metabench: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():  # preflight reports every problem, one line each
+            print(f"metabench: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("metabench: interrupted", file=sys.stderr)

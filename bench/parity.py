@@ -20,14 +20,21 @@ parameters together for the last two; per-element relative error is meaningless 
 entries that are zero up to rounding). ``params_after`` leaves out the entries whose
 gradient is rounding noise, which Adam's normalised first step moves by +-lr in any
 framework (``params_after_error``).
+
+The reference's results are cached (``<cache dir>/parity/``), keyed by everything they
+depend on: the spec as resolved, the algorithm, the episodes' fingerprint, the batch size,
+device and threads, torch's version and the source of the reference adapters and of this
+module. Iterating on a new adapter then reruns only that adapter's process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import tempfile
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +165,71 @@ def _run_framework(framework: str, requests: list[dict], device: str, workdir: P
         return {k: data[k] for k in data.files}
 
 
+def _source_digest() -> str:
+    """The reference's code: the torch adapters' package and the harness modules that make
+    its inputs and read its outputs. Any edit there invalidates the cache."""
+    here = Path(__file__).resolve().parent
+    files = sorted((here.parent / "implementations" / REFERENCE).glob("*.py"))
+    files += [here / name for name in ("parity.py", "models.py", "episodes.py", "spec.py")]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def reference_key(request: dict, device: str) -> str:
+    """The cache key of one reference request (see the module docstring)."""
+    from bench.episodes import sampler_for
+    from bench.spec import load_spec
+
+    spec = load_spec(request["spec"]).for_algorithm(request["algorithm"])
+    sampler = sampler_for(spec, "train", request["algorithm"], data_dir=request["data_dir"],
+                          cache_dir=request["cache_dir"])
+    try:
+        version = metadata.version(REFERENCE)
+    except metadata.PackageNotFoundError:
+        version = "absent"
+    key = {"adapter": request["adapter"], "algorithm": request["algorithm"], "spec": spec.to_dict(),
+           "episodes": sampler.fingerprint(request["batch_size"]), "batch_size": request["batch_size"],
+           "threads": request["threads"], "device": device, "version": version, "source": _source_digest()}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _with_prefix(arrays: dict, old: str, new: str) -> dict:
+    return {new + k[len(old):]: v for k, v in arrays.items() if k.startswith(old)}
+
+
+def _reference_results(requests: list[dict], device: str, workdir: Path, cache: Path | None, echo) -> dict | str:
+    """The reference's quantities for every request (keyed ``<i>/...``), from the cache
+    where it has them; only the missing requests run, in one torch process."""
+    keys = [reference_key(r, device) for r in requests] if cache else [None] * len(requests)
+    out, missing = {}, []
+    for i, key in enumerate(keys):
+        path = cache / f"{key}.npz" if cache else None
+        if path is not None and path.exists():
+            with np.load(path) as data:
+                out.update(_with_prefix({k: data[k] for k in data.files}, "", f"{i}/"))
+        else:
+            missing.append(i)
+    if cache and len(missing) < len(requests):
+        echo(f"metabench parity: {REFERENCE}'s results for {len(requests) - len(missing)} of {len(requests)} "
+             f"comparisons from the cache ({cache})")
+    if not missing:
+        return out
+    fresh = _run_framework(REFERENCE, [requests[i] for i in missing], device, workdir)
+    if isinstance(fresh, str):
+        return fresh
+    for j, i in enumerate(missing):
+        arrays = _with_prefix(fresh, f"{j}/", "")
+        out.update(_with_prefix(arrays, "", f"{i}/"))
+        if cache:
+            cache.mkdir(parents=True, exist_ok=True)
+            tmp = cache / f".{keys[i]}.tmp.npz"
+            np.savez(tmp, **arrays)
+            tmp.replace(cache / f"{keys[i]}.npz")  # atomic: a killed run leaves no half entry
+    return out
+
+
 def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
     """(framework, adapter, algorithm) to compare with torch: each framework's default
     adapter, or the named adapters (variants included)."""
@@ -178,8 +250,12 @@ def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
 
 
 def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=None, cache_dir=None,
-               tolerance=None, batch_size=4, device="cpu", threads=None, out=None, echo=print) -> int:
-    """Print the parity table; return 0 when every error is within tolerance, else 1."""
+               tolerance=None, batch_size=4, device="cpu", threads=None, out=None, echo=print,
+               use_cache: bool = True) -> int:
+    """Print the parity table; return 0 when every error is within tolerance, else 1.
+    ``use_cache``: take the reference's results from the cache where it has them."""
+    from bench import paths
+
     import os
 
     import pandas as pd
@@ -206,7 +282,11 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
             requests = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2],
                          "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
                          "cache_dir": cache_dir} for ci, name in pairs]
-            results[framework] = _run_framework(framework, requests, device, Path(tmp))
+            if framework == REFERENCE:
+                cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
+                results[framework] = _reference_results(requests, device, Path(tmp), cache, echo)
+            else:
+                results[framework] = _run_framework(framework, requests, device, Path(tmp))
     ref = results[REFERENCE]
     if isinstance(ref, str):
         echo(f"metabench parity: reference failed: {ref}")

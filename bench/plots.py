@@ -20,6 +20,15 @@ import pandas as pd
 
 from bench import tables
 
+def _horizontal() -> dict:
+    import matplotlib
+
+    # matplotlib 3.10 renamed boxplot's vert=False; 3.13 drops it
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return {"orientation": "horizontal"} if (major, minor) >= (3, 10) else {"vert": False}
+
+
+_HORIZONTAL = _horizontal()
 MARKERS = ["o", "s", "D", "^", "v", "P", "X", "*"]
 STEP_PHASES = ["outer_step", "inner_step", "adapt"]  # columns of the step-time figure, in this order
 
@@ -31,6 +40,16 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain labels at 1-2-5 steps: matplotlib's default labels the minor ticks
+    of a short range as overlapping ``2x10^-1 3x10^-1 ...``."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _styles(labels, baseline: str) -> dict[str, tuple]:
@@ -60,6 +79,7 @@ def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch"):
         ax.errorbar(d["speedup"], y, xerr=[lo, hi], fmt=marker, color=colour, label=label, capsize=3, ms=6)
     ax.axvline(1.0, color="grey", lw=1, ls="--")
     ax.set_xscale("log")
+    _log_axis(ax.xaxis)
     ax.set_yticks(range(len(rows)), [tables.row_label(*k).replace("`", "") for k in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first workload on top, as in the tables
     ax.set_xlabel(f"speedup vs {baseline} (ratio of median step times, log scale; > 1 is faster)")
@@ -91,7 +111,7 @@ def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
                 continue
             labels = sorted(set(d["label"]), key=lambda lb: tables._label_key(lb, baseline))
             data = [d.loc[d["label"] == lb, "seconds"].to_numpy() * 1e3 for lb in labels]
-            box = ax.boxplot(data, vert=False, widths=0.6, patch_artist=True, showfliers=False)
+            box = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=False, **_HORIZONTAL)
             for patch, lb in zip(box["boxes"], labels):
                 patch.set_facecolor(styles[lb][0])
                 patch.set_alpha(0.5)
@@ -100,11 +120,12 @@ def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
                 ax.scatter(values, k + jitter, s=6, color=styles[lb][0], zorder=3)
             ax.set_yticks(range(1, len(labels) + 1), labels)
             ax.set_xscale("log")
+            _log_axis(ax.xaxis)
             ax.set_title(f"{spec} / {algorithm} / {phase}", fontsize=9)
             ax.set_xlabel("step time (ms, log scale)")
             ax.grid(axis="x", which="both", alpha=0.3)
     fig.suptitle("Step times: rounds of one step after the first step and warm-up")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the suptitle
     return fig
 
 
@@ -162,11 +183,12 @@ def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline
             ax.set_title(f"{spec} / {algorithm}", fontsize=9)
             ax.grid(alpha=0.3)
         wall.set_xscale("log")
-        wall.set_xlabel("meta-training wall-clock (s, log scale; compile excluded)")
+        _log_axis(wall.xaxis)
+        wall.set_xlabel("meta-training wall-clock (s, log scale)")
         per_step.set_xlabel("meta-training step")
         wall.legend(fontsize=7, loc="best")
     fig.suptitle("Learning curves: validation metric with 95% CI")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
 
 

@@ -89,7 +89,9 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
         if env_path.exists():
             status["environment"] = json.loads(env_path.read_text())
         manifest["cells"].append(status)
-    path.write_text(json.dumps(manifest, indent=1, default=str))
+    from bench import atomic
+
+    atomic.write_json(path, manifest, default=str)
 
 
 # -- collecting the cells' results ---------------------------------------------------------
@@ -191,8 +193,8 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
                 c.insert(0, k, v)
             curves.append(c)
     return {
-        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "round", "seconds", "device",
-                                                 "seed"]),
+        # no seed column: timing runs at seed 0 only (bench.cell.Cell.seed)
+        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "round", "seconds", "device"]),
         "steps": pd.DataFrame(steps),
         "memory": pd.DataFrame(memory),
         "accuracy": pd.DataFrame(accuracy, columns=ACCURACY_COLUMNS),
@@ -230,7 +232,12 @@ def read_parity(run_dir: Path) -> pd.DataFrame | None:
 
 # -- summary -------------------------------------------------------------------------------
 
-def _detail_steps_table(steps: pd.DataFrame) -> str:
+def _marked(adapters, spec: str, algorithm: str, marks: dict) -> list[str]:
+    """Adapter names with their parity mark (failed, or not checked)."""
+    return [f"{a} {marks[(a, spec, algorithm)]}" if (a, spec, algorithm) in marks else a for a in adapters]
+
+
+def _detail_steps_table(steps: pd.DataFrame, marks: dict) -> str:
     """Long format, one table per spec / algorithm / phase: every statistic of every adapter."""
     if steps.empty:
         return "_no timing results_\n"
@@ -239,7 +246,7 @@ def _detail_steps_table(steps: pd.DataFrame) -> str:
     for (spec, algorithm, phase), g in keyed:
         fastest = g["median"].min()
         t = pd.DataFrame({
-            "adapter": g["adapter"], "compilation": g["compilation"],
+            "adapter": _marked(g["adapter"], spec, algorithm, marks), "compilation": g["compilation"],
             "median": [tables.format_seconds(m, (lo, hi)) for m, lo, hi in
                        zip(g["median"], g["median_ci_low"], g["median_ci_high"])],
             "IQR": g["iqr"].map(tables.format_seconds), "min": g["min"].map(tables.format_seconds),
@@ -247,17 +254,20 @@ def _detail_steps_table(steps: pd.DataFrame) -> str:
         })
         if phase != tables.SAMPLING:  # host-side numpy is shown, never ranked
             t["x fastest"] = (g["median"] / fastest).map(lambda r: f"{r:.2f}")
-        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.sort_values('adapter').to_markdown(index=False)}\n")
+        t = t.iloc[g["adapter"].to_numpy().argsort(kind="stable")]
+        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.to_markdown(index=False)}\n")
     return "\n".join(lines)
 
 
-def _accuracy_detail(acc: pd.DataFrame) -> str:
+def _accuracy_detail(acc: pd.DataFrame, marks: dict) -> str:
     """One row per cell and seed: the test result, training time, time to target."""
     if acc.empty:
         return "_no accuracy results_\n"
     t = acc.sort_values(["spec", "algorithm", "adapter", "seed"])
     out = pd.DataFrame({
-        "spec": t["spec"], "algorithm": t["algorithm"], "adapter": t["adapter"], "seed": t["seed"],
+        "spec": t["spec"], "algorithm": t["algorithm"],
+        "adapter": [_marked([a], sp, al, marks)[0] for a, sp, al in zip(t["adapter"], t["spec"], t["algorithm"])],
+        "seed": t["seed"],
         "result (mean ± 95% CI)": [tables.format_metric(m, c, metric)
                                    for m, c, metric in zip(t["mean"], t["ci95"], t["metric"])],
         "episodes": t["episodes"], "train steps": t["train_steps"],
@@ -281,7 +291,8 @@ def _paired_section(tabs: dict, baseline: str) -> str:
         return ("Not available: this run saved no per-episode test metrics (`episodes.csv`), so "
                 "frameworks are compared by their confidence intervals only.\n")
     metric_of = {(r.spec, r.algorithm): r.metric for r in tabs["accuracy"].itertuples()}
-    return (f"{tables.paired_sentence(paired)}\n\nEvery framework is evaluated on the same test episodes; "
+    return (f"{tables.paired_sentence(paired, metric_of, baseline)}\n\n"
+            "Every framework is evaluated on the same test episodes; "
             "each row is a paired t-test of the per-episode metric (averaged over the seeds each "
             "adapter has) minus the baseline's, Holm-adjusted over the table.\n\n"
             f"{tables.paired_table(paired, metric_of).to_markdown(index=False)}\n")
@@ -384,6 +395,10 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     then the detail sections, the failures and the plots."""
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
     env = manifest.get("harness_environment", {})
+    parity = read_parity(run_dir)
+    cells = tabs["status"].drop_duplicates("cell_id") if not tabs["status"].empty else tabs["steps"]
+    marks = tables.parity_marks(parity, cells)
+    legend = tables.marks_legend(marks)
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
 
 - command: `{manifest.get('command', '?')}`
@@ -397,20 +412,20 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
 {_parity_verdict(run_dir)}
 ## Comparison
 
-{tables.headline_sections(tabs, baseline, read_parity(run_dir))}
+{tables.headline_sections(tabs, baseline, parity)}
 Step times are rounds of one step each, the device synchronised inside the timed region;
 `sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
 Memory is measured in a process apart from timing.
 
 ## Step times
 
-{_detail_steps_table(tabs['steps'])}
+{_detail_steps_table(tabs['steps'], marks)}{legend and chr(10) + legend + '.' + chr(10)}
 ## Peak memory (one outer step)
 
 {_memory_table(tabs['memory'])}
 ## Accuracy per cell and seed (mean ± 95% CI over test episodes)
 
-{_accuracy_detail(tabs['accuracy'])}
+{_accuracy_detail(tabs['accuracy'], marks)}
 ## Paired comparison on the same test episodes
 
 {_paired_section(tabs, baseline)}
@@ -434,8 +449,9 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
     """Rebuild every table, plot and ``summary.md`` of ``run_dir`` from its cells' folders."""
     from bench import atomic
     from bench.plots import write_plots
+    from bench.preflight import require_run
 
-    run_dir = Path(run_dir)
+    run_dir = require_run(Path(run_dir), "report")  # never write a summary into a folder that holds no run
     tabs = collect(run_dir)
     for name in ("timings", "steps", "memory", "accuracy", "curves", "episodes"):
         atomic.write_csv(run_dir / f"{name}.csv", tabs[name])
@@ -445,3 +461,86 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
     plots = write_plots(run_dir, tabs, baseline)
     atomic.write_text(run_dir / "summary.md", summary_markdown(run_dir, tabs, plots, baseline))
     return tabs
+
+
+# -- results/README.md: the index of committed runs -----------------------------------------
+
+INDEX_BEGIN, INDEX_END = "<!-- metabench:index -->", "<!-- /metabench:index -->"
+
+
+def run_headline(run_dir: Path, baseline: str = "torch") -> str:
+    """One line about a run: its cells, who is fastest on how many step phases (sampling
+    left out), the parity verdict and the failures. Deterministic, from the cells' files."""
+    tabs = collect(run_dir)
+    status = tabs["status"]
+    cells = status.drop_duplicates("cell_id") if not status.empty else status
+    frameworks = sorted(set(cells["framework"]), key=lambda f: tables._label_key(f, baseline)) if len(cells) else []
+    seeds = cells["seed"].nunique() if len(cells) else 0
+    parts = [f"{len(cells)} cells, " + (f"{frameworks[0]} only" if len(frameworks) == 1 else ", ".join(frameworks))
+             + (f", {seeds} seeds" if seeds > 1 else "")]
+    steps = tabs["steps"]
+    if len(frameworks) > 1 and not steps.empty:
+        s = steps[steps["phase"] != tables.SAMPLING]
+        s = s.assign(label=[tables.column_label(f, a, al) for f, a, al in
+                            zip(s["framework"], s["adapter"], s["algorithm"])])
+        groups = s.groupby(["spec", "algorithm", "phase"])
+        fastest = s.loc[groups["median"].idxmin(), "label"].value_counts()
+        wins = sorted(fastest.items(), key=lambda kv: (-kv[1], kv[0]))
+        parts.append(f"fastest of {len(groups)} step phases: " + ", ".join(f"{k} {v}" for k, v in wins))
+    acc = tables.accuracy_summary(tabs["accuracy"])
+    if len(frameworks) == 1 and not acc.empty:  # nothing to rank: say what it measured
+        parts.append("accuracy " + ", ".join(f"{r.spec} / {r.algorithm} {tables.format_metric(r.mean, None, r.metric)}"
+                                             for r in acc.itertuples()))
+    parity = read_parity(run_dir)
+    if parity is not None:
+        bad = sorted(set(parity.loc[~parity["ok"].astype(bool), "adapter"]))
+        parts.append("parity ok" if not bad else f"parity FAILED: {', '.join(bad)}")
+    failed = tabs["status"][tabs["status"]["status"] != "ok"] if not tabs["status"].empty else tabs["status"]
+    if not failed.empty:
+        parts.append(f"{failed['cell_id'].nunique()} cells with failures")
+    return "; ".join(parts)
+
+
+def index_table(results_dir: Path) -> pd.DataFrame:
+    """One row per run folder under ``results_dir`` that has a manifest, newest first."""
+    rows = []
+    for manifest_path in sorted(Path(results_dir).glob("*/manifest.json")):
+        run_dir = manifest_path.parent
+        m = json.loads(manifest_path.read_text())
+        env = m.get("harness_environment", {})
+        git = env.get("git", {})
+        rows.append({
+            "run": f"[`{run_dir.name}/`]({run_dir.name}/summary.md)",
+            "date": (m.get("started") or "")[:10], "profile": m.get("profile"),
+            "machine": f"{env.get('cpu')} x{env.get('cpu_count')}, {m.get('device')}, "
+                       f"{m.get('threads')} thread{'s' if m.get('threads') != 1 else ''}",
+            "git": f"`{(git.get('sha') or '?')[:7]}`" + (" (dirty)" if git.get("dirty") else ""),
+            "headline": run_headline(run_dir),
+            "_started": m.get("started") or "",
+        })
+    t = pd.DataFrame(rows, columns=["run", "date", "profile", "machine", "git", "headline", "_started"])
+    return t.sort_values(["_started", "run"], ascending=False).drop(columns="_started")
+
+
+def write_index(results_dir: Path) -> Path:
+    """Regenerate the index table of ``results_dir/README.md`` from the runs' manifests. Only
+    the text between the index markers is rewritten, so prose around it is kept; a README
+    without markers gets them, after its text."""
+    from bench import atomic
+
+    results_dir = Path(results_dir)
+    path = results_dir / "README.md"
+    table = index_table(results_dir)
+    block = (f"{INDEX_BEGIN}\n{table.to_markdown(index=False) if not table.empty else '_no runs_'}\n"
+             "\nGenerated by `metabench index` from each run's `manifest.json` and cells; do not edit.\n"
+             f"{INDEX_END}")
+    text = path.read_text(encoding="utf-8") if path.exists() else (
+        "# Committed runs\n\nEach run folder is written by `metabench run`; its `summary.md` names the "
+        "command, machine, git state and profile that produced it.\n")
+    if INDEX_BEGIN in text and INDEX_END in text:
+        head, rest = text.split(INDEX_BEGIN, 1)
+        text = head + block + rest.split(INDEX_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    atomic.write_text(path, text)
+    return path

@@ -1,28 +1,46 @@
 """``metabench run``: plan cells, run each in processes of its own, collect, report.
 
 Per cell, two processes of the cell's framework: the timing suite (pytest-benchmark),
-then the memory probe and accuracy phase (``bench.worker``). A process that crashes or
-times out marks that cell's phase failed; every other cell's results are kept. Each cell
-writes ``<run>/cells/<cell_id>/``; the run's tables and plots are built from those folders
-by ``bench.report``, so a partial run still reports what it measured.
+then the memory probe and accuracy phase (``bench.worker``). A process that crashes, hangs
+past its time limit (the watchdog kills its whole process group) or reports a non-finite
+loss marks that cell's phases ``failed``, ``timeout`` or ``diverged``; every other cell's
+results are kept. Each cell writes ``<run>/cells/<cell_id>/``, its ``status.json`` last;
+the run's tables and plots are built from those folders by ``bench.report``, so a partial
+run still reports what it measured.
+
+Before anything is written, ``bench.preflight`` checks the data, the device, the
+frameworks and the results folder. While a run writes, it holds ``<run>/.lock``
+(``bench.lock``). Every file is written atomically (``bench.atomic``), so a run killed at
+any moment is completed by ``--resume``: finished cells are kept, the others run again
+from scratch. Ctrl-C stops after the current cell (twice: at once) and prints the resume
+command.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import plan, registry
+from bench import atomic, plan, preflight, registry
 from bench.cell import Cell
 from bench.errors import MetabenchError
-from bench.spec import ALGORITHMS, load_spec
+from bench.lock import RunLock
+from bench.profiles import PROFILES
+from bench.spec import ALGORITHMS, EpisodeSpec, load_spec
 
 SUITE_DIR = Path(__file__).resolve().parent / "suite"
 DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglot-5w1s", "sinusoid-10shot"),
@@ -36,6 +54,26 @@ PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 # Parity (once per run, before the cells: is every adapter's maths torch's?) takes ~3 min
 # on 2 CPU cores, longer than a whole smoke run; the cpu and paper profiles run it.
 DEFAULT_PHASES = {"smoke": ("timing", "memory", "accuracy"), "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
+LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
+POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
+
+
+def load_specs(refs) -> dict[str, EpisodeSpec]:
+    """Each ``--specs`` entry loaded; cells are named after the spec's name, so two entries
+    with the same name would write into the same cells' folders: refused."""
+    out: dict[str, EpisodeSpec] = {}
+    names: dict[str, str] = {}
+    for ref in refs:
+        if ref in out:
+            raise MetabenchError(f"--specs: {ref} is given twice; give each spec once")
+        spec = load_spec(ref)
+        if spec.name in names:
+            raise MetabenchError(f"--specs: {names[spec.name]} and {ref} are both named {spec.name!r} "
+                                 f"(cells are named after it); rename one in its name = ... line")
+        names[spec.name] = ref
+        out[ref] = spec
+    return out
 
 
 def detect_device() -> str:
@@ -55,8 +93,7 @@ def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device:
         raise MetabenchError("no adapter matches --frameworks/--algorithms/--adapters; "
                              f"known adapters: {', '.join(registry.entries())}")
     cells = []
-    for spec_ref in specs:
-        spec = load_spec(spec_ref)
+    for spec_ref, spec in load_specs(specs).items():
         for entry in entries:
             for algorithm in entry.algorithms:
                 if algorithms is not None and algorithm not in algorithms:
@@ -74,51 +111,177 @@ def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device:
     return cells
 
 
-def _run_process(cmd: list[str], log_path: Path, timeout: float | None, echo) -> tuple[int | None, float]:
-    """Run ``cmd``, teeing its output to ``log_path`` and progress lines to ``echo``."""
-    t0 = time.perf_counter()
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            for line in proc.stdout:
-                log.write(line)
-                if line.startswith("[") and "]" in line:
-                    echo(line.rstrip())
-                if timeout and time.perf_counter() - t0 > timeout:
-                    proc.kill()
-                    break
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return None, time.perf_counter() - t0
+@dataclass
+class ProcessOutcome:
+    """How one of a cell's processes ended."""
+
+    returncode: int | None      # None: killed (by the watchdog, Ctrl-C or a signal)
+    seconds: float
+    timed_out: bool = False     # killed by the watchdog at the time limit
+    interrupted: bool = False   # killed because the run is stopping now (Ctrl-C twice)
+    signal: str | None = None   # the signal that ended it, when one did
+    log_tail: list[str] = field(default_factory=list)
+    log_path: Path | None = None
+
+
+def _parent_death_signal():
+    """A ``preexec_fn`` that makes the kernel SIGKILL a cell when the harness dies, even by
+    SIGKILL: a killed run leaves no orphan writing into the folder ``--resume`` rebuilds."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)  # loaded here: after fork, only a call
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+    return lambda: libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+_PREEXEC = _parent_death_signal()
+
+
+def _tee(stream, log, tail: deque, echo) -> None:
+    for line in stream:
+        log.write(line)
+        log.flush()  # a hung or killed cell still leaves its last lines
+        tail.append(line.rstrip("\n"))
+        if line.startswith("[") and "]" in line:
+            echo(line.rstrip())
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):  # the group is gone already
+        pass
+
+
+def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
+                 stop_now=lambda: False) -> ProcessOutcome:
+    """Run ``cmd`` in a session of its own, teeing its output to ``log_path`` and its
+    progress lines to ``echo``. The watchdog does not wait for output: at ``limit`` seconds,
+    or as soon as ``stop_now()`` is true, it kills the whole process group (a framework's
+    helper processes too), however silent the cell is."""
+    t0 = time.monotonic()
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    timed_out = interrupted = False
+    with open(log_path, "w", encoding="utf-8") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                preexec_fn=_PREEXEC)
+        reader = threading.Thread(target=_tee, args=(proc.stdout, log, tail, echo), daemon=True)
+        reader.start()
+        while True:
+            try:
+                proc.wait(timeout=POLL_SECONDS)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if limit is not None and time.monotonic() - t0 > limit:
+                timed_out = True
+                break
+            if stop_now():
+                interrupted = True
+                break
+        seconds = time.monotonic() - t0
+        _kill_group(proc)  # also what a finished cell left behind
+        proc.wait()
+        reader.join(timeout=10)
+        if timed_out:
+            note = f"metabench: killed after {int(seconds)} s: the time limit of this process is {limit:g} s"
+            log.write(note + "\n")
+            tail.append(note)
     rc = proc.returncode
-    return (rc if rc is not None and rc >= 0 else None), time.perf_counter() - t0
+    killed_by_us = timed_out or interrupted
+    killed = killed_by_us or rc < 0
+    return ProcessOutcome(returncode=None if killed else rc, seconds=seconds, timed_out=timed_out,
+                          interrupted=interrupted, log_tail=list(tail), log_path=log_path,
+                          signal=signal.Signals(-rc).name if rc < 0 and not killed_by_us else None)
 
 
-def run_cell(cell: Cell, cell_dir: Path, phases, echo, timeout: float | None) -> dict:
-    """Run one cell's processes; returns its status record (also written to status.json)."""
-    cell_dir.mkdir(parents=True, exist_ok=True)
+def _last_line(path: Path) -> str | None:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    return lines[-1] if lines else None
+
+
+def _failure_detail(phase: str, out: ProcessOutcome, cell_dir: Path) -> str:
+    """One line saying why a phase failed: its error file, else what pytest reported, else
+    the last line the process printed."""
+    for name in (f"{phase}.error.txt", "build.error.txt"):
+        line = _last_line(cell_dir / name)
+        if line:
+            return line if name.startswith(phase) else f"build failed: {line}"
+    try:  # pytest's report of the failed test: its last "E   ..." line
+        log = out.log_path.read_text(errors="replace").splitlines() if out.log_path else []
+    except OSError:
+        log = []
+    errors = [line[1:].strip() for line in log if line.startswith("E ") and line[1:].strip()]
+    if errors:
+        return errors[-1]
+    if out.signal:
+        return f"killed by {out.signal}"
+    said = [line.strip() for line in out.log_tail if line.strip()]
+    return f"exit code {out.returncode}" + (f": {said[-1]}" if said else "")
+
+
+def _phase_record(phase: str, ok: bool, out: ProcessOutcome, limit: float | None, cell_dir: Path) -> dict:
+    """A phase's entry in status.json: status ok | failed | timeout | diverged, the exit
+    code, the process's seconds, a one-line detail and the last lines of its log."""
+    status, detail = "ok", None
+    if not ok:
+        diverged = cell_dir / f"{phase}.diverged.json"
+        if diverged.exists():
+            status, detail = "diverged", json.loads(diverged.read_text())["detail"]
+        elif out.timed_out:
+            status, detail = "timeout", f"killed after {int(out.seconds)} s (time limit {limit:g} s)"
+        else:
+            status, detail = "failed", _failure_detail(phase, out, cell_dir)
+    return {"status": status, "returncode": out.returncode, "seconds": round(out.seconds, 3),
+            "detail": " ".join(detail.split())[:300] if detail else None, "log_tail": out.log_tail}
+
+
+def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False) -> dict | None:
+    """Run one cell's processes; returns its status record, written last (and atomically)
+    to status.json: a cell with a status.json is complete. ``limit(phases)`` is the time
+    limit of a process running ``phases``. Returns None, writing no status, when the run is
+    stopping now (``stop_now()``): ``--resume`` runs that cell again."""
+    if cell_dir.exists():  # an earlier, unfinished attempt: its files must not mix with these
+        shutil.rmtree(cell_dir)
+    cell_dir.mkdir(parents=True)
     cell_json = cell_dir / "cell.json"
-    cell_json.write_text(cell.to_json())
+    atomic.write_text(cell_json, cell.to_json())
     status = {"cell_id": cell.cell_id, **asdict(cell), "phases": {}}
     if "timing" in phases:
+        # pytest-benchmark writes its JSON in place: it goes to a part file, renamed when whole
+        part = cell_dir / f"{atomic.PART_PREFIX}benchmark.json"
         cmd = [sys.executable, "-m", "pytest", "-c", str(SUITE_DIR / "pytest.ini"), str(SUITE_DIR / "steps.py"),
                "--rootdir", str(SUITE_DIR), "--metabench-cell", str(cell_json), "-q",
-               "--benchmark-json", str(cell_dir / "benchmark.json"), "--benchmark-disable-gc",
-               "--benchmark-sort=name"]
-        rc, secs = _run_process(cmd, cell_dir / "timing.log", timeout, echo)
-        ok = rc == 0 and (cell_dir / "benchmark.json").exists()
-        status["phases"]["timing"] = {"status": "ok" if ok else "failed", "returncode": rc, "seconds": secs}
-        echo(f"[{cell.cell_id}] timing {'ok' if ok else 'FAILED (see timing.log)'} in {secs:.0f} s")
+               "--benchmark-json", str(part), "--benchmark-disable-gc", "--benchmark-sort=name"]
+        out = _run_process(cmd, cell_dir / "timing.log", limit(["timing"]), echo, stop_now)
+        if out.interrupted:
+            return None
+        ok = out.returncode == 0 and part.exists()
+        if ok:
+            os.replace(part, cell_dir / "benchmark.json")
+        part.unlink(missing_ok=True)
+        record = status["phases"]["timing"] = _phase_record("timing", ok, out, limit(["timing"]), cell_dir)
+        echo(f"[{cell.cell_id}] timing {record['status']}" + (f": {record['detail']}" if record["detail"] else "")
+             + f" in {out.seconds:.0f} s")
     rest = [p for p in ("memory", "accuracy") if p in phases]
     if rest:
         cmd = [sys.executable, "-m", "bench.worker", str(cell_json), str(cell_dir), "--phases", ",".join(rest)]
-        rc, secs = _run_process(cmd, cell_dir / "worker.log", timeout, echo)
+        out = _run_process(cmd, cell_dir / "worker.log", limit(rest), echo, stop_now)
+        if out.interrupted:
+            return None
         for phase in rest:
             ok = (cell_dir / f"{phase}.json").exists()
-            status["phases"][phase] = {"status": "ok" if ok else "failed", "returncode": rc, "seconds": secs}
-    (cell_dir / "status.json").write_text(json.dumps(status, indent=1))
+            status["phases"][phase] = _phase_record(phase, ok, out, limit(rest), cell_dir)
+    atomic.write_json(cell_dir / "status.json", status)
     return status
 
 
@@ -147,9 +310,11 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
         def write(line: str) -> None:
             log.write(line + "\n")
         try:
+            part = run_dir / f"{atomic.PART_PREFIX}parity.csv"
             rc = run_parity(specs=specs, algorithms=algorithms, adapters=adapters, data_dir=data_dir,
-                            cache_dir=cache_dir, device=device, threads=threads, out=run_dir / "parity.csv",
-                            echo=write)
+                            cache_dir=cache_dir, device=device, threads=threads, out=part, echo=write)
+            if part.exists():  # whole: --resume keeps a parity.csv it finds
+                os.replace(part, run_dir / "parity.csv")
         except Exception as e:  # a broken plugin or a missing reference framework
             write(f"parity failed: {type(e).__name__}: {e}")
             rc = 1
@@ -158,13 +323,20 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
 
 
 def failures(run_dir: Path) -> list[str]:
-    """What went wrong in a run: failed or unfinished cells, and adapters that failed parity."""
+    """What went wrong in a run: cells with a failed, timed-out or diverged phase
+    (``cell (memory, timing timeout, accuracy diverged)``), unfinished cells, and adapters
+    that failed parity."""
     out = []
-    for status_path in sorted((run_dir / "cells").glob("*/status.json")):
-        phases = json.loads(status_path.read_text())["phases"]
-        bad = [p for p, s in phases.items() if s["status"] != "ok"]
+    cells = run_dir / "cells"
+    for cell_dir in sorted({p.parent for p in (*cells.glob("*/cell.json"), *cells.glob("*/status.json"))}):
+        if not (cell_dir / "status.json").exists():
+            out.append(f"{cell_dir.name} (did not finish)")
+            continue
+        phases = json.loads((cell_dir / "status.json").read_text())["phases"]
+        bad = [p if s["status"] == "failed" else f"{p} {s['status']}" for p, s in phases.items()
+               if s["status"] != "ok"]
         if bad:
-            out.append(f"{status_path.parent.name} ({', '.join(bad)})")
+            out.append(f"{cell_dir.name} ({', '.join(bad)})")
     parity = run_dir / "parity.csv"
     if parity.exists():
         import pandas as pd
@@ -219,6 +391,108 @@ def progress_bar(cells, phases, profile, echo):
         bar.tqdm.close()
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run will do and where, settled before anything is checked or written."""
+
+    profile: str
+    phases: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    specs: dict[str, EpisodeSpec]       # --specs entry -> its spec
+    device: str
+    threads: int
+    results_dir: Path
+    run_id: str
+    resume: bool
+    data_dir: str | None
+    command: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.results_dir / self.run_id
+
+    def record(self) -> dict:
+        """``plan.json``: what ``--resume`` must match (same cells, same specs, same settings)."""
+        return {"run_id": self.run_id, "command": self.command, "profile": self.profile,
+                "phases": list(self.phases), "device": self.device, "threads": self.threads,
+                "cells": [c.cell_id for c in self.cells],
+                "specs": {s.name: _digest(s.to_dict()) for s in self.specs.values()}}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def check_options(*, threads, timeout, run_id, resume, frameworks, adapters) -> None:
+    """The command-line values that no plan can satisfy, each refused in one line."""
+    if threads is not None and threads < 1:
+        raise MetabenchError(f"--threads: must be at least 1, got {threads}")
+    if threads is not None and threads > _available_cores():
+        raise MetabenchError(f"--threads: {threads} exceeds the {_available_cores()} cores this process may "
+                             f"use (every framework is pinned to that many); use at most {_available_cores()}")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise MetabenchError(f"--cell-timeout: must be a positive number of seconds, got {timeout}")
+    if run_id is not None and not RUN_ID_PATTERN.match(run_id):
+        raise MetabenchError(f"--run-id: {run_id!r} names a folder: use letters, digits, '.', '_' and '-', "
+                             f"starting with a letter or digit")
+    if resume and run_id is None:
+        raise MetabenchError("--resume needs --run-id NAME: the run to complete (a folder of --results-dir)")
+    known = registry.entries()
+    for name in adapters or ():
+        if name not in known:
+            raise MetabenchError(f"--adapters: unknown adapter {name!r}; known: {', '.join(known)}")
+    frameworks_known = list(dict.fromkeys(e.framework for e in known.values()))
+    for name in frameworks or ():
+        if name not in frameworks_known:
+            raise MetabenchError(f"--frameworks: unknown {name!r}; known: {', '.join(frameworks_known)}")
+
+
+def _time_limit(profile: str, timeout: float | None):
+    """``limit(phases)``: seconds one process running ``phases`` may take before the watchdog
+    kills it: ``--cell-timeout`` when given, else the profile's limits summed."""
+    return lambda phases: timeout if timeout is not None else PROFILES[profile].time_limit(phases)
+
+
+class _StopRequests:
+    """Ctrl-C while cells run: the first lets the current cell finish (its status written)
+    and then stops; the second (or a SIGTERM, as a scheduler sends) kills the current cell
+    at once. The handler only counts: printing from a signal handler can deadlock on the
+    output's lock, so the watchdog's polling loop says what will happen."""
+
+    def __init__(self, echo):
+        self.echo = echo
+        self.count = 0
+        self._told = 0
+        self._previous: dict = {}
+
+    def __enter__(self) -> _StopRequests:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 2 if signum == signal.SIGTERM else 1
+
+    @property
+    def stopping(self) -> bool:
+        return self.count >= 1
+
+    def stop_now(self) -> bool:
+        """Polled by the watchdog: True once the current cell must be killed."""
+        if self.count == 1 and self._told < 1:
+            self._told = 1
+            self.echo("metabench: Ctrl-C: stopping after this cell (Ctrl-C again to stop it now)")
+        return self.count >= 2
+
+
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
         phases=None, timeout: float | None = None, resume: bool = False, command: str | None = None,
@@ -228,7 +502,10 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
     succeeded are kept, not run again, and so is a parity table already written. ``command``
     is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed).
     ``seeds`` training seeds per cell (seeds > 0 run the accuracy phase only). With
-    ``dry_run`` the plan is printed and nothing is run or written (returns None)."""
+    ``dry_run`` the plan is printed and nothing is run or written (returns None).
+
+    Bad options and failed preflight checks raise ``MetabenchError`` before anything is
+    written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
     if seeds < 1:
         raise MetabenchError(f"--seeds: must be at least 1, got {seeds}")
     command = command or "bench.runner.run() (called from Python, not the command line)"
@@ -242,46 +519,86 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown:
             raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(ALGORITHMS)}")
+    check_options(threads=threads, timeout=timeout, run_id=run_id, resume=resume, frameworks=frameworks,
+                  adapters=adapters)
     device = detect_device() if device == "auto" else device
     if threads is None:
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = _available_cores()
     specs = list(specs or DEFAULT_SPECS[profile])
     cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
                        adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
                        seeds=seeds)
     if "accuracy" not in phases:  # a training seed changes nothing else: one cell each
         cells = [c for c in cells if c.seed == 0]
-    run_dir = Path(results_dir) / (run_id or new_run_id(profile))
+    if not cells:
+        raise MetabenchError(f"no cell to run: no selected adapter serves an algorithm that --specs "
+                             f"{','.join(specs)} configure; check --adapters/--frameworks/--algorithms "
+                             f"against `metabench list`")
+    run_plan = RunPlan(profile=profile, phases=phases, cells=tuple(cells), specs=load_specs(specs), device=device,
+                       threads=threads, results_dir=Path(results_dir), run_id=run_id or new_run_id(profile),
+                       resume=resume, data_dir=data_dir, command=command)
+    run_dir = run_plan.run_dir
     echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
                        seeds=seeds))
     if dry_run:
         return None
+    preflight.check(run_plan)  # nothing is written before this passes
     run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir) as lock, _StopRequests(echo) as stops:
+        if lock.stale:
+            echo(f"metabench: {run_dir} was left by a run that was killed; its lock is cleared")
+        try:
+            _run_locked(run_plan, cache_dir=cache_dir, timeout=timeout, stops=stops, echo=echo)
+        except KeyboardInterrupt:
+            echo(f"metabench: stopped; resume with: {preflight.resume_command(command, run_plan.run_id)}")
+            raise
+    return run_dir
+
+
+def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, echo) -> None:
+    """The run itself, holding its lock: plan.json, manifest, parity, cells, report."""
     from bench.report import write_manifest, write_report
 
+    p, run_dir, cells = run_plan, run_plan.run_dir, list(run_plan.cells)
+    if not (run_dir / "plan.json").exists():
+        atomic.write_json(run_dir / "plan.json", p.record())
+    elif not p.resume:  # another command started this run id between our preflight and our lock
+        raise MetabenchError(f"--run-id {p.run_id}: {run_dir} was just started by another command; "
+                             f"choose another --run-id")
     started = time.time()
-    write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
-                   command=command, data_dir=data_dir, cache_dir=cache_dir)
-    if "parity" in phases and not (resume and (run_dir / "parity.csv").exists()):
-        run_parity_phase(run_dir, cells, device=device, threads=threads, data_dir=data_dir,
+    manifest = dict(profile=p.profile, device=p.device, threads=p.threads, started=started, command=p.command,
+                    data_dir=p.data_dir, cache_dir=cache_dir)
+    write_manifest(run_dir, cells, **manifest)
+    if "parity" in p.phases and not (p.resume and (run_dir / "parity.csv").exists()):
+        run_parity_phase(run_dir, cells, device=p.device, threads=p.threads, data_dir=p.data_dir,
                          cache_dir=cache_dir, echo=echo)
-    with progress_bar(cells, phases, profile, echo) as (bar, say):
+    limit = _time_limit(p.profile, timeout)
+    done = 0
+    with progress_bar(cells, p.phases, p.profile, echo) as (bar, say):
         for i, cell in enumerate(cells, 1):
+            if stops.stopping:
+                break
             cell_dir = run_dir / "cells" / cell.cell_id
-            todo = plan.cell_phases(cell, phases)
+            todo = plan.cell_phases(cell, p.phases)
             name = f"{cell.adapter} {cell.algorithm} {cell.spec_name}" + (f" seed {cell.seed}" if cell.seed else "")
-            if resume and _finished(cell_dir, todo):
+            if p.resume and _finished(cell_dir, todo):
                 say(f"[{i}/{len(cells)}] {name}: done before, kept")
                 bar.update(cell, todo)
+                done += 1
                 continue
             say(f"[{i}/{len(cells)}] {name}")
-            status = run_cell(cell, cell_dir, todo, say, timeout)
+            status = run_cell(cell, cell_dir, todo, say, limit, stops.stop_now)
+            if status is None:
+                break
+            done += 1
             bar.update(cell, todo)
-            failed = [p for p, s in status["phases"].items() if s["status"] != "ok"]
-            if failed:
-                say(f"[{cell.cell_id}] failed phases: {', '.join(failed)} (other cells go on)")
-    write_manifest(run_dir, cells, profile=profile, device=device, threads=threads, started=started,
-                   command=command, data_dir=data_dir, cache_dir=cache_dir, finished=time.time())
+            bad = [f"{ph} {s['status']}" for ph, s in status["phases"].items() if s["status"] != "ok"]
+            if bad:
+                say(f"[{cell.cell_id}] {', '.join(bad)} (other cells go on)")
+    if done < len(cells):  # stopped by Ctrl-C: the statuses so far are in the manifest
+        write_manifest(run_dir, cells, **manifest)
+        echo(f"metabench: stopped by Ctrl-C after {done} of {len(cells)} cells; {len(cells) - done} to run")
+        raise KeyboardInterrupt
+    write_manifest(run_dir, cells, **manifest, finished=time.time())
     write_report(run_dir)
     echo(f"metabench: report in {run_dir / 'summary.md'}")
-    return run_dir

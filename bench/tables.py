@@ -201,13 +201,29 @@ def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torc
 
 # -- pivots (strings) ---------------------------------------------------------------------
 
+def failed_cells(status: pd.DataFrame | None, phase: str) -> dict[tuple[str, str, str], str]:
+    """``{(label, spec, algorithm): "failed" | "timeout" | "diverged"}`` for the cells whose
+    ``phase`` (a status.json phase: timing, memory, accuracy) did not end ok, so a table can
+    say why a cell is empty instead of a bare "-"."""
+    if status is None or status.empty:
+        return {}
+    bad = status[(status["phase"] == phase) & (status["status"] != "ok")]
+    return {(column_label(r.framework, r.adapter, r.algorithm), r.spec, r.algorithm): r.status
+            for r in bad.itertuples()}
+
+
 def _pivot(cmp: pd.DataFrame, cell, baseline: str, with_phase: bool = True, marks=None,
-           drop_labels=()) -> pd.DataFrame:
-    """Rows spec / algorithm (/ phase) in the fixed order; one column per label."""
+           drop_labels=(), failed=None) -> pd.DataFrame:
+    """Rows spec / algorithm (/ phase) in the fixed order; one column per label. An empty
+    place whose cell failed shows the status (``failed``, ``timeout``, ``diverged``)."""
     if cmp.empty:
         return pd.DataFrame()
     keys = ["spec", "algorithm", "phase"] if with_phase else ["spec", "algorithm"]
-    labels = sorted({lb for lb in cmp["label"] if lb not in drop_labels}, key=lambda lb: _label_key(lb, baseline))
+    failed = failed or {}
+    labels = {lb for lb in cmp["label"] if lb not in drop_labels}
+    labels |= {lb for lb, spec, algorithm in failed if lb not in drop_labels
+               and ((cmp["spec"] == spec) & (cmp["algorithm"] == algorithm)).any()}
+    labels = sorted(labels, key=lambda lb: _label_key(lb, baseline))
     headers = {lb: _header(cmp, lb) for lb in labels}
     rows = []
     for key, g in sorted(cmp.groupby(keys, sort=False), key=lambda kg: row_key(*kg[0])):
@@ -215,7 +231,7 @@ def _pivot(cmp: pd.DataFrame, cell, baseline: str, with_phase: bool = True, mark
         by_label = {r.label: r for r in g.itertuples()}
         for lb in labels:
             r = by_label.get(lb)
-            text = cell(r) if r is not None else "-"
+            text = cell(r) if r is not None else failed.get((lb, key[0], key[1]), "-")
             mark = (marks or {}).get((r.adapter, key[0], key[1])) if r is not None else None
             row[headers[lb]] = f"{text} {mark}" if mark and text != "-" else text
         rows.append(row)
@@ -228,18 +244,19 @@ def _header(cmp: pd.DataFrame, label: str) -> str:
 
 
 def step_time_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None,
-                    include_sampling: bool = False) -> pd.DataFrame:
+                    include_sampling: bool = False, failed=None) -> pd.DataFrame:
     """Median step time [95% bootstrap CI of the median]."""
     c = cmp if include_sampling else cmp[cmp["phase"] != SAMPLING]
-    return _pivot(c, lambda r: format_seconds(r.median, (r.median_ci_low, r.median_ci_high)), baseline, marks=marks)
+    return _pivot(c, lambda r: format_seconds(r.median, (r.median_ci_low, r.median_ci_high)), baseline, marks=marks,
+                  failed=failed)
 
 
-def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None) -> pd.DataFrame:
+def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None, failed=None) -> pd.DataFrame:
     """Speedup against the baseline [95% bootstrap CI]; sampling is never ranked."""
     c = cmp[(cmp["phase"] != SAMPLING) & cmp["baseline"].notna()]
     base_labels = set(c.loc[c["adapter"] == c["baseline"], "label"])
     return _pivot(c, lambda r: format_ratio(r.speedup, r.speedup_ci_low, r.speedup_ci_high), baseline,
-                  marks=marks, drop_labels=base_labels)
+                  marks=marks, drop_labels=base_labels, failed=failed)
 
 
 def _first_step_cell(r) -> str:
@@ -251,10 +268,10 @@ def _first_step_cell(r) -> str:
     return f"{text}, repaid after {int(r.break_even_steps)} steps"
 
 
-def first_step_pivot(cmp: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
+def first_step_pivot(cmp: pd.DataFrame, baseline: str = "torch", failed=None) -> pd.DataFrame:
     """First-step (compile) time, and for compiled adapters the break-even step count
     against the fastest eager adapter of the same phase."""
-    return _pivot(cmp[cmp["phase"] != SAMPLING], _first_step_cell, baseline)
+    return _pivot(cmp[cmp["phase"] != SAMPLING], _first_step_cell, baseline, failed=failed)
 
 
 # -- accuracy -----------------------------------------------------------------------------
@@ -293,15 +310,16 @@ def accuracy_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
             else math.nan,
             "steps_to_target": float(g.loc[reached, "steps_to_target"].mean()) if reached.any() else math.nan,
         })
+    rows.sort(key=lambda r: (*row_key(r["spec"], r["algorithm"]), _label_key(r["label"], "torch")))
     return pd.DataFrame(rows, columns=columns)
 
 
-def accuracy_pivot(summary: pd.DataFrame, baseline: str = "torch", marks=None) -> pd.DataFrame:
+def accuracy_pivot(summary: pd.DataFrame, baseline: str = "torch", marks=None, failed=None) -> pd.DataFrame:
     """Rows spec / algorithm; per framework ``mean ± 95% CI`` (``(n seeds)`` when across seeds)."""
     def cell(r):
         text = format_metric(r.mean, r.ci95, r.metric)
         return f"{text} ({r.seeds} seeds)" if r.across_seeds else text
-    return _pivot(summary, cell, baseline, with_phase=False, marks=marks)
+    return _pivot(summary, cell, baseline, with_phase=False, marks=marks, failed=failed)
 
 
 def time_to_target_pivot(summary: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
@@ -390,18 +408,27 @@ def _format_p(p) -> str:
     return "< 1e-4" if p < 1e-4 else f"{p:.4f}" if p < 0.01 else f"{p:.3f}"
 
 
-def paired_sentence(paired: pd.DataFrame) -> str:
-    """One plain sentence: which accuracy differences are significant."""
+def paired_sentence(paired: pd.DataFrame, metric_of: dict | None = None, baseline: str | None = None) -> str:
+    """One plain sentence: which accuracy differences are significant, and by how much
+    (points of accuracy, or the metric's own units)."""
     if paired.empty:
         return ""
+    baseline = baseline or paired["baseline"].iloc[0]
     sig = paired[paired["significant"]]
     if sig.empty:
-        return (f"No accuracy difference from {paired['baseline'].iloc[0].split('-')[0]} is significant "
+        return (f"No test-metric difference from {baseline} is significant "
                 "(paired t-test on the same test episodes, Holm-adjusted p < 0.05).")
-    names = "; ".join(f"{r.adapter} on {r.spec} / {r.algorithm} ({r.mean_diff * 100:+.2f} points)"
-                      if abs(r.mean_diff) <= 1 else f"{r.adapter} on {r.spec} / {r.algorithm}"
+    names = "; ".join(f"{r.adapter} on {r.spec} / {r.algorithm} ({_diff_text(r.mean_diff, metric_of, r)})"
                       for r in sig.itertuples())
-    return f"Significant accuracy differences (paired t-test, Holm p < 0.05): {names}."
+    return (f"Significant differences from {baseline} (paired t-test on the same test "
+            f"episodes, Holm-adjusted p < 0.05): {names}; every other difference is not significant.")
+
+
+def _diff_text(diff: float, metric_of: dict | None, r) -> str:
+    metric = (metric_of or {}).get((r.spec, r.algorithm), "accuracy")
+    if metric == "accuracy":
+        return f"{diff * 100:+.2f} points"
+    return f"{diff:+.{_decimals(abs(diff) or 1.0)}f} {metric.upper()}"
 
 
 # -- parity marks -------------------------------------------------------------------------
@@ -440,23 +467,26 @@ def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFram
     cmp = comparison(tables["steps"], tables["timings"], baseline)
     marks = parity_marks(parity, cmp)
     acc = accuracy_summary(tables["accuracy"])
+    status = tables.get("status")
+    timing_failed, accuracy_failed = failed_cells(status, "timing"), failed_cells(status, "accuracy")
     parts = []
     if not cmp.empty:
         parts += [_para("**Step time**: median [95% bootstrap CI] of rounds of one step, after the first step "
-                        "and the warm-up rounds.", step_time_pivot(cmp, baseline, marks)),
+                        "and the warm-up rounds.", step_time_pivot(cmp, baseline, marks, failed=timing_failed)),
                   _para(f"**Speedup vs {baseline}**: ratio of median step times [95% bootstrap CI, both sets "
                         "of rounds resampled]; above 1 is faster; in bold where the CI excludes 1.",
-                        speedup_pivot(cmp, baseline, marks)),
+                        speedup_pivot(cmp, baseline, marks, failed=timing_failed)),
                   _para("**First step** (compilation included) and, for compiled adapters, the step count "
                         "at which the extra first-step time is repaid against the fastest eager adapter "
-                        "of the same phase.", first_step_pivot(cmp, baseline))]
+                        "of the same phase.", first_step_pivot(cmp, baseline, failed=timing_failed))]
     if not acc.empty:
         paired = paired_comparisons(tables.get("episodes", pd.DataFrame()), baseline)
         text = _para("**Accuracy** on the test episodes: mean ± 95% CI over the episodes (with several "
                      "training seeds: the mean over seeds ± a 95% t interval across them).",
-                     accuracy_pivot(acc, baseline, marks))
-        sentence = paired_sentence(paired) or ("No per-episode metrics were saved in this run: the "
-                                               "frameworks can be compared by their CIs only.")
+                     accuracy_pivot(acc, baseline, marks, failed=accuracy_failed))
+        metric_of = {(r.spec, r.algorithm): r.metric for r in acc.itertuples()}
+        sentence = paired_sentence(paired, metric_of, baseline) or (
+            "No per-episode metrics were saved in this run: the frameworks can be compared by their CIs only.")
         parts.append(f"{text}\n{_wrap(sentence)}\n")
         ttt = time_to_target_pivot(acc, baseline)
         if not ttt.empty:

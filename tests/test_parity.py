@@ -55,3 +55,29 @@ def test_params_after_ignores_entries_whose_gradient_is_noise_but_bounds_them():
     assert params_after_error(too_far, ref, "0/", lr=1e-3, tolerance=1e-4) == float("inf")
     wrong = {**init, "0/params_after/w": np.array([1e-3, -1e-3, -1e-3])}  # a real entry moved the other way
     assert params_after_error(wrong, ref, "0/", lr=1e-3, tolerance=1e-4) == 2.0
+
+
+def test_the_reference_is_cached_and_a_cached_comparison_gives_the_same_table(data_env, tmp_path):
+    env = {**data_env, "METABENCH_CACHE_DIR": str(tmp_path / "cache")}
+    args = ("--adapters", "jax-maml", "--specs", "sinusoid-10shot", "--algorithms", "maml")
+    first = _parity(env, *args, "--out", str(tmp_path / "first.csv"))
+    assert first.returncode == 0 and "from the cache" not in first.stdout, first.stdout + first.stderr[-2000:]
+    assert len(list((tmp_path / "cache" / "parity").glob("*.npz"))) == 1
+    second = _parity(env, *args, "--out", str(tmp_path / "second.csv"))
+    assert second.returncode == 0 and "torch's results for 1 of 1 comparisons from the cache" in second.stdout
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "first.csv"), pd.read_csv(tmp_path / "second.csv"))
+    # another batch is another key; --no-cache recomputes
+    third = _parity(env, *args, "--batch-size", "2", "--no-cache")
+    assert third.returncode == 0 and "from the cache" not in third.stdout
+
+
+def test_the_cache_key_changes_with_what_the_reference_depends_on():
+    from bench.parity import reference_key
+
+    req = {"adapter": "torch-maml", "spec": "sinusoid-10shot", "algorithm": "maml", "batch_size": 4,
+           "threads": 2, "data_dir": None, "cache_dir": None}
+    key = reference_key(req, "cpu")
+    assert reference_key(dict(req), "cpu") == key
+    for change in ({"batch_size": 2}, {"threads": 1}, {"algorithm": "fomaml"}, {"spec": "sinusoid-5shot"}):
+        assert reference_key({**req, **change}, "cpu") != key, change
+    assert reference_key(req, "cuda") != key

@@ -1,0 +1,376 @@
+"""Reliability of ``metabench run``: the watchdog kills what hangs, a non-finite loss ends a
+cell as ``diverged``, a run killed with SIGKILL is completed by ``--resume`` with no cell
+lost or repeated, Ctrl-C stops cleanly, and two runs cannot write one folder.
+
+End-to-end runs use the ``smoke`` profile on ``sinusoid-10shot`` with torch and the tiny
+fake adapters below (a plugin installed through a dist-info entry point, as pip would),
+which plant a crash, a silent hang and a divergence.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import atomic
+from bench.errors import Diverged
+from bench.lock import RunLock, RunLocked, holder
+from bench.runner import _run_process
+
+PLUGIN = '''
+import os
+import time
+
+import numpy as np
+
+from bench.adapter import Adapter, AdapterInfo
+from bench.registry import AdapterEntry
+
+
+class Fake(Adapter):
+    """No framework: numbers from numpy, in a few milliseconds per step."""
+    framework = "fake"
+    algorithms = ("maml", "fomaml")
+    step_seconds = 0.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+    def describe(self):
+        return AdapterInfo("fake", "0", "cpu", "none", "eager", "float32", 1)
+    def to_device(self, batch): return batch
+    def sync(self, outputs=None): pass
+    def get_params(self): return {}
+    def set_params(self, params): self.steps = 0
+    def inner_step(self, batch): return None
+    def outer_step(self, batch):
+        self.steps += 1
+        time.sleep(self.step_seconds)
+        return np.float32(1.0 / self.steps)
+    def adapt(self, batch): return None
+    def evaluate(self, batch): return np.full(len(batch), 0.5)
+    def probe(self, batch): return {}
+
+
+class Steady(Fake):
+    """Finite losses, slow enough (0.3 s a step) that a test can stop it mid-cell."""
+    step_seconds = 0.3
+
+
+class Crashing(Fake):
+    def outer_step(self, batch): raise RuntimeError("planted crash in outer_step")
+
+
+class Hanging(Fake):
+    """A deadlock: sleeps forever, printing nothing."""
+    def outer_step(self, batch):
+        time.sleep(3600)
+
+
+class Diverging(Fake):
+    """The loss is NaN from the second outer step on (after each set_params)."""
+    def outer_step(self, batch):
+        self.steps += 1
+        return np.float32(1.0 if self.steps < 2 else np.nan)
+
+
+ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-steady-b", "fake", ("maml",), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
+           AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),
+           AdapterEntry("fake-diverge", "fake", ("maml",), "metabench_reliability_plugin:Diverging"),
+           AdapterEntry("fake-missing", "fake", ("maml",), "metabench_not_installed_anywhere:Adapter")]
+'''
+
+
+def install_plugin(site: Path) -> Path:
+    """The plugin installed the way pip would: a module and a dist-info with an entry point."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "metabench_reliability_plugin.py").write_text(PLUGIN)
+    dist = site / "metabench_reliability_plugin-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: metabench-reliability-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[metabench.adapters]\nfake = metabench_reliability_plugin:ENTRIES\n")
+    return site
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory, data_env) -> dict[str, str]:
+    site = install_plugin(tmp_path_factory.mktemp("site"))
+    return {**data_env, "PYTHONPATH": f"{data_env['PYTHONPATH']}{os.pathsep}{site}"}
+
+
+def metabench(*args, env, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+def smoke_run(results: Path, run_id: str, adapters: str, *extra: str) -> list[str]:
+    return ["run", "--profile", "smoke", "--device", "cpu", "--specs", "sinusoid-10shot", "--adapters", adapters,
+            "--results-dir", str(results), "--run-id", run_id, *extra]
+
+
+def statuses(run_dir: Path) -> dict[str, dict[str, str]]:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    return {c["cell_id"]: {p: s["status"] for p, s in c["phases"].items()} for c in manifest["cells"]}
+
+
+# -- the watchdog -------------------------------------------------------------------------------
+
+def test_watchdog_kills_a_silent_process_and_its_children_at_the_limit(tmp_path):
+    """The bug it fixes: with a 1 s limit, a child that printed nothing ran its full 6 s."""
+    pid_file = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time; "
+            "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); "
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(60)")
+    t0 = time.monotonic()
+    out = _run_process([sys.executable, "-c", code], tmp_path / "log", 1.5, echo=lambda line: None)
+    assert time.monotonic() - t0 < 10
+    assert out.timed_out and out.returncode is None and out.seconds >= 1.5
+    assert "killed after" in out.log_tail[-1] and "time limit of this process is 1.5 s" in out.log_tail[-1]
+    time.sleep(0.2)  # the whole process group died, not just the child
+    assert not running(int(pid_file.read_text()))
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a killed orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_watchdog_keeps_the_last_20_log_lines_and_the_exit_code(tmp_path):
+    code = "import sys\nfor i in range(50): print(f'line {i}')\nsys.exit(3)"
+    out = _run_process([sys.executable, "-c", code], tmp_path / "log", 30, echo=lambda line: None)
+    assert not out.timed_out and out.returncode == 3
+    assert out.log_tail == [f"line {i}" for i in range(30, 50)]
+    assert (tmp_path / "log").read_text().count("\n") == 50
+
+
+# -- atomic files and the run lock ----------------------------------------------------------------
+
+def test_atomic_write_leaves_the_old_file_whole_when_the_writer_fails(tmp_path):
+    path = tmp_path / "status.json"
+    atomic.write_json(path, {"phases": "old"})
+    with pytest.raises(RuntimeError), atomic.atomic_open(path) as f:
+        f.write('{"phases": "half')
+        raise RuntimeError("killed mid-write")
+    assert json.loads(path.read_text()) == {"phases": "old"}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]  # no temporary file left
+    atomic.write_json(path, {"phases": "new"})
+    assert json.loads(path.read_text()) == {"phases": "new"}
+
+
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    with RunLock(tmp_path):
+        assert f"PID {os.getpid()}" in holder(tmp_path)
+        with pytest.raises(RunLocked, match=f"being written by PID {os.getpid()}"), RunLock(tmp_path):
+            pass
+    assert holder(tmp_path) is None and not (tmp_path / ".lock").exists()
+
+
+def test_a_lock_left_by_a_killed_run_is_stale_and_taken_over(tmp_path):
+    # what SIGKILL leaves: the file, naming a process that holds nothing
+    (tmp_path / ".lock").write_text(json.dumps({"pid": 999999, "host": "x", "since": "then"}))
+    assert holder(tmp_path) is None
+    with RunLock(tmp_path) as lock:
+        assert lock.stale
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+
+
+# -- divergence --------------------------------------------------------------------------------
+
+class _NaNAtStep3:
+    """Just enough of an adapter for the training loop: the loss is NaN from step 3 on."""
+
+    def __init__(self):
+        self.steps = 0
+
+    def to_device(self, batch):
+        return batch
+
+    def sync(self, out=None):
+        pass
+
+    def outer_step(self, batch):
+        self.steps += 1
+        return np.float32(np.nan if self.steps >= 3 else 1.0)
+
+    def evaluate(self, batch):
+        return np.zeros(len(batch))
+
+
+def test_training_stops_at_the_first_non_finite_loss_with_step_and_value():
+    from bench.spec import load_spec
+    from bench.training import train_and_evaluate
+
+    spec = load_spec("sinusoid-10shot").with_profile("cpu", "maml")
+    adapter = _NaNAtStep3()
+    with pytest.raises(Diverged) as info:
+        train_and_evaluate(adapter, spec, "maml")
+    assert info.value.step == 3 and np.isnan(info.value.value) and info.value.phase == "accuracy"
+    assert adapter.steps == 3  # not one step more on NaNs
+    assert str(info.value) == "non-finite loss nan at step 3"
+
+
+# -- planted failures in one run ----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory, plugin_env) -> tuple[Path, subprocess.CompletedProcess]:
+    results = tmp_path_factory.mktemp("planted")
+    # 25 s: a torch smoke process takes ~5-10 s on 2 busy cores; the hanging cell takes 2 x 25 s
+    r = metabench(*smoke_run(results, "planted", "torch-maml,fake-crash,fake-hang,fake-diverge",
+                             "--algorithms", "maml", "--cell-timeout", "25"), env=plugin_env)
+    assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
+    return results / "planted", r
+
+
+def test_crashing_hanging_and_diverging_cells_get_their_status_in_the_manifest(planted_run):
+    run_dir, _ = planted_run
+    assert statuses(run_dir) == {
+        "torch-maml__maml__sinusoid-10shot": {"timing": "ok", "memory": "ok", "accuracy": "ok"},
+        "fake-crash__maml__sinusoid-10shot": {"timing": "failed", "memory": "failed", "accuracy": "failed"},
+        "fake-hang__maml__sinusoid-10shot": {"timing": "timeout", "memory": "timeout", "accuracy": "timeout"},
+        # memory takes one step (finite); training's second step is NaN; timing's rounds are NaN
+        "fake-diverge__maml__sinusoid-10shot": {"timing": "diverged", "memory": "ok", "accuracy": "diverged"},
+    }
+
+
+def test_each_phase_status_says_why_in_one_line_with_the_log_tail(planted_run):
+    run_dir, _ = planted_run
+    cells = {c["adapter"]: c["phases"] for c in json.loads((run_dir / "manifest.json").read_text())["cells"]}
+    hang = cells["fake-hang"]["timing"]
+    assert hang["detail"] == "killed after 25 s (time limit 25 s)" and hang["returncode"] is None
+    assert 25 <= hang["seconds"] < 40 and "killed after 25 s" in hang["log_tail"][-1]
+    assert cells["fake-diverge"]["accuracy"]["detail"] == "non-finite loss nan at step 2"
+    assert cells["fake-diverge"]["timing"]["detail"] == "non-finite loss nan at step 5 (last timed round)"
+    crash = cells["fake-crash"]["timing"]
+    assert crash["returncode"] == 1 and "planted crash in outer_step" in crash["detail"]
+    assert "planted crash in outer_step" in cells["fake-crash"]["memory"]["detail"]
+    for phases in cells.values():
+        for s in phases.values():
+            assert set(s) == {"status", "returncode", "seconds", "detail", "log_tail"}
+            assert len(s["log_tail"]) <= 20 and (s["detail"] is None) == (s["status"] == "ok")
+
+
+def test_the_summary_lists_the_three_failures_with_their_status(planted_run):
+    run_dir, r = planted_run
+    failures = (run_dir / "summary.md").read_text().split("## Failures")[1]
+    assert "fake-hang__maml__sinusoid-10shot / timing: timeout" in failures
+    assert "fake-diverge__maml__sinusoid-10shot / accuracy: diverged" in failures
+    assert "fake-crash__maml__sinusoid-10shot / timing: failed" in failures
+    assert "torch-maml" not in failures
+    assert "metabench: 3 failure(s)" in r.stdout
+    assert "fake-hang__maml__sinusoid-10shot (timing timeout, memory timeout, accuracy timeout)" in r.stdout
+
+
+def test_the_healthy_cell_is_complete_and_no_failed_cell_has_numbers(planted_run):
+    run_dir, _ = planted_run
+    timings = pd.read_csv(run_dir / "timings.csv")
+    assert set(timings["adapter"]) == {"torch-maml"}  # the diverged cell's timings never reach a median
+    assert len(timings[timings["phase"] == "outer_step"]) == 3
+    accuracy = pd.read_csv(run_dir / "accuracy.csv")
+    assert list(accuracy["adapter"]) == ["torch-maml"] and accuracy["mean"].notna().all()
+    assert set(pd.read_csv(run_dir / "memory.csv")["adapter"]) == {"torch-maml", "fake-diverge"}
+    assert not (run_dir / "cells" / "fake-diverge__maml__sinusoid-10shot" / "benchmark.json").exists()
+
+
+# -- SIGKILL, then --resume ---------------------------------------------------------------------
+
+RESUME_ADAPTERS = ("torch-maml,fake-steady,fake-steady-b", "--algorithms", "maml")  # 3 cells, torch's first
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        assert time.monotonic() - t0 < timeout
+        time.sleep(0.1)
+
+
+def _result(run_dir: Path) -> dict:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    accuracy = pd.read_csv(run_dir / "accuracy.csv")
+    timings = pd.read_csv(run_dir / "timings.csv")
+    return {
+        "cells": sorted(c["cell_id"] for c in manifest["cells"]),
+        "statuses": statuses(run_dir),
+        "accuracy rows": sorted(map(tuple, accuracy[["adapter", "algorithm", "spec"]].values.tolist())),
+        "rounds per phase": timings.groupby(["adapter", "algorithm", "phase"]).size().to_dict(),
+        "fingerprints": {name: s["episodes"] for name, s in manifest["specs"].items()},
+    }
+
+
+def test_a_run_killed_mid_cell_resumes_to_the_same_result_as_an_uninterrupted_run(tmp_path, plugin_env):
+    whole = metabench(*smoke_run(tmp_path, "whole", *RESUME_ADAPTERS), env=plugin_env)
+    assert whole.returncode == 0, whole.stdout[-3000:] + whole.stderr[-3000:]
+
+    args = smoke_run(tmp_path, "killed", *RESUME_ADAPTERS)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    cells = tmp_path / "killed" / "cells"
+    first, second = (cells / f"{a}__maml__sinusoid-10shot" for a in ("torch-maml", "fake-steady"))
+    _wait_for(lambda: (first / "status.json").exists() and (second / "timing.log").exists(), proc)
+    time.sleep(1.0)  # inside the second cell's timing process
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert not (second / "status.json").exists()  # killed mid-cell, before its bookkeeping
+    assert (tmp_path / "killed" / ".lock").exists() and holder(tmp_path / "killed") is None  # stale
+
+    resumed = metabench(*args, "--resume", env=plugin_env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "[1/3] torch-maml maml sinusoid-10shot: done before, kept" in resumed.stdout
+    assert "lock is cleared" in resumed.stdout
+    got, want = _result(tmp_path / "killed"), _result(tmp_path / "whole")
+    assert got == want
+    assert len(got["accuracy rows"]) == len(set(got["accuracy rows"])) == 3  # no cell lost or repeated
+    assert set(got["rounds per phase"].values()) == {3}  # smoke: 3 rounds, none twice
+    leftovers = [p for p in (tmp_path / "killed").rglob("*") if p.name.startswith((atomic.PART_PREFIX, ".lock"))]
+    assert leftovers == []
+
+
+def test_ctrl_c_finishes_the_current_cell_then_prints_the_resume_command(tmp_path, plugin_env):
+    args = smoke_run(tmp_path, "stopped", "fake-steady")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = tmp_path / "stopped" / "cells" / "fake-steady__maml__sinusoid-10shot"
+    _wait_for(lambda: (first / "timing.log").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, out[-2000:] + err[-2000:]
+    assert "stopping after this cell" in out and "stopped by Ctrl-C after 1 of 2 cells; 1 to run" in out
+    assert json.loads((first / "status.json").read_text())["phases"]["accuracy"]["status"] == "ok"
+    assert not (tmp_path / "stopped" / "cells" / "fake-steady__fomaml__sinusoid-10shot").exists()
+    resume = out.split("resume with: ")[1].splitlines()[0]
+    assert resume.endswith("--run-id stopped --resume")
+    again = metabench(*shlex.split(resume)[1:], env=plugin_env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "fake-steady maml sinusoid-10shot: done before, kept" in again.stdout
+    assert len(pd.read_csv(tmp_path / "stopped" / "accuracy.csv")) == 2
+
+
+def test_ctrl_c_twice_stops_the_current_cell_at_once(tmp_path, plugin_env):
+    args = smoke_run(tmp_path, "halted", "fake-hang", "--algorithms", "maml")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    cell = tmp_path / "halted" / "cells" / "fake-hang__maml__sinusoid-10shot"
+    _wait_for(lambda: (cell / "timing.log").exists(), proc)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)  # the hanging cell would run for an hour
+    assert proc.returncode == 130 and "resume with:" in out
+    assert not (cell / "status.json").exists()  # unfinished: --resume runs it again
+    assert not (tmp_path / "halted" / ".lock").exists()

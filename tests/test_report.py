@@ -1,0 +1,394 @@
+"""The report from a small synthetic results folder (``tests/synthetic.py``; no framework
+imported): the comparison pivot's medians, speedups, CIs and break-even counts, accuracy
+across seeds, time to target, the paired test, the summary's structure and the figures,
+each checked against numbers computed here from the planted data."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from bench import plots, tables
+from bench.report import collect, merged_benchmark_json, write_report
+from tests import synthetic as syn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return syn.make_run(tmp_path_factory.mktemp("results"))
+
+
+@pytest.fixture(scope="module")
+def reported(run) -> Path:
+    """The synthetic run after ``write_report`` (once: it draws three figures)."""
+    write_report(run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def tabs(run) -> dict:
+    return collect(run)
+
+
+@pytest.fixture(scope="module")
+def cmp(tabs) -> pd.DataFrame:
+    return tables.comparison(tabs["steps"], tabs["timings"], "torch")
+
+
+def row(frame: pd.DataFrame, **where) -> pd.Series:
+    mask = np.ones(len(frame), dtype=bool)
+    for k, v in where.items():
+        mask &= (frame[k] == v).to_numpy()
+    assert mask.sum() == 1, (where, mask.sum())
+    return frame[mask].iloc[0]
+
+
+def brute_force_ratio_ci(a, b, n: int = 20000, seed: int = 12345) -> tuple[float, float]:
+    """The bootstrap CI of median(a)/median(b), written independently of bench.stats:
+    Python's own random generator, many more resamples."""
+    rng = random.Random(seed)
+    ratios = sorted(np.median(rng.choices(list(a), k=len(a))) / np.median(rng.choices(list(b), k=len(b)))
+                    for _ in range(n))
+    return ratios[int(0.025 * n)], ratios[int(0.975 * n) - 1]
+
+
+# -- the comparison pivot -----------------------------------------------------------------
+
+def test_pivot_medians_are_pytest_benchmarks_and_the_planted_ones(cmp):
+    for (spec, phase), medians in syn.MEDIANS.items():
+        for fw, median in medians.items():
+            if spec == "sine" and fw == "tensorflow":
+                continue  # its timing failed
+            assert row(cmp, spec=spec, phase=phase, framework=fw)["median"] == pytest.approx(median, rel=1e-12)
+
+
+def test_failed_timing_never_enters_a_median_or_a_comparison(cmp, tabs):
+    assert not ((cmp["spec"] == "sine") & (cmp["framework"] == "tensorflow")).any()
+    assert tabs["timings"]["seconds"].max() < 1.0  # the planted 1000 s rounds were not read
+
+
+def test_speedup_is_the_ratio_of_medians_with_a_bootstrap_ci_over_both_sets_of_rounds(cmp):
+    jax = row(cmp, spec="omni", phase="outer_step", framework="jax")
+    tf = row(cmp, spec="omni", phase="outer_step", framework="tensorflow")
+    assert jax["speedup"] == pytest.approx(2.0) and tf["speedup"] == pytest.approx(0.5)
+    lo, hi = brute_force_ratio_ci(syn.rounds("omni", "outer_step", "torch"), syn.rounds("omni", "outer_step", "jax"))
+    assert jax["speedup_ci_low"] == pytest.approx(lo, abs=0.03)
+    assert jax["speedup_ci_high"] == pytest.approx(hi, abs=0.03)
+    assert jax["speedup_ci_low"] < 2.0 < jax["speedup_ci_high"]
+    # the baseline is 1 against itself, its CI the spread of two independent resamplings
+    assert row(cmp, spec="omni", phase="outer_step", framework="torch")["speedup"] == pytest.approx(1.0)
+
+
+def test_median_ci_is_a_bootstrap_of_the_rounds(cmp):
+    torch = row(cmp, spec="omni", phase="outer_step", framework="torch")
+    data = list(syn.rounds("omni", "outer_step", "torch"))
+    rng = random.Random(1)
+    medians = sorted(np.median(rng.choices(data, k=len(data))) for _ in range(20000))
+    assert torch["median_ci_low"] == pytest.approx(medians[500], rel=0.02)
+    assert torch["median_ci_high"] == pytest.approx(medians[19499], rel=0.02)
+
+
+def break_even_by_counting(first_c, m_c, first_e, m_e, limit=10**6):
+    for n in range(1, limit):
+        if first_c + (n - 1) * m_c <= first_e + (n - 1) * m_e:
+            return n
+    return math.inf
+
+
+def test_break_even_counts_steps_until_compile_time_is_repaid_against_the_fastest_eager(cmp):
+    jax = row(cmp, spec="omni", phase="outer_step", framework="jax")
+    assert jax["fastest_eager"] == "torch-maml"
+    assert jax["break_even_steps"] == break_even_by_counting(5.0, 0.05, 0.12, 0.100) == 99
+    # tensorflow: slower per step and slower to start: never repaid
+    assert math.isinf(row(cmp, spec="omni", phase="outer_step", framework="tensorflow")["break_even_steps"])
+    assert math.isnan(row(cmp, spec="omni", phase="outer_step", framework="torch")["break_even_steps"])
+    assert tables.break_even_steps(1.0, 0.1, 2.0, 0.2) == 1  # a compiled adapter that starts faster
+
+
+def test_sampling_is_never_ranked(cmp):
+    sampling = cmp[cmp["phase"] == tables.SAMPLING]
+    assert len(sampling) == 5 and sampling["speedup"].isna().all() and sampling["break_even_steps"].isna().all()
+    assert "sample_episodes" not in tables.speedup_pivot(cmp).to_string()
+
+
+def test_speedup_pivot_rows_columns_and_marks(cmp, run):
+    marks = tables.parity_marks(pd.read_csv(run / "parity.csv"), cmp)
+    assert marks == {("tensorflow-maml", "omni", "maml"): "†", ("jax-maml", "sine", "maml"): "‡"}
+    p = tables.speedup_pivot(cmp, "torch", marks)
+    assert list(p.columns) == ["spec / algorithm / phase", "jax (jit)", "tensorflow (graph)"]
+    assert list(p.iloc[:, 0]) == ["omni / maml / `outer_step`", "omni / maml / `inner_step`",
+                                  "sine / maml / `outer_step`", "sine / maml / `inner_step`"]
+    assert p.iloc[0, 1].startswith("**2.00x** [") and p.iloc[0, 2].startswith("**0.500x** [")
+    assert p.iloc[0, 2].endswith("†") and p.iloc[2, 1].endswith("‡") and p.iloc[2, 2] == "-"
+
+
+@pytest.mark.parametrize("seconds, text", [(0.000512, "512 µs"), (0.0519, "51.9 ms"), (0.25, "250 ms"),
+                                           (7.153, "7.15 s"), (1234.4, "1234 s"), (None, "-")])
+def test_times_keep_three_significant_digits(seconds, text):
+    assert tables.format_seconds(seconds) == text
+
+
+def test_step_time_cell_shows_median_and_ci_in_the_medians_unit():
+    assert tables.format_seconds(0.000529, (0.000473, 0.000566)) == "529 µs [473, 566]"
+
+
+# -- accuracy, seeds, time to target, the paired test ---------------------------------------
+
+def test_accuracy_across_seeds_is_the_mean_of_seed_means_with_a_t_interval(tabs):
+    acc = tables.accuracy_summary(tabs["accuracy"])
+    torch = row(acc, spec="omni", framework="torch")
+    means = [syn.episode_values("omni", "torch", s).mean() for s in (0, 1, 2)]
+    half = sps.t.ppf(0.975, 2) * np.std(means, ddof=1) / math.sqrt(3)
+    assert torch["seeds"] == 3 and torch["mean"] == pytest.approx(np.mean(means))
+    assert torch["ci95"] == pytest.approx(half)
+    tf = row(acc, spec="omni", framework="tensorflow")  # one seed: the CI over episodes
+    assert tf["seeds"] == 1 and tf["mean"] == pytest.approx(syn.episode_values("omni", "tensorflow", 0).mean())
+
+
+def test_diverged_seed_stays_out_of_accuracy_and_episodes(tabs):
+    assert 5 not in set(tabs["accuracy"]["seed"]) and 5 not in set(tabs["episodes"]["seed"])
+    assert tabs["episodes"]["value"].max() < 2
+
+
+def test_time_to_target_averages_the_seeds_that_reached_it(tabs):
+    acc = tables.accuracy_summary(tabs["accuracy"])
+    torch = row(acc, spec="omni", framework="torch")
+    assert torch["reached"] == 2 and torch["time_to_target_seconds"] == pytest.approx(11.0)
+    t = tables.time_to_target_pivot(acc)
+    omni = t[t.iloc[:, 0] == "omni / maml"].iloc[0]
+    assert omni["target"] == "accuracy >= 90 %"
+    assert omni["torch"] == "11.0 s (55 steps), 2/3 seeds" and omni["jax"] == "not reached (0/3)"
+    assert row(t, **{"spec / algorithm": "sine / maml"})["target"] == "mse <= 1"
+
+
+def test_paired_test_on_the_same_episodes_averaged_over_seeds(tabs):
+    paired = tables.paired_comparisons(tabs["episodes"], "torch")
+    jax = row(paired, spec="omni", adapter="jax-maml")
+    torch_avg = np.mean([syn.episode_values("omni", "torch", s) for s in (0, 1, 2)], axis=0)
+    jax_avg = np.mean([syn.episode_values("omni", "jax", s) for s in (0, 1, 2)], axis=0)
+    d = jax_avg - torch_avg
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    assert jax["episodes"] == syn.EPISODES and jax["seeds"] == 3 and jax["baseline_seeds"] == 3
+    assert jax["mean_diff"] == pytest.approx(d.mean()) and jax["t"] == pytest.approx(t)
+    assert jax["p"] == pytest.approx(2 * sps.t.sf(abs(t), d.size - 1))
+    assert jax["significant"] and 0.018 < jax["mean_diff"] < 0.022
+    tf = row(paired, spec="omni", adapter="tensorflow-maml")
+    d_tf = syn.episode_values("omni", "tensorflow", 0) - torch_avg
+    p_tf = sps.ttest_rel(syn.episode_values("omni", "tensorflow", 0), torch_avg).pvalue
+    assert tf["mean_diff"] == pytest.approx(d_tf.mean()) and tf["p"] == pytest.approx(p_tf)
+    # Holm over the table's four comparisons: the smallest p times 4, then monotone
+    ps = paired["p"].to_numpy()
+    order = np.argsort(ps)
+    expected = np.maximum.accumulate([min(1, (len(ps) - i) * ps[j]) for i, j in enumerate(order)])
+    assert paired["p_holm"].to_numpy()[order] == pytest.approx(expected)
+    assert not tf["significant"]
+
+
+def test_paired_sentence_speaks_in_the_metrics_units():
+    paired = pd.DataFrame({"spec": ["sine"], "algorithm": ["maml"], "adapter": ["jax-maml"],
+                           "baseline": ["torch-maml"], "mean_diff": [-0.0123], "significant": [True]})
+    text = tables.paired_sentence(paired, {("sine", "maml"): "mse"})
+    assert "jax-maml on sine / maml (-0.0123 MSE)" in text
+    assert tables.paired_sentence(paired.assign(significant=False)).startswith(
+        "No test-metric difference from torch-maml is significant")  # the adapter, when no baseline is named
+
+
+def test_old_runs_without_seeds_or_episodes_still_report(tmp_path):
+    run = syn.make_run(tmp_path, failures=False)
+    for cell_dir in (run / "cells").iterdir():
+        (cell_dir / "episodes.csv").unlink()
+        acc = json.loads((cell_dir / "accuracy.json").read_text())
+        for key in ("seed", "target", "target_direction", "steps_to_target", "time_to_target_seconds",
+                    "compile_seconds"):
+            acc.pop(key)
+        (cell_dir / "accuracy.json").write_text(json.dumps(acc))
+        cell = json.loads((cell_dir / "cell.json").read_text())
+        cell.pop("seed")
+        (cell_dir / "cell.json").write_text(json.dumps(cell))
+    text = tables.headline_markdown(run)
+    assert "**Accuracy**" in text and "Time to target" not in text and "compared by their CIs only" in text
+
+
+# -- the headline and summary.md -------------------------------------------------------------
+
+def test_headline_markdown_is_deterministic_and_portable(run, tmp_path):
+    first = tables.headline_markdown(run)
+    moved = shutil.copytree(run, tmp_path / run.name)
+    assert tables.headline_markdown(moved) == first  # no absolute path, no timestamp
+    assert str(run) not in first and "2026-12-01" not in first
+    for section in ("**Step time**", "**Speedup vs torch**", "**First step**", "**Accuracy**", "**Time to target**"):
+        assert section in first
+    assert "100 ms [" in first and "5.00 s, repaid after 99 steps" in first
+    assert "jax-maml on omni / maml (+2.00 points); every other difference is not significant" in first
+    # a cell whose timing failed says so where its numbers would be, in every timing table
+    sine_rows = [line for line in first.splitlines() if line.startswith("| sine / maml / `outer_step`")]
+    assert [[c.strip() for c in line.split("|")][-2] for line in sine_rows] == ["failed"] * 3
+    # prose lines fit the hand-written Markdown that embeds them (tests/test_docs.py: 100 columns)
+    assert max(len(line) for line in first.splitlines() if not line.startswith("|")) <= 100
+
+
+def test_headline_baseline_can_be_another_framework(run):
+    text = tables.headline_markdown(run, baseline="jax")
+    assert "**Speedup vs jax**" in text and "**0.500x** [" in text  # torch is half jax's speed
+
+
+def test_summary_opens_with_parity_then_comparison_then_details(reported):
+    run = reported
+    summary = (run / "summary.md").read_text()
+    order = [summary.index(s) for s in ("## Parity against torch", "## Comparison", "## Step times",
+                                        "## Accuracy per cell and seed", "## Paired comparison",
+                                        "## Failures", "## Plots")]
+    assert order == sorted(order)
+    verdict = summary.split("## Parity")[1].split("## Comparison")[0]
+    assert "FAILED for tensorflow-maml" in verdict
+    head = summary.split("## Step times")[0]
+    assert len(head.splitlines()) < 110  # verdict and comparison: about two screens
+    assert "#### omni / maml / `outer_step`" in summary and "x fastest" in summary
+
+
+def test_failures_list_every_non_ok_phase_and_parity_comparison(reported):
+    run = reported
+    failures = (run / "summary.md").read_text().split("## Failures")[1].split("## Plots")[0]
+    assert "- tensorflow-maml__maml__sine / timing: failed, exit 1: RuntimeError: deliberate" in failures
+    assert "- tensorflow-maml__maml__omni__seed5 / accuracy: diverged, exit 1: diverged at step 3" in failures
+    assert "parity tensorflow-maml vs torch on omni / maml" in failures
+    assert "jax-maml__maml__omni /" not in failures
+
+
+def test_run_level_files(reported):
+    run = reported
+    ep = pd.read_csv(run / "episodes.csv")
+    assert list(ep.columns) == ["run_id", "framework", "algorithm", "adapter", "spec", "seed", "episode", "value"]
+    assert len(ep) == syn.EPISODES * (3 + 3 + 1 + 3)  # omni: 3+3+1 seeds, sine: one each
+    acc = pd.read_csv(run / "accuracy.csv")
+    assert {"seed", "target", "time_to_target_seconds", "steps_to_target", "compile_seconds"} <= set(acc.columns)
+    merged = json.loads((run / "benchmark.json").read_text())
+    assert merged["commit_info"] == {"id": "abc123", "dirty": False}
+    assert merged["datetime"] == "2026-11-28T09:50:00+00:00"  # the run's own, not the report's
+    assert len(merged["benchmarks"]) == 3 * 5  # the failed cell's three records are left out
+
+
+def test_merged_benchmark_json_keeps_the_earliest_cells_datetime(tmp_path):
+    run = syn.make_run(tmp_path, failures=False)
+    bench = run / "cells" / "jax-maml__maml__sine" / "benchmark.json"
+    data = json.loads(bench.read_text())
+    data["datetime"] = "2026-11-28T08:00:00+00:00"
+    bench.write_text(json.dumps(data))
+    assert merged_benchmark_json(run)["datetime"] == "2026-11-28T08:00:00+00:00"
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+def test_speedup_figure_is_log_scaled_with_one_marker_per_framework_and_no_sampling(cmp):
+    fig = plots.speedup_figure(cmp, "torch")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log" and "speedup vs torch" in ax.get_xlabel()
+    ticks = [t.get_text() for t in ax.get_yticklabels()]
+    assert ticks == ["omni / maml / outer_step", "omni / maml / inner_step", "sine / maml / outer_step",
+                     "sine / maml / inner_step"]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["jax", "tensorflow"]
+    markers = {c.get_label(): c.lines[0].get_marker() for c in ax.containers}
+    assert len(set(markers.values())) == 2
+    jax_x = ax.containers[0].lines[0].get_xdata()
+    assert list(jax_x) == pytest.approx([2.0, 20 / 19, 80.0, 5.0])
+    assert ax.containers[0].has_xerr
+
+
+def test_step_time_figure_panels_in_fixed_phase_order_each_with_its_own_adapters(tabs):
+    fig = plots.step_time_figure(tabs["timings"])
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in visible] == ["omni / maml / outer_step", "omni / maml / inner_step",
+                                                  "sine / maml / outer_step", "sine / maml / inner_step"]
+    for ax in visible:
+        assert ax.get_xscale() == "log" and ax.get_xlabel() == "step time (ms, log scale)"
+    sine_ticks = [t.get_text() for t in visible[2].get_yticklabels()]
+    assert sine_ticks == ["torch", "jax"]  # tensorflow failed there: no empty row
+    assert "sample_episodes" not in " ".join(ax.get_title() for ax in fig.axes)
+
+
+def test_learning_curves_have_a_panel_per_direction_and_view_with_targets_and_bands(tabs):
+    fig = plots.learning_curve_figure(tabs["curves"], tabs["accuracy"])
+    assert len(fig.axes) == 4  # two workloads x (wall-clock, steps): no blank canvas
+    omni_wall, omni_steps, sine_wall, sine_steps = fig.axes
+    assert omni_wall.get_ylabel() == "validation accuracy (higher is better)"
+    assert sine_wall.get_ylabel() == "validation MSE (lower is better)"
+    assert omni_wall.get_xscale() == "log" and omni_steps.get_xscale() == "linear"
+    assert omni_steps.get_xlabel() == "meta-training step"
+    targets = [line for line in omni_steps.get_lines() if line.get_label() == "target"]
+    assert len(targets) == 1 and targets[0].get_ydata()[0] == pytest.approx(0.9)
+    assert len(omni_steps.collections) == 3  # a val_ci95 band per framework
+
+
+def test_single_cell_run_fills_its_canvas(tmp_path):
+    run = tmp_path / "one"
+    run.mkdir()
+    syn.write_cell(run, "torch", "omni")
+    t = collect(run)
+    fig = plots.learning_curve_figure(t["curves"], t["accuracy"])
+    assert len(fig.axes) == 2 and all(ax.has_data() for ax in fig.axes)
+    fig = plots.step_time_figure(t["timings"])
+    assert all(ax.get_visible() and ax.has_data() for ax in fig.axes)
+
+
+def test_write_report_writes_the_figures(reported):
+    run = reported
+    for name in ("speedups.png", "step_times.png", "learning_curves.png"):
+        assert (run / name).stat().st_size > 10_000
+        assert f"![{name}]({name})" in (run / "summary.md").read_text()
+
+
+# -- the committed run ---------------------------------------------------------------------------
+
+def test_committed_cpu_run_reports_from_a_copy(tmp_path):
+    """The real file formats: the committed run (no seeds, no episodes.csv) reports."""
+    src = REPO / "results" / "20261128-cpu-all"
+    if not src.exists():
+        pytest.skip("committed run not present")
+    run = shutil.copytree(src, tmp_path / src.name, ignore=shutil.ignore_patterns("*.png"))
+    text = tables.headline_markdown(run)
+    assert "| omniglot-5w1s / maml / `outer_step`" in text and "**1.45x** [" in text
+    assert "90.94 ± 0.56 %" in text
+
+
+# -- results/README.md ---------------------------------------------------------------------------
+
+def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_path):
+    from bench.report import write_index
+
+    syn.make_run(tmp_path, "20261201-synthetic")
+    old = syn.make_run(tmp_path, "20261130-torch-only", failures=False)
+    for cell_dir in (old / "cells").iterdir():
+        if not cell_dir.name.startswith("torch"):
+            shutil.rmtree(cell_dir)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["started"] = "2026-11-30T08:00:00Z"
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "README.md").write_text("# Committed runs\n\nHand-written prose.\n")
+    text = write_index(tmp_path).read_text()
+    assert text.startswith("# Committed runs\n\nHand-written prose.\n")
+    lines = [line for line in text.splitlines() if line.startswith("| [`")]
+    assert [line.split("`")[1] for line in lines] == ["20261201-synthetic/", "20261130-torch-only/"]
+    assert "| 2026-12-01 | smoke" in lines[0] and "`abc123`" in lines[0]
+    assert "11 cells, torch, jax, tensorflow, 4 seeds; fastest of 4 step phases: jax 4; parity FAILED: " \
+           "tensorflow-maml; 2 cells with failures" in lines[0]
+    assert "4 cells, torch only, 3 seeds; accuracy omni / maml 89.05 %, sine / maml 0.502" in lines[1]
+    again = write_index(tmp_path).read_text()
+    assert again == text  # regenerating replaces the block, it does not append another
