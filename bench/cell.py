@@ -12,15 +12,11 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PHASES = {"maml": ("inner_step", "outer_step"), "fomaml": ("inner_step", "outer_step"),
-          "protonet": ("outer_step", "adapt")}
-
-
 @dataclass(frozen=True)
 class Cell:
     adapter: str          # registry name, e.g. "torch-maml"
     framework: str
-    algorithm: str        # "maml", "fomaml", "protonet"
+    algorithm: str        # a name in bench.algorithms.ALGORITHMS
     spec: str             # built-in name or path to a TOML file
     spec_name: str
     profile: str

@@ -1,4 +1,4 @@
-"""The ``metabench`` command: ``validate``, ``list``, ``episodes``, ``run``, ``parity``, ``report``.
+"""The ``metabench`` command: validate, list, episodes, run, parity, report, compare, index, readme.
 
 User errors (a bad spec, missing data, an unknown adapter) print one line on stderr and exit
 with code 2, without a traceback.
@@ -219,15 +219,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="run B against run A: step-time ratios with CIs, accuracy, environment")
-    p.add_argument("run_a", metavar="RUN_A")
-    p.add_argument("run_b", metavar="RUN_B")
+    p.add_argument("run_a", metavar="RUN_A", help="the reference run's folder (e.g. results/<run-id>)")
+    p.add_argument("run_b", metavar="RUN_B", help="the run compared with it; ratios are B / A")
     p.add_argument("--out", help="also write the comparison as Markdown here")
     p.add_argument("--fail-above", type=float, metavar="PCT",
                    help="exit 1 when a step is slower by more than PCT percent and its CI excludes no change")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("index", help="regenerate results/README.md, the index of committed runs")
-    p.add_argument("results_dir", nargs="?", default="results")
+    p.add_argument("results_dir", nargs="?", default="results", help="folder of run folders (default results)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")

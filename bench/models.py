@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bench.algorithms import get as get_algorithm
 from bench.spec import EpisodeSpec
 
 CONV_BLOCKS = 4
@@ -58,7 +59,7 @@ def param_shapes(spec: EpisodeSpec, algorithm: str) -> dict[str, tuple[int, ...]
         else:
             shapes[f"bn{i}.weight"], shapes[f"bn{i}.bias"] = (h,), (h,)
         cin = h
-    if algorithm in ("maml", "fomaml"):
+    if get_algorithm(algorithm).has_head:
         n_out = spec.episode.n_way
         shapes["head.weight"], shapes["head.bias"] = (n_out, feature_size(spec)), (n_out,)
     return shapes

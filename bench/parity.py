@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import registry
+from bench.algorithms import get as get_algorithm
 from bench.cell import pin_threads
 from bench.errors import AdapterError
 
@@ -301,7 +302,7 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
             row = {"framework": framework, "adapter": name, "spec": spec_name, "algorithm": algorithm}
             if isinstance(res, dict):
                 spec = load_spec(spec_ref).for_algorithm(algorithm)
-                lr = spec.protonet.meta_lr if algorithm == "protonet" else spec.maml.meta_lr
+                lr = get_algorithm(algorithm).meta_optimizer(spec).lr
                 p32, p64 = f"{k}/", f"{k}/{F64}"
                 r32, r64 = f"{ci}/", f"{ci}/{F64}"
                 errors = _errors(res, ref, p32, r32, lr, tolerance)

@@ -111,10 +111,14 @@ def check_run_id(plan) -> list[str]:
         return [f"--resume: {run_dir} holds no metabench run (no manifest.json, plan.json or cells/); "
                 f"drop --resume and choose another --run-id"]
     problems = []
-    mismatch = plan_mismatch(recorded_plan(run_dir), plan.record())
+    old = recorded_plan(run_dir)
+    mismatch = plan_mismatch(old, plan.record())
     if mismatch:
-        problems.append(f"--resume: run {plan.run_id} was planned with {mismatch}; resume it with the "
-                        f"options it started with: {resume_command(recorded_command(run_dir), plan.run_id)}")
+        key, words = mismatch
+        # a default (threads: this machine's cores; device: auto) can differ where the command does not
+        pinned = [f"--{key}", str(old[key])] if key in ("threads", "device") else []
+        problems.append(f"--resume: run {plan.run_id} was planned with {words}; resume it with the options it "
+                        f"started with: {resume_command(recorded_command(run_dir), plan.run_id, pinned)}")
     held_by = lock.holder(run_dir)
     if held_by:
         problems.append(f"--resume: run {plan.run_id} is being written by {held_by}; "
@@ -145,22 +149,22 @@ def recorded_command(run_dir: Path) -> str | None:
     return None
 
 
-def plan_mismatch(old: dict, new: dict) -> str | None:
-    """The first difference that would mix two plans' cells in one run, in words; None if none.
-    Only keys both plans record are compared (an older run's manifest records fewer)."""
-    for key, words in (("profile", "--profile"), ("device", "--device"), ("threads", "--threads"),
-                       ("phases", "--phases")):
-        if key in old and key in new and old[key] != new[key]:
-            return f"{words} {_show(old[key])}, not {_show(new[key])}"
+def plan_mismatch(old: dict, new: dict) -> tuple[str, str] | None:
+    """The first difference that would mix two plans' cells in one run: (the plan's key, in
+    words); None if none. Only keys both plans record are compared (an older run's manifest
+    records fewer)."""
+    for key in ("profile", "device", "threads", "phases"):
+        if old.get(key) is not None and key in new and old[key] != new[key]:
+            return key, f"--{key} {_show(old[key])}, not {_show(new[key])}"
     if "cells" in old and sorted(old["cells"]) != sorted(new["cells"]):
         missing = sorted(set(old["cells"]) - set(new["cells"]))
         extra = sorted(set(new["cells"]) - set(old["cells"]))
         diff = "; ".join(([f"cell {missing[0]} that this command leaves out"] if missing else [])
                          + ([f"no cell {extra[0]}"] if extra else []))
-        return f"other cells ({diff})"
+        return "cells", f"other cells ({diff})"
     for name, digest in new.get("specs", {}).items():
         if old.get("specs", {}).get(name, digest) != digest:
-            return f"a different spec {name} (its file changed since)"
+            return "specs", f"a different spec {name} (its file changed since)"
     return None
 
 
@@ -168,21 +172,23 @@ def _show(value) -> str:
     return ",".join(value) if isinstance(value, list) else str(value)
 
 
-def resume_command(command: str | None, run_id: str) -> str:
-    """``command`` (as typed) with ``--run-id RUN_ID --resume``: what completes the run."""
+def resume_command(command: str | None, run_id: str, extra: list[str] = ()) -> str:
+    """``command`` (as typed) with ``extra`` options and ``--run-id RUN_ID --resume``: what
+    completes the run."""
     import shlex
 
     if not command or not command.startswith("metabench run"):
         return f"metabench run --run-id {shlex.quote(run_id)} --resume (with the options the run started with)"
+    replaced = {"--run-id", "--resume", *extra[::2]}
     words, out, skip = shlex.split(command), [], False
     for word in words:
         if skip:
             skip = False
-        elif word == "--run-id":
-            skip = True
-        elif not (word.startswith("--run-id=") or word == "--resume"):
+        elif word in replaced:
+            skip = word != "--resume"  # the others take a value
+        elif not any(word.startswith(f"{flag}=") for flag in replaced):
             out.append(word)
-    return shlex.join([*out, "--run-id", run_id, "--resume"])
+    return shlex.join([*out, *extra, "--run-id", run_id, "--resume"])
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -195,6 +201,9 @@ def check_data(specs, data_dir) -> list[str]:
     if not specs:
         return []
     root = paths.data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        return [f"--data-dir {root} is a file, not a folder; give the folder that holds omniglot/ "
+                f"(or set METABENCH_DATA_DIR to it)"]
     splits = list(dict.fromkeys(split for s in specs for split in (s.data.train_split, s.data.val_split,
                                                                      s.data.test_split)))
     if os.environ.get("METABENCH_OFFLINE"):

@@ -448,7 +448,8 @@ def check_options(*, threads, timeout, run_id, resume, frameworks, adapters) -> 
     frameworks_known = list(dict.fromkeys(e.framework for e in known.values()))
     for name in frameworks or ():
         if name not in frameworks_known:
-            raise MetabenchError(f"--frameworks: unknown {name!r}; known: {', '.join(frameworks_known)}")
+            raise MetabenchError(f"--frameworks: unknown {name!r}; known: {', '.join(frameworks_known)} "
+                                 f"(known adapters: metabench list)")
 
 
 def _time_limit(profile: str, timeout: float | None):

@@ -17,13 +17,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from bench.algorithms import ALGORITHMS as _ALGORITHMS
 from bench.errors import SpecError
 
 DATASETS = ("omniglot", "sinusoid")
 SPLITS = ("train", "val", "trainval", "test")
 BATCH_NORM_MODES = ("transductive", "none")
 DISTANCES = ("squared_euclidean",)
-ALGORITHMS = ("maml", "fomaml", "protonet")
+ALGORITHMS = tuple(_ALGORITHMS)  # names; the algorithms themselves: bench.algorithms
 OMNIGLOT_IMAGES_PER_CLASS = 20
 CONV_POOLINGS = 4  # Conv-4: each block halves the side (2x2 max-pool, floor), see bench.models
 # A spec's name names folders (cells/<adapter>__<algorithm>__<name>/) and CSV rows.
@@ -122,34 +123,24 @@ class EpisodeSpec:
         return self.data.dataset == "sinusoid"
 
     def algorithms(self) -> tuple[str, ...]:
-        """Algorithms this spec configures (``fomaml`` comes with every ``maml`` section)."""
-        out = []
-        if self.maml is not None:
-            out += ["maml", "fomaml"]
-        if self.protonet is not None:
-            out.append("protonet")
-        return tuple(out)
+        """Algorithms this spec configures: every algorithm whose section it has (a
+        ``[maml]`` section configures MAML, FOMAML and ANIL)."""
+        return tuple(name for name, a in _ALGORITHMS.items() if a.configured_by(self))
 
     def for_algorithm(self, algorithm: str) -> EpisodeSpec:
-        """The spec as an algorithm sees it: ``fomaml`` is ``maml`` with ``first_order``."""
+        """The spec as an algorithm sees it (``fomaml``: ``maml`` with ``first_order``)."""
         if algorithm not in self.algorithms():
-            section = "protonet" if algorithm == "protonet" else "maml"
+            section = _ALGORITHMS[algorithm].section if algorithm in _ALGORITHMS else "algorithm"
             raise SpecError(self.source, section, f"this spec has no [{section}] section for {algorithm}; "
                             f"it configures {', '.join(self.algorithms())}")
-        if algorithm == "fomaml":
-            return replace(self, maml=replace(self.maml, first_order=True))
-        return self
+        return _ALGORITHMS[algorithm].resolve(self)
 
     # -- derived episode shapes ---------------------------------------------------
     def train_shape(self, algorithm: str) -> EpisodeShape:
-        e = self.episode
-        if algorithm in ("maml", "fomaml"):
-            return EpisodeShape(e.n_way, e.k_shot, self.maml.train_n_query or e.k_shot)
-        p = self.protonet
-        return EpisodeShape(p.train_n_way or e.n_way, e.k_shot, p.train_n_query or e.n_query)
+        return _ALGORITHMS[algorithm].train_shape(self)
 
     def meta_batch_size(self, algorithm: str) -> int:
-        return self.maml.meta_batch_size if algorithm in ("maml", "fomaml") else self.protonet.meta_batch_size
+        return _ALGORITHMS[algorithm].meta_batch_size(self)
 
     def with_profile(self, profile: str, algorithm: str | None = None) -> EpisodeSpec:
         """Apply a budget profile: built-in defaults, then the spec's ``[profiles.<name>]``
@@ -167,7 +158,7 @@ class EpisodeSpec:
         mbs = overrides.pop("meta_batch_size", None)
         spec = replace(self, budget=replace(self.budget, **overrides))
         if mbs is not None and algorithm is not None:
-            section = "protonet" if algorithm == "protonet" else "maml"
+            section = _ALGORITHMS[algorithm].section
             mbs = min(mbs, getattr(spec, section).meta_batch_size)
             spec = replace(spec, **{section: replace(getattr(spec, section), meta_batch_size=mbs)})
         return spec
@@ -334,13 +325,6 @@ def validate(spec: EpisodeSpec) -> None:
     _positive(s, "budget.val_every", b.val_every, allow_zero=True)
     _positive(s, "budget.val_episodes", b.val_episodes, allow_zero=True)
     _positive(s, "budget.target", b.target, allow_zero=True)
-    for algorithm, target in spec.targets.items():
-        if algorithm not in spec.algorithms():
-            raise SpecError(s, f"targets.{algorithm}", f"this spec does not configure {algorithm}; "
-                            f"it configures {', '.join(spec.algorithms())}")
-        if not spec.is_regression and target > 1:
-            raise SpecError(s, f"targets.{algorithm}", f"an accuracy target is a fraction, got {target}; "
-                            "e.g. 0.9 for 90%")
     if spec.maml is None and spec.protonet is None:
         raise SpecError(s, "maml", "a spec needs a [maml] or a [protonet] section (or both)")
     if spec.maml is not None:
@@ -362,6 +346,13 @@ def validate(spec: EpisodeSpec) -> None:
         _positive(s, "protonet.meta_lr", p.meta_lr)
         _positive(s, "protonet.lr_halve_every", p.lr_halve_every, allow_zero=True)
         _positive(s, "protonet.meta_batch_size", p.meta_batch_size)
+    for algorithm, target in spec.targets.items():
+        if algorithm not in spec.algorithms():
+            raise SpecError(s, f"targets.{algorithm}", f"this spec does not configure {algorithm}; "
+                            f"it configures {', '.join(spec.algorithms())}")
+        if not spec.is_regression and target > 1:
+            raise SpecError(s, f"targets.{algorithm}", f"an accuracy target is a fraction, got {target}; "
+                            "e.g. 0.9 for 90%")
     if d.dataset == "sinusoid":
         if e.n_way != 1:
             raise SpecError(s, "episode.n_way", f"sinusoid regression has one function per task: "
@@ -419,11 +410,13 @@ def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
     if e.k_shot + e.n_query > per_class:
         raise SpecError(s, "episode.n_query", f"k_shot + n_query = {e.k_shot + e.n_query} exceeds the "
                         f"{per_class} samples per class; use k_shot + n_query <= {per_class}")
+    checked = set()
     for algorithm in spec.algorithms():
-        if algorithm == "fomaml":
-            continue
+        section = _ALGORITHMS[algorithm].section
         shape = spec.train_shape(algorithm)
-        section = "maml" if algorithm == "maml" else "protonet"
+        if (section, shape) in checked:  # FOMAML and ANIL train on MAML's episodes
+            continue
+        checked.add((section, shape))
         if shape.n_way > train_classes:
             raise SpecError(s, f"{section}.train_n_way" if section == "protonet" else "episode.n_way",
                             f"{shape.n_way} exceeds the {train_classes} training classes; "

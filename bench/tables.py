@@ -145,58 +145,60 @@ def _baseline_adapter(group: pd.DataFrame, baseline: str) -> str | None:
     return (default if not default.empty else of_framework).sort_values("adapter")["adapter"].iloc[0]
 
 
+COMPARISON_COLUMNS = ["spec", "algorithm", "phase", "framework", "adapter", "label", "compilation", "rounds",
+                      "median", "median_ci_low", "median_ci_high", "first_step_seconds", "baseline", "speedup",
+                      "speedup_ci_low", "speedup_ci_high", "fastest_eager", "break_even_steps"]
+
+
 def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
     """Per spec x algorithm x phase x adapter: the median step time and its bootstrap CI
     (from ``steps``), the speedup ``median(baseline) / median(adapter)`` with a bootstrap CI
     that resamples both adapters' rounds (from ``timings``), the first-step (compile) time,
     and the break-even step count against the fastest eager adapter of the same phase.
+    ``sample_episodes`` keeps its median and CI but gets neither speedup nor break-even.
 
     ``steps`` rows come from cells whose timing phase succeeded (``bench.report.collect``
-    drops the others). When a cell was timed under several training seeds, the lowest
-    seed's rounds are used: rounds from different processes are not pooled."""
-    columns = ["spec", "algorithm", "phase", "framework", "adapter", "label", "compilation", "rounds",
-               "median", "median_ci_low", "median_ci_high", "first_step_seconds", "baseline", "speedup",
-               "speedup_ci_low", "speedup_ci_high", "fastest_eager", "break_even_steps"]
+    drops the others). Timing runs at training seed 0 only; should a seed > 0 be timed too,
+    the lowest seed is used: rounds from different processes are not pooled."""
     if steps.empty:
-        return pd.DataFrame(columns=columns)
-    s = steps.copy()
-    if "seed" not in s:
-        s["seed"] = 0
-    s = s.sort_values("seed").drop_duplicates(["spec", "algorithm", "phase", "adapter"], keep="first")
+        return pd.DataFrame(columns=COMPARISON_COLUMNS)
+    s = steps.assign(seed=steps["seed"] if "seed" in steps else 0)
+    s = s.sort_values("seed", kind="stable").drop_duplicates(["spec", "algorithm", "phase", "adapter"])
     s["label"] = [column_label(f, a, al) for f, a, al in zip(s["framework"], s["adapter"], s["algorithm"])]
-    t = timings.copy()
-    if "seed" not in t:
-        t["seed"] = 0
+    t = timings.assign(seed=timings["seed"] if "seed" in timings else 0)
     rounds = {key: g["seconds"].to_numpy() for key, g in t.groupby(["spec", "algorithm", "phase", "adapter", "seed"])}
     out = []
     for (spec, algorithm, phase), g in s.groupby(["spec", "algorithm", "phase"], sort=False):
-        base = _baseline_adapter(g, baseline)
-        base_row = g[g["adapter"] == base].iloc[0] if base else None
-        eager = g[g["compilation"] == EAGER]
-        fastest_eager = eager.sort_values(["median", "adapter"]).iloc[0] if not eager.empty else None
-        for r in g.itertuples():
-            own = rounds.get((spec, algorithm, phase, r.adapter, r.seed), np.array([]))
-            row = {c: getattr(r, c, None) for c in ("spec", "algorithm", "phase", "framework", "adapter", "label",
-                                                     "compilation", "rounds", "median", "median_ci_low",
-                                                     "median_ci_high", "first_step_seconds")}
-            row.update(baseline=base, speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan,
-                       fastest_eager=None, break_even_steps=math.nan)
-            if base_row is not None and phase != SAMPLING:
-                base_rounds = rounds.get((spec, algorithm, phase, base, base_row.seed), np.array([]))
-                ratio, lo, hi = stats.ratio_of_medians_ci(base_rounds, own)
-                # the adapter's own record is the reference median; rounds may be missing in old tables
-                row["speedup"] = base_row["median"] / r.median if is_missing(ratio) else ratio
-                row["speedup_ci_low"], row["speedup_ci_high"] = lo, hi
-            if (fastest_eager is not None and r.compilation != EAGER and phase != SAMPLING
-                    and not is_missing(r.first_step_seconds) and not is_missing(fastest_eager["first_step_seconds"])):
-                row["fastest_eager"] = fastest_eager["adapter"]
-                row["break_even_steps"] = break_even_steps(r.first_step_seconds, r.median,
-                                                           fastest_eager["first_step_seconds"], fastest_eager["median"])
-            out.append(row)
-    cmp = pd.DataFrame(out, columns=columns)
+        out += _compare_phase(g, baseline, lambda r: rounds.get((spec, algorithm, phase, r.adapter, r.seed), []))
+    cmp = pd.DataFrame(out, columns=COMPARISON_COLUMNS)
     order = sorted(range(len(cmp)), key=lambda i: (*row_key(cmp.spec[i], cmp.algorithm[i], cmp.phase[i]),
                                                    _label_key(cmp.label[i], baseline)))
     return cmp.iloc[order].reset_index(drop=True)
+
+
+def _compare_phase(g: pd.DataFrame, baseline: str, rounds_of) -> list[dict]:
+    """The comparison rows of one spec x algorithm x phase (``g``: its steps rows)."""
+    base = _baseline_adapter(g, baseline)
+    base_row = next(g[g["adapter"] == base].itertuples()) if base else None
+    eager = g[g["compilation"] == EAGER].sort_values(["median", "adapter"])
+    fastest_eager = next(eager.itertuples()) if not eager.empty else None
+    ranked = g["phase"].iloc[0] != SAMPLING  # host-side numpy: shown, never ranked
+    rows = []
+    for r in g.itertuples():
+        row = {c: getattr(r, c, None) for c in COMPARISON_COLUMNS}
+        row.update(baseline=base, speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan,
+                   fastest_eager=None, break_even_steps=math.nan)
+        if ranked and base_row is not None:
+            ratio, lo, hi = stats.ratio_of_medians_ci(rounds_of(base_row), rounds_of(r))
+            # without rounds (a steps table alone) the ratio of the recorded medians, with no CI
+            row.update(speedup=base_row.median / r.median if is_missing(ratio) else ratio,
+                       speedup_ci_low=lo, speedup_ci_high=hi)
+        if (ranked and fastest_eager is not None and r.compilation != EAGER
+                and not is_missing(r.first_step_seconds) and not is_missing(fastest_eager.first_step_seconds)):
+            row.update(fastest_eager=fastest_eager.adapter, break_even_steps=break_even_steps(
+                r.first_step_seconds, r.median, fastest_eager.first_step_seconds, fastest_eager.median))
+        rows.append(row)
+    return rows
 
 
 # -- pivots (strings) ---------------------------------------------------------------------
@@ -390,9 +392,12 @@ def paired_table(paired: pd.DataFrame, metric_of: dict) -> pd.DataFrame:
     for r in paired.itertuples():
         metric = metric_of.get((r.spec, r.algorithm), "accuracy")
         scale, unit = (100, " points") if metric == "accuracy" else (1, "")
-        d = 2 if metric == "accuracy" else max(_decimals(abs(r.mean_diff) or 1e-3), 3)
+        width = (r.ci_high - r.ci_low) * scale
+        # two significant digits of the CI's width: enough to read the difference against it
+        d = 2 if metric == "accuracy" else min(6, _decimals(width, 2)) if width > 0 else 3
         rows.append({
-            "spec / algorithm": row_label(r.spec, r.algorithm), "vs": r.baseline, "adapter": r.adapter,
+            "spec / algorithm": row_label(r.spec, r.algorithm), "vs": f"{r.baseline} ({r.baseline_seeds} seeds)"
+            if r.baseline_seeds > 1 else r.baseline, "adapter": r.adapter,
             "seeds": r.seeds, "episodes": r.episodes,
             "mean difference [95% CI]": f"{r.mean_diff * scale:+.{d}f}{unit} "
                                         f"[{r.ci_low * scale:+.{d}f}, {r.ci_high * scale:+.{d}f}]",

@@ -23,7 +23,7 @@ import pytest
 
 from bench.cli import main
 from bench.lock import RunLock
-from tests.test_reliability import install_plugin
+from tests.fake_adapters import install_plugin
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -184,7 +184,13 @@ CASES = {
                    w.run("--resume", "--run-id", "old"))[-1],
         "--resume: run old was planned with --profile cpu, not smoke; resume it with the options it started "
         "with: metabench run --profile cpu --results-dir r --run-id old --resume"),
+    "--resume on a machine with other cores": (
+        lambda w: (w.old_run({"threads": 64, "command": "metabench run --profile smoke"}),
+                   w.run("--resume", "--run-id", "old"))[-1],
+        "--resume: run old was planned with --threads 64, not "),
     # -- data (METABENCH_OFFLINE=1) ------------------------------------------------------------
+    "--data-dir is a file": (lambda w: w.run(spec="omniglot-5w1s") + ["--data-dir", w.spec("x", "data.zip")],
+                             "--data-dir TMP/data.zip is a file, not a folder; give the folder that holds omniglot/"),
     "no omniglot, offline": (lambda w: w.run(spec="omniglot-5w1s"),
                              "missing data: omniglot/images_background.zip, omniglot/images_evaluation.zip, "
                              "omniglot/splits/vinyals/train.txt and 2 more not in"),
@@ -209,6 +215,8 @@ CASES = {
     "report of a folder with no run": (lambda w: (w.results.mkdir(), ["report", str(w.results)])[-1],
                                        "holds no metabench run (no manifest.json, plan.json or cells/)"),
     "report of no folder": (lambda w: ["report", str(w.tmp / "nowhere")], "report: no folder"),
+    "compare of a folder with no run": (lambda w: (w.results.mkdir(), ["compare", str(w.results), str(w.results)])[-1],
+                                        "compare: TMP/results holds no metabench run"),
 }
 
 
@@ -243,7 +251,7 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(case, world
     make_argv, words = CASES[case]
     argv = make_argv(world)
     line = refusal(argv, capsys, [world.results, world.data_dir, world.tmp / "cache"])
-    assert line.startswith("metabench: error: ") and words in line, line
+    assert line.startswith("metabench: error: ") and words.replace("TMP", str(world.tmp)) in line, line
 
 
 def test_a_run_being_written_cannot_be_resumed_by_a_second_command(world, capsys):

@@ -3,8 +3,8 @@ cell as ``diverged``, a run killed with SIGKILL is completed by ``--resume`` wit
 lost or repeated, Ctrl-C stops cleanly, and two runs cannot write one folder.
 
 End-to-end runs use the ``smoke`` profile on ``sinusoid-10shot`` with torch and the tiny
-fake adapters below (a plugin installed through a dist-info entry point, as pip would),
-which plant a crash, a silent hang and a divergence.
+fake adapters of ``tests/fake_adapters.py`` (a plugin installed through a dist-info entry
+point, as pip would), which plant a crash, a silent hang and a divergence.
 """
 
 from __future__ import annotations
@@ -26,82 +26,7 @@ from bench import atomic
 from bench.errors import Diverged
 from bench.lock import RunLock, RunLocked, holder
 from bench.runner import _run_process
-
-PLUGIN = '''
-import os
-import time
-
-import numpy as np
-
-from bench.adapter import Adapter, AdapterInfo
-from bench.registry import AdapterEntry
-
-
-class Fake(Adapter):
-    """No framework: numbers from numpy, in a few milliseconds per step."""
-    framework = "fake"
-    algorithms = ("maml", "fomaml")
-    step_seconds = 0.0
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.steps = 0
-    def describe(self):
-        return AdapterInfo("fake", "0", "cpu", "none", "eager", "float32", 1)
-    def to_device(self, batch): return batch
-    def sync(self, outputs=None): pass
-    def get_params(self): return {}
-    def set_params(self, params): self.steps = 0
-    def inner_step(self, batch): return None
-    def outer_step(self, batch):
-        self.steps += 1
-        time.sleep(self.step_seconds)
-        return np.float32(1.0 / self.steps)
-    def adapt(self, batch): return None
-    def evaluate(self, batch): return np.full(len(batch), 0.5)
-    def probe(self, batch): return {}
-
-
-class Steady(Fake):
-    """Finite losses, slow enough (0.3 s a step) that a test can stop it mid-cell."""
-    step_seconds = 0.3
-
-
-class Crashing(Fake):
-    def outer_step(self, batch): raise RuntimeError("planted crash in outer_step")
-
-
-class Hanging(Fake):
-    """A deadlock: sleeps forever, printing nothing."""
-    def outer_step(self, batch):
-        time.sleep(3600)
-
-
-class Diverging(Fake):
-    """The loss is NaN from the second outer step on (after each set_params)."""
-    def outer_step(self, batch):
-        self.steps += 1
-        return np.float32(1.0 if self.steps < 2 else np.nan)
-
-
-ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_reliability_plugin:Steady"),
-           AdapterEntry("fake-steady-b", "fake", ("maml",), "metabench_reliability_plugin:Steady"),
-           AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
-           AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),
-           AdapterEntry("fake-diverge", "fake", ("maml",), "metabench_reliability_plugin:Diverging"),
-           AdapterEntry("fake-missing", "fake", ("maml",), "metabench_not_installed_anywhere:Adapter")]
-'''
-
-
-def install_plugin(site: Path) -> Path:
-    """The plugin installed the way pip would: a module and a dist-info with an entry point."""
-    site.mkdir(parents=True, exist_ok=True)
-    (site / "metabench_reliability_plugin.py").write_text(PLUGIN)
-    dist = site / "metabench_reliability_plugin-0.1.dist-info"
-    dist.mkdir(exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: metabench-reliability-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[metabench.adapters]\nfake = metabench_reliability_plugin:ENTRIES\n")
-    return site
+from tests.fake_adapters import install_plugin
 
 
 @pytest.fixture(scope="module")
@@ -361,15 +286,17 @@ def test_ctrl_c_finishes_the_current_cell_then_prints_the_resume_command(tmp_pat
     assert len(pd.read_csv(tmp_path / "stopped" / "accuracy.csv")) == 2
 
 
-def test_ctrl_c_twice_stops_the_current_cell_at_once(tmp_path, plugin_env):
+@pytest.mark.parametrize("signals", [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
+                         ids=["ctrl-c twice", "sigterm from a scheduler"])
+def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tmp_path, plugin_env):
     args = smoke_run(tmp_path, "halted", "fake-hang", "--algorithms", "maml")
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cell = tmp_path / "halted" / "cells" / "fake-hang__maml__sinusoid-10shot"
     _wait_for(lambda: (cell / "timing.log").exists(), proc)
-    proc.send_signal(signal.SIGINT)
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    for sig in signals:
+        proc.send_signal(sig)
+        time.sleep(0.5)
     out, err = proc.communicate(timeout=60)  # the hanging cell would run for an hour
     assert proc.returncode == 130 and "resume with:" in out
     assert not (cell / "status.json").exists()  # unfinished: --resume runs it again

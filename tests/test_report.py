@@ -250,6 +250,15 @@ def test_headline_baseline_can_be_another_framework(run):
     assert "**Speedup vs jax**" in text and "**0.500x** [" in text  # torch is half jax's speed
 
 
+def test_report_command_takes_a_baseline(tmp_path, capsys):
+    from bench.cli import main
+
+    run = syn.make_run(tmp_path, failures=False)
+    assert main(["report", str(run), "--baseline", "jax"]) == 0
+    summary = (run / "summary.md").read_text()
+    assert "**Speedup vs jax**" in summary and "| jax (jit)" not in summary.split("**Speedup vs jax**")[1][:400]
+
+
 def test_summary_opens_with_parity_then_comparison_then_details(reported):
     run = reported
     summary = (run / "summary.md").read_text()
@@ -366,6 +375,12 @@ def test_committed_cpu_run_reports_from_a_copy(tmp_path):
     text = tables.headline_markdown(run)
     assert "| omniglot-5w1s / maml / `outer_step`" in text and "**1.45x** [" in text
     assert "90.94 ± 0.56 %" in text
+    # issue 9: summary.md said IQR 21.2 ms here, pytest-benchmark 25.2 ms; now it is pytest-benchmark's
+    steps = collect(run)["steps"]
+    jax = row(steps, adapter="jax-maml", algorithm="fomaml", spec="omniglot-5w1s", phase="outer_step")
+    cell = json.loads((run / "cells" / "jax-maml__fomaml__omniglot-5w1s" / "benchmark.json").read_text())
+    own = next(b["stats"] for b in cell["benchmarks"] if b["extra_info"]["phase"] == "outer_step")
+    assert jax["iqr"] == own["iqr"] and jax["q1"] == own["q1"] and jax["median"] == own["median"]
 
 
 # -- results/README.md ---------------------------------------------------------------------------
@@ -390,5 +405,7 @@ def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_pa
     assert "11 cells, torch, jax, tensorflow, 4 seeds; fastest of 4 step phases: jax 4; parity FAILED: " \
            "tensorflow-maml; 2 cells with failures" in lines[0]
     assert "4 cells, torch only, 3 seeds; accuracy omni / maml 89.05 %, sine / maml 0.502" in lines[1]
-    again = write_index(tmp_path).read_text()
-    assert again == text  # regenerating replaces the block, it does not append another
+    from bench.cli import main
+
+    assert main(["index", str(tmp_path)]) == 0
+    assert (tmp_path / "README.md").read_text() == text  # regenerating replaces the block, never appends

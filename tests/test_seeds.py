@@ -126,7 +126,7 @@ def test_targets_come_from_the_spec_per_algorithm_and_profiles_may_override_them
 
 
 @pytest.mark.parametrize("table, field", [
-    ("[targets]\nanil = 0.9\n", "targets.anil"),          # not an algorithm
+    ("[targets]\nreptile = 0.9\n", "targets.reptile"),    # not an algorithm here
     ("[targets]\nprotonet = 0.9\n", "targets.protonet"),  # the sinusoid spec has no ProtoNet
     ("[targets]\nmaml = -1.0\n", "targets.maml"),
 ])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tomllib
+from dataclasses import replace
 from importlib import resources
 
 import pytest
@@ -30,7 +31,7 @@ def test_builtin_specs_are_the_papers_settings():
     assert (s.maml.inner_lr, s.maml.inner_steps, s.maml.meta_batch_size) == (0.1, 5, 16)
     s = load_spec("sinusoid-10shot")
     assert (s.episode.k_shot, s.maml.inner_lr, s.maml.meta_batch_size, s.model.hidden) == (10, 0.01, 25, 40)
-    assert s.algorithms() == ("maml", "fomaml")
+    assert s.algorithms() == ("maml", "fomaml", "anil")
     s = load_spec("omniglot-100x10")
     assert (s.data.max_train_classes, s.data.max_train_images_per_class) == (100, 10)
 
@@ -41,7 +42,8 @@ def test_profiles_change_budgets_not_episodes():
         p = s.with_profile(profile, "maml")
         assert p.episode == s.episode and p.train_shape("maml") == s.train_shape("maml")
         assert p.data == s.data and p.model == s.model
-    assert s.with_profile("paper", "maml").budget == s.budget
+    # paper keeps the spec's budget; the algorithm's target comes from [targets]
+    assert s.with_profile("paper", "maml").budget == replace(s.budget, target=s.targets.get("maml", 0.0))
     steps = {p: s.with_profile(p, "maml").budget.meta_train_steps for p in ("smoke", "cpu")}
     assert steps["smoke"] < steps["cpu"]
 
@@ -138,3 +140,40 @@ def test_list_shows_specs_profiles_and_adapters():
     assert r.returncode == 0
     for word in (*EXPECTED, "smoke", "cpu", "paper", "torch-maml", "jax-protonet", "tensorflow-maml-xla"):
         assert word in r.stdout
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda r: r["maml"].update(inner_lr=float("nan")), "maml.inner_lr", "must be a finite number, got nan"),
+    (lambda r: r["maml"].update(meta_lr=float("inf")), "maml.meta_lr", "must be a finite number, got inf"),
+    (lambda r: r["protonet"].update(meta_lr=float("-inf")), "protonet.meta_lr", "finite number, got -inf"),
+    (lambda r: r["model"].update(bn_eps=float("nan")), "model.bn_eps", "must be a finite number"),
+    (lambda r: r["data"].update(image_size=15), "data.image_size", "(15 -> 7 -> 3 -> 1 -> 0); use at least 16"),
+    (lambda r: r.update(name="my spec"), "name", "names folders and table rows"),
+])
+def test_values_that_would_fail_inside_a_cell_are_refused_on_load(mutate, field, words):
+    err = _error(mutate)
+    assert err.field == field and words in str(err) and "\n" not in str(err)
+
+
+def test_sinusoid_ranges_are_finite_and_x_range_is_not_a_point():
+    assert _error(lambda r: r["data"].update(phase=[0.0, float("inf")]), "sinusoid-10shot").field == "data.phase"
+    assert _error(lambda r: r["data"].update(x_range=[2.0, 2.0]), "sinusoid-10shot").field == "data.x_range"
+
+
+def test_the_smallest_image_size_conv4_can_pool_loads():
+    r = raw()
+    r["data"]["image_size"] = 16
+    assert spec_from_dict(r, "x.toml").data.image_size == 16
+
+
+def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + resources.files("bench.specs").joinpath("sinusoid-10shot.toml").read_bytes())
+    assert load_spec(path).name == "sinusoid-10shot"
+
+
+def test_a_file_that_is_not_utf8_is_named_with_the_fix(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\u00e9"\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match=r"file: not UTF-8 text \(byte 0xe9 at offset 11\); .* save it as UTF-8"):
+        load_spec(path)

@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from bench.cell import PHASES, Cell, build, pin_threads
+from bench.algorithms import get as get_algorithm
+from bench.cell import Cell, build, pin_threads
 from bench.environment import collect_environment
 
 
@@ -30,7 +31,7 @@ def pytest_configure(config):
 def pytest_generate_tests(metafunc):
     if "phase" in metafunc.fixturenames:
         cell = _cell(metafunc.config)
-        metafunc.parametrize("phase", PHASES[cell.algorithm])
+        metafunc.parametrize("phase", get_algorithm(cell.algorithm).phases)
 
 
 @pytest.fixture(scope="session")

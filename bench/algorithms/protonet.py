@@ -1,0 +1,26 @@
+"""Prototypical Networks (Snell et al. 2017): class prototypes are the mean embedding of the
+support samples; logits are negative squared Euclidean distances to the prototypes. No
+inner loop and no head; the step size may halve on a schedule (``lr_halve_every``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from bench.algorithms.base import Algorithm
+
+if TYPE_CHECKING:
+    from bench.spec import EpisodeShape, EpisodeSpec
+
+
+class ProtoNetAlgorithm(Algorithm):
+    def train_shape(self, spec: EpisodeSpec) -> EpisodeShape:
+        """Training episodes may have more classes (Snell: 60-way) and their own query size."""
+        from bench.spec import EpisodeShape
+
+        e, p = spec.episode, spec.protonet
+        return EpisodeShape(p.train_n_way or e.n_way, e.k_shot, p.train_n_query or e.n_query)
+
+
+PROTONET = ProtoNetAlgorithm("protonet", "protonet", ("outer_step", "adapt"),
+                             "Prototypical Networks: class means of embeddings, negative squared distances",
+                             has_head=False)

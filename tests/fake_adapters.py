@@ -1,0 +1,83 @@
+"""Fake adapters for reliability tests: a plugin without a framework that plants a crash,
+a silent hang and a divergence, installed the way pip would (a module and a dist-info with
+a ``metabench.adapters`` entry point) into a folder that goes on ``PYTHONPATH``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PLUGIN = '''
+import os
+import time
+
+import numpy as np
+
+from bench.adapter import Adapter, AdapterInfo
+from bench.registry import AdapterEntry
+
+
+class Fake(Adapter):
+    """No framework: numbers from numpy, in a few milliseconds per step."""
+    framework = "fake"
+    algorithms = ("maml", "fomaml")
+    step_seconds = 0.0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps = 0
+    def describe(self):
+        return AdapterInfo("fake", "0", "cpu", "none", "eager", "float32", 1)
+    def to_device(self, batch): return batch
+    def sync(self, outputs=None): pass
+    def get_params(self): return {}
+    def set_params(self, params): self.steps = 0
+    def inner_step(self, batch): return None
+    def outer_step(self, batch):
+        self.steps += 1
+        time.sleep(self.step_seconds)
+        return np.float32(1.0 / self.steps)
+    def adapt(self, batch): return None
+    def evaluate(self, batch): return np.full(len(batch), 0.5)
+    def probe(self, batch): return {}
+
+
+class Steady(Fake):
+    """Finite losses, slow enough (0.3 s a step) that a test can stop it mid-cell."""
+    step_seconds = 0.3
+
+
+class Crashing(Fake):
+    def outer_step(self, batch): raise RuntimeError("planted crash in outer_step")
+
+
+class Hanging(Fake):
+    """A deadlock: sleeps forever, printing nothing."""
+    def outer_step(self, batch):
+        time.sleep(3600)
+
+
+class Diverging(Fake):
+    """The loss is NaN from the second outer step on (after each set_params)."""
+    def outer_step(self, batch):
+        self.steps += 1
+        return np.float32(1.0 if self.steps < 2 else np.nan)
+
+
+ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-steady-b", "fake", ("maml",), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
+           AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),
+           AdapterEntry("fake-diverge", "fake", ("maml",), "metabench_reliability_plugin:Diverging"),
+           AdapterEntry("fake-missing", "fake", ("maml",), "metabench_not_installed_anywhere:Adapter")]
+'''
+
+
+def install_plugin(site: Path) -> Path:
+    """The plugin installed the way pip would: a module and a dist-info with an entry point."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / "metabench_reliability_plugin.py").write_text(PLUGIN)
+    dist = site / "metabench_reliability_plugin-0.1.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: metabench-reliability-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[metabench.adapters]\nfake = metabench_reliability_plugin:ENTRIES\n")
+    return site
