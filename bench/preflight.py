@@ -100,11 +100,11 @@ def check_run_id(plan) -> list[str]:
 
     run_dir = plan.run_dir
     if not plan.resume:
-        if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        if run_dir.exists() and (not run_dir.is_dir() or _written(run_dir)):
             return [f"--run-id {plan.run_id}: {run_dir} already exists; add --resume to complete that run, "
                     f"or choose another --run-id"]
         return []
-    if not run_dir.is_dir():
+    if not run_dir.is_dir() or not _written(run_dir):
         return [f"--resume: there is no run {plan.run_id} in {plan.results_dir} to resume; "
                 f"drop --resume to start it, or give the --run-id of a folder there"]
     if not is_run(run_dir):
@@ -124,6 +124,15 @@ def check_run_id(plan) -> list[str]:
         problems.append(f"--resume: run {plan.run_id} is being written by {held_by}; "
                         f"wait for it to finish (or stop it), then resume")
     return problems
+
+
+def _written(run_dir: Path) -> list[Path]:
+    """What a run folder holds beyond a lock and temporary files: a run killed before it
+    wrote its plan leaves only those, and its id is free again."""
+    from bench.atomic import PART_PREFIX
+    from bench.lock import LOCK_NAME
+
+    return [p for p in run_dir.iterdir() if p.name != LOCK_NAME and not p.name.startswith(PART_PREFIX)]
 
 
 def recorded_plan(run_dir: Path) -> dict:

@@ -266,12 +266,12 @@ def test_device_cuda_without_a_gpu_is_refused(world, capsys):
     assert "--device cuda: no NVIDIA GPU here (nvidia-smi not found); use --device cpu" in line
 
 
-def test_a_missing_framework_package_names_the_extra_to_install(world, capsys, tmp_path):
+def test_a_missing_framework_package_names_the_extra_to_install(world, capsys, tmp_path, monkeypatch):
     """jax installed without optax: the adapter's import fails in its framework's process."""
     shadow = tmp_path / "shadow"
     shadow.mkdir()
     (shadow / "optax.py").write_text("raise ModuleNotFoundError(\"No module named 'optax'\", name='optax')\n")
-    os.environ["PYTHONPATH"] = f"{shadow}{os.pathsep}{os.environ['PYTHONPATH']}"  # undone by monkeypatch
+    monkeypatch.setenv("PYTHONPATH", f"{shadow}{os.pathsep}{os.environ['PYTHONPATH']}")
     line = refusal(world.run(adapter="jax-maml", spec="sinusoid-10shot"), capsys, [world.results])
     assert "adapter jax-maml: cannot import implementations.jax.maml (No module named 'optax'); " \
            "pip install 'metabench[jax]'" in line
@@ -288,7 +288,8 @@ def test_every_problem_is_listed_one_line_each(world, capsys):
 
 @pytest.mark.parametrize("args, words", [
     (["validate", "{tmp}/latin1.toml"], "not UTF-8 text"),
-    (["run", "--profile", "smoke", "--resume", "--run-id", "nope", "--results-dir", "{tmp}"], "no run nope"),
+    (["run", "--profile", "smoke", "--adapters", "torch-maml", "--specs", "sinusoid-10shot", "--resume", "--run-id",
+      "nope", "--results-dir", "{tmp}"], "no run nope"),
     (["report", "{tmp}"], "holds no metabench run"),
 ])
 def test_the_real_command_exits_2_with_one_line(args, words, tmp_path, data_env):
@@ -298,3 +299,29 @@ def test_the_real_command_exits_2_with_one_line(args, words, tmp_path, data_env)
     assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1, r.stderr
     assert words in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.toml"]
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="this machine has a GPU")
+def test_a_gpu_the_framework_cannot_use_is_refused_in_the_frameworks_own_words(world, capsys, tmp_path,
+                                                                                monkeypatch):
+    """nvidia-smi lists a GPU (a stand-in script), but no framework here was built for one:
+    torch's own check says so, in the framework's process."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-fake)'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    line = refusal(world.run("--device", "cuda", adapter="torch-maml"), capsys, [world.results])
+    assert "--device cuda: torch cannot use the GPU (torch " in line
+    assert "sees no GPU: torch.cuda.is_available() is False" in line and "install a CUDA build of torch" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_a_results_folder_without_write_permission_is_refused(world, capsys):
+    world.results.mkdir()
+    world.results.chmod(0o555)
+    try:
+        line = refusal(world.run(), capsys, [world.results])
+    finally:
+        world.results.chmod(0o755)
+    assert f"--results-dir {world.results} is not writable; give a folder you can write to" in line

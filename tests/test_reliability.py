@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -25,8 +26,12 @@ import pytest
 from bench import atomic
 from bench.errors import Diverged
 from bench.lock import RunLock, RunLocked, holder
+from bench.profiles import PROFILES
 from bench.runner import _run_process
 from tests.fake_adapters import install_plugin
+
+SMOKE = PROFILES["smoke"]
+SMOKE_MEMORY = "ok" if SMOKE.memory_steps < 2 else "diverged"  # the fake diverges at its second step
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +172,8 @@ def test_crashing_hanging_and_diverging_cells_get_their_status_in_the_manifest(p
         "torch-maml__maml__sinusoid-10shot": {"timing": "ok", "memory": "ok", "accuracy": "ok"},
         "fake-crash__maml__sinusoid-10shot": {"timing": "failed", "memory": "failed", "accuracy": "failed"},
         "fake-hang__maml__sinusoid-10shot": {"timing": "timeout", "memory": "timeout", "accuracy": "timeout"},
-        # memory takes one step (finite); training's second step is NaN; timing's rounds are NaN
-        "fake-diverge__maml__sinusoid-10shot": {"timing": "diverged", "memory": "ok", "accuracy": "diverged"},
+        # smoke's memory probe takes one step (finite); the second step of training and timing is NaN
+        "fake-diverge__maml__sinusoid-10shot": {"timing": "diverged", "memory": SMOKE_MEMORY, "accuracy": "diverged"},
     }
 
 
@@ -176,10 +181,11 @@ def test_each_phase_status_says_why_in_one_line_with_the_log_tail(planted_run):
     run_dir, _ = planted_run
     cells = {c["adapter"]: c["phases"] for c in json.loads((run_dir / "manifest.json").read_text())["cells"]}
     hang = cells["fake-hang"]["timing"]
-    assert hang["detail"] == "killed after 25 s (time limit 25 s)" and hang["returncode"] is None
-    assert 25 <= hang["seconds"] < 40 and "killed after 25 s" in hang["log_tail"][-1]
+    assert re.fullmatch(r"killed after 2[5-9] s \(time limit 25 s\)", hang["detail"]) and hang["returncode"] is None
+    assert 25 <= hang["seconds"] < 40 and "the time limit of this process is 25 s" in hang["log_tail"][-1]
     assert cells["fake-diverge"]["accuracy"]["detail"] == "non-finite loss nan at step 2"
-    assert cells["fake-diverge"]["timing"]["detail"] == "non-finite loss nan at step 5 (last timed round)"
+    last_round = 1 + SMOKE.warmup_rounds + SMOKE.rounds  # after the first (compiling) step
+    assert cells["fake-diverge"]["timing"]["detail"] == f"non-finite loss nan at step {last_round} (last timed round)"
     crash = cells["fake-crash"]["timing"]
     assert crash["returncode"] == 1 and "planted crash in outer_step" in crash["detail"]
     assert "planted crash in outer_step" in cells["fake-crash"]["memory"]["detail"]
@@ -204,7 +210,7 @@ def test_the_healthy_cell_is_complete_and_no_failed_cell_has_numbers(planted_run
     run_dir, _ = planted_run
     timings = pd.read_csv(run_dir / "timings.csv")
     assert set(timings["adapter"]) == {"torch-maml"}  # the diverged cell's timings never reach a median
-    assert len(timings[timings["phase"] == "outer_step"]) == 3
+    assert len(timings[timings["phase"] == "outer_step"]) == SMOKE.rounds
     accuracy = pd.read_csv(run_dir / "accuracy.csv")
     assert list(accuracy["adapter"]) == ["torch-maml"] and accuracy["mean"].notna().all()
     assert set(pd.read_csv(run_dir / "memory.csv")["adapter"]) == {"torch-maml", "fake-diverge"}
@@ -222,6 +228,18 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         assert time.monotonic() - t0 < timeout
         time.sleep(0.1)
+
+
+def cell_processes(cell_dir: Path) -> list[int]:
+    """Live processes whose command line names the cell's folder (its timing or worker process)."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if str(cell_dir).encode() in cmdline.read_bytes() and running(int(cmdline.parent.name)):
+                pids.append(int(cmdline.parent.name))
+        except OSError:  # exited while we looked
+            continue
+    return pids
 
 
 def _result(run_dir: Path) -> dict:
@@ -248,10 +266,15 @@ def test_a_run_killed_mid_cell_resumes_to_the_same_result_as_an_uninterrupted_ru
     first, second = (cells / f"{a}__maml__sinusoid-10shot" for a in ("torch-maml", "fake-steady"))
     _wait_for(lambda: (first / "status.json").exists() and (second / "timing.log").exists(), proc)
     time.sleep(1.0)  # inside the second cell's timing process
+    assert cell_processes(second)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
     assert not (second / "status.json").exists()  # killed mid-cell, before its bookkeeping
+    t0 = time.monotonic()
+    while cell_processes(second):  # the kernel kills the orphaned cell too: nothing writes on
+        assert time.monotonic() - t0 < 5, cell_processes(second)
+        time.sleep(0.1)
     assert (tmp_path / "killed" / ".lock").exists() and holder(tmp_path / "killed") is None  # stale
 
     resumed = metabench(*args, "--resume", env=plugin_env)
@@ -261,7 +284,7 @@ def test_a_run_killed_mid_cell_resumes_to_the_same_result_as_an_uninterrupted_ru
     got, want = _result(tmp_path / "killed"), _result(tmp_path / "whole")
     assert got == want
     assert len(got["accuracy rows"]) == len(set(got["accuracy rows"])) == 3  # no cell lost or repeated
-    assert set(got["rounds per phase"].values()) == {3}  # smoke: 3 rounds, none twice
+    assert set(got["rounds per phase"].values()) == {PROFILES["smoke"].rounds}  # none twice
     leftovers = [p for p in (tmp_path / "killed").rglob("*") if p.name.startswith((atomic.PART_PREFIX, ".lock"))]
     assert leftovers == []
 
@@ -298,6 +321,46 @@ def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tm
         proc.send_signal(sig)
         time.sleep(0.5)
     out, err = proc.communicate(timeout=60)  # the hanging cell would run for an hour
-    assert proc.returncode == 130 and "resume with:" in out
+    by = "SIGTERM" if signal.SIGTERM in signals else "Ctrl-C"
+    assert proc.returncode == 130 and f"stopped by {by} after 0 of 1 cells" in out and "resume with:" in out
     assert not (cell / "status.json").exists()  # unfinished: --resume runs it again
     assert not (tmp_path / "halted" / ".lock").exists()
+
+
+def test_profiles_give_each_phase_a_time_limit_that_cell_timeout_overrides():
+    from bench.runner import _time_limit
+
+    smoke = _time_limit("smoke", None)
+    assert smoke(["timing"]) == 600 and smoke(["memory", "accuracy"]) == 300 + 600  # one worker process
+    assert _time_limit("paper", None)(["accuracy"]) > _time_limit("cpu", None)(["accuracy"]) > 600
+    assert _time_limit("cpu", 25.0)(["memory", "accuracy"]) == 25.0
+    assert all(set(p.time_limits) == {"timing", "memory", "accuracy"} for p in PROFILES.values())
+
+
+def test_a_run_killed_before_its_plan_was_written_leaves_its_id_free(tmp_path, plugin_env):
+    """SIGKILL between creating the folder and writing plan.json leaves a lock and nothing else."""
+    (tmp_path / "early").mkdir()
+    (tmp_path / "early" / ".lock").write_text(json.dumps({"pid": 999999, "host": "x", "since": "then"}))
+    resumed = metabench(*smoke_run(tmp_path, "early", "fake-steady-b", "--phases", "timing", "--resume"),
+                        env=plugin_env)
+    assert resumed.returncode == 2 and "there is no run early" in resumed.stderr
+    fresh = metabench(*smoke_run(tmp_path, "early", "fake-steady-b", "--phases", "timing"), env=plugin_env)
+    assert fresh.returncode == 0, fresh.stdout[-2000:] + fresh.stderr[-2000:]
+    assert statuses(tmp_path / "early") == {"fake-steady-b__maml__sinusoid-10shot": {"timing": "ok"}}
+
+
+def test_failures_name_each_bad_phase_with_its_status_and_unfinished_cells(tmp_path):
+    from bench.runner import failures
+
+    def cell(name: str, phases: dict | None) -> None:
+        d = tmp_path / "cells" / name
+        d.mkdir(parents=True)
+        (d / "cell.json").write_text("{}")
+        if phases is not None:
+            (d / "status.json").write_text(json.dumps({"phases": {p: {"status": s} for p, s in phases.items()}}))
+
+    cell("a", {"timing": "ok", "memory": "failed", "accuracy": "diverged"})
+    cell("b", {"timing": "timeout"})
+    cell("c", None)  # killed before its status was written
+    cell("d", {"timing": "ok"})
+    assert failures(tmp_path) == ["a (memory, accuracy diverged)", "b (timing timeout)", "c (did not finish)"]

@@ -112,10 +112,14 @@ def linear(params, name: str, x: jax.Array) -> jax.Array:
     return x @ params[f"{name}.weight"].T + params[f"{name}.bias"]
 
 
-def mlp(params, x: jax.Array) -> jax.Array:
+def mlp_features(params, x: jax.Array) -> jax.Array:
+    """The MLP's body: its last hidden layer, which the head reads."""
     x = jax.nn.relu(linear(params, "fc1", x))
-    x = jax.nn.relu(linear(params, "fc2", x))
-    return linear(params, "head", x)
+    return jax.nn.relu(linear(params, "fc2", x))
+
+
+def mlp(params, x: jax.Array) -> jax.Array:
+    return linear(params, "head", mlp_features(params, x))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

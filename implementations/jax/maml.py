@@ -63,15 +63,21 @@ class JaxMAML(common.JaxAdapter):
         self._probe = jax.jit(self._probe_fn)
 
     # -- the maths -------------------------------------------------------------------------
-    def forward(self, params, x):
-        """One task's inputs -> outputs: MLP, or Conv-4 features then the linear head."""
+    def features(self, params, x):
+        """The body: the MLP's last hidden layer, or Conv-4's flattened features."""
         if self.regression:
-            return common.mlp(params, x)
-        return common.linear(params, "head", common.conv4(params, x, self._bn, self._eps, self.conv))
+            return common.mlp_features(params, x)
+        return common.conv4(params, x, self._bn, self._eps, self.conv)
+
+    def forward(self, params, x):
+        """One task's inputs -> outputs: the body's features, then the linear head."""
+        return common.linear(params, "head", self.features(params, x))
+
+    def loss_of_outputs(self, out, y):
+        return common.mse(out, y) if self.regression else common.cross_entropy(out, y)
 
     def loss(self, params, x, y):
-        out = self.forward(params, x)
-        return common.mse(out, y) if self.regression else common.cross_entropy(out, y)
+        return self.loss_of_outputs(self.forward(params, x), y)
 
     def adapt_task(self, params, x, y, steps: int):
         """``steps`` gradient steps on one task's support set: params - inner_lr * grad."""

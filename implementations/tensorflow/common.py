@@ -177,10 +177,14 @@ def linear(params, name: str, x):
     return tf.matmul(x, params[f"{name}.weight"]) + params[f"{name}.bias"]
 
 
-def mlp(params, x):
+def mlp_features(params, x):
+    """The MLP's body: its last hidden layer, which the head reads."""
     x = tf.nn.relu(linear(params, "fc1", x))
-    x = tf.nn.relu(linear(params, "fc2", x))
-    return linear(params, "head", x)
+    return tf.nn.relu(linear(params, "fc2", x))
+
+
+def mlp(params, x):
+    return linear(params, "head", mlp_features(params, x))
 
 
 def cross_entropy(logits, labels):

@@ -49,15 +49,20 @@ class TFMAML(common.TFAdapter):
         self._evaluate_fn = self._compile(self._evaluate)
 
     # -- the maths -------------------------------------------------------------------------
-    def forward(self, params, x):
+    def features(self, params, x):
+        """The body: the MLP's last hidden layer, or Conv-4's features (NHWC order)."""
         if self.regression:
-            return common.mlp(params, x)
-        features = common.conv4(params, x, self._bn, self._eps, canonical_order=False, pool=self._pool)
-        return common.linear(params, "head", features)
+            return common.mlp_features(params, x)
+        return common.conv4(params, x, self._bn, self._eps, canonical_order=False, pool=self._pool)
+
+    def forward(self, params, x):
+        return common.linear(params, "head", self.features(params, x))
+
+    def loss_of_outputs(self, out, y):
+        return tf.reduce_mean(tf.square(out - y)) if self.regression else common.cross_entropy(out, y)
 
     def loss(self, params, x, y):
-        out = self.forward(params, x)
-        return tf.reduce_mean(tf.square(out - y)) if self.regression else common.cross_entropy(out, y)
+        return self.loss_of_outputs(self.forward(params, x), y)
 
     def _adapt_task(self, params, x, y, steps: int):
         for _ in range(steps):

@@ -67,10 +67,14 @@ def conv4(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float, nor
     return x.flatten(1)  # (C, H, W) order: the canonical feature order
 
 
-def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
+def mlp_features(params: Params, x: torch.Tensor) -> torch.Tensor:
+    """The MLP's body: its last hidden layer, which the head reads."""
     x = F.relu(F.linear(x, params["fc1.weight"], params["fc1.bias"]))
-    x = F.relu(F.linear(x, params["fc2.weight"], params["fc2.bias"]))
-    return F.linear(x, params["head.weight"], params["head.bias"])
+    return F.relu(F.linear(x, params["fc2.weight"], params["fc2.bias"]))
+
+
+def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:
+    return F.linear(mlp_features(params, x), params["head.weight"], params["head.bias"])
 
 
 def dtype_option(options: dict) -> torch.dtype:

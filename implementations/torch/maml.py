@@ -36,15 +36,22 @@ class TorchMAML(common.TorchAdapter):
                                for steps in {1, self.inner_steps, self.test_inner_steps}}
 
     # -- the maths -------------------------------------------------------------------------
-    def forward(self, params, x):
-        if self.regression:
-            return common.mlp(params, x)
-        features = common.conv4(params, x, self._bn, self._eps)
+    def features(self, params, x):
+        """The body: the MLP's last hidden layer, or Conv-4's flattened features."""
+        return common.mlp_features(params, x) if self.regression else common.conv4(params, x, self._bn, self._eps)
+
+    @staticmethod
+    def head(params, features):
         return F.linear(features, params["head.weight"], params["head.bias"])
 
-    def loss(self, params, x, y):
-        out = self.forward(params, x)
+    def forward(self, params, x):
+        return self.head(params, self.features(params, x))
+
+    def loss_of_outputs(self, out, y):
         return F.mse_loss(out, y) if self.regression else F.cross_entropy(out, y)
+
+    def loss(self, params, x, y):
+        return self.loss_of_outputs(self.forward(params, x), y)
 
     def _make_adapt(self, steps: int):
         def adapt(params, x, y):

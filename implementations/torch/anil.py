@@ -1,0 +1,34 @@
+"""ANIL (Raghu et al. 2020) with ``torch.func``: MAML's adapter with the inner loop on the
+head alone. A task's support features are computed once; the head takes the inner steps
+on them; the meta-gradient reaches the body through the features."""
+
+from __future__ import annotations
+
+from torch.func import grad
+
+from bench.adapter import AdapterInfo
+from implementations.torch import common
+from implementations.torch.maml import TorchMAML
+
+HEAD = ("head.weight", "head.bias")
+
+
+class TorchANIL(TorchMAML):
+    algorithms = ("anil",)
+
+    def _make_adapt(self, steps: int):
+        def adapt(params, x, y):
+            features = self.features(params, x)
+            head = {k: params[k] for k in HEAD}
+            head_loss = lambda h: self.loss_of_outputs(self.head(h, features), y)
+            for _ in range(steps):
+                g = grad(head_loss)(head)
+                if self.first_order:
+                    g = {k: v.detach() for k, v in g.items()}
+                head = {k: head[k] - self.inner_lr * g[k] for k in head}
+            return {**params, **head}
+        return adapt
+
+    def describe(self) -> AdapterInfo:
+        return common.describe(self._dev, "torch.func; inner loop on the head over features computed once "
+                                          "per set; every step vmapped over tasks; Adam from torch.optim")
