@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bench.algorithms import names as _algorithm_names
 from bench.errors import MetabenchError
+
+ALGORITHM_NAMES = _algorithm_names()
 
 
 def _csv(value: str) -> list[str]:
@@ -86,9 +89,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from bench.parity import run_parity
+    from bench import registry
+    from bench.parity import REFERENCE, run_parity
 
-    return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=args.frameworks,
+    frameworks = args.frameworks or sorted({e.framework for e in registry.entries().values()} - {REFERENCE})
+    return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=frameworks,
                       adapters=args.adapters, data_dir=args.data_dir, cache_dir=args.cache_dir,
                       tolerance=args.tolerance, batch_size=args.batch_size, device=args.device, out=args.out,
                       use_cache=not args.no_cache)
@@ -177,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the benchmark and write a results folder")
     p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
                    help="budget profile (default: paper with a GPU, cpu without)")
-    p.add_argument("--frameworks", type=_csv, help="comma-separated: torch,jax,tensorflow (default all)")
-    p.add_argument("--algorithms", type=_csv, help="comma-separated: maml,fomaml,protonet (default all)")
+    p.add_argument("--frameworks", type=_csv, help="comma-separated, e.g. torch,jax,tensorflow (default: all found)")
+    p.add_argument("--algorithms", type=_csv, help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} "
+                                                  "(default: the profile's; smoke: maml,protonet; others: all but anil)")
     p.add_argument("--specs", type=_csv, help="comma-separated spec names or TOML files")
     p.add_argument("--adapters", type=_csv, help="exact adapter names (variants included); overrides --frameworks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -200,9 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("parity", help="check that every framework computes what PyTorch computes")
     p.add_argument("--specs", type=_csv, default=["omniglot-5w1s", "sinusoid-10shot"])
-    p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"])
-    p.add_argument("--frameworks", type=_csv, default=["jax", "tensorflow"],
-                   help="frameworks compared against torch (their default adapters)")
+    p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"],
+                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} (default: all but anil)")
+    p.add_argument("--frameworks", type=_csv, default=None,
+                   help="frameworks compared against torch, by their default adapters (default: every "
+                        "framework registered, plugins included)")
     p.add_argument("--adapters", type=_csv, help="exact adapter names, variants included; overrides --frameworks")
     p.add_argument("--tolerance", type=float, help="max relative error (default 1e-4 on CPU, 1e-3 on GPU)")
     p.add_argument("--batch-size", type=int, default=4, help="tasks in the compared meta-batch")

@@ -85,7 +85,8 @@ def format_metric(mean, half_width, metric: str) -> str:
         ci = "" if is_missing(half_width) else f" ± {half_width * 100:.2f}"
         return f"{mean * 100:.2f}{ci} %"
     d = _decimals(mean)
-    return f"{mean:.{d}f}" + ("" if is_missing(half_width) else f" ± {half_width:.{d}f}")
+    # "MSE" on every value: accuracy (higher is better) and MSE (lower) share the table
+    return f"MSE {mean:.{d}f}" + ("" if is_missing(half_width) else f" ± {half_width:.{d}f}")
 
 
 # -- identities and order -----------------------------------------------------------------

@@ -194,8 +194,11 @@ def test_a_corrupted_readme_is_rejected(tmp_path):
     corrupted.write_text(paragraph.join([""] + list(text[:2000]) + [""]) + text[2000:], encoding="utf-8")
     assert size_problems(corrupted) and repetition_problems(corrupted)
     # and a hand edit of a generated number
+    body = readme.BLOCK.search(text)
+    start, end = body.span("body")
     edited = tmp_path / "edited.md"
-    edited.write_text(re.sub(r"\d\.\d\d", "9.99", text, count=1), encoding="utf-8")
+    edited.write_text(text[:start] + re.sub(r"\d\.\d\d", "9.99", text[start:end], count=1) + text[end:],
+                      encoding="utf-8")
     assert any(b.stale for b in readme.blocks(edited, REPO))
 
 

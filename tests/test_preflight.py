@@ -2,7 +2,7 @@
 problem and the fix, exit 2, no traceback, no file in the results folder.
 
 The inputs are specs (``metabench validate``), command lines, data folders and results
-folders (``metabench run``), and folders given to ``metabench report``. Cases run
+folders (``metabench run``), and folders given to ``report`` and ``compare``. Cases run
 ``bench.cli.main`` in this process (a traceback would fail the test); three run the real
 command in a process of its own. Data cases set ``METABENCH_OFFLINE=1``: no network.
 """
@@ -25,8 +25,6 @@ from bench.cli import main
 from bench.lock import RunLock
 from tests.fake_adapters import install_plugin
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
 
 @dataclass
 class World:
@@ -34,6 +32,7 @@ class World:
 
     tmp: Path
     data_dir: Path
+    real_data: Path  # the test session's Omniglot (conftest), copied before damaging it
 
     @property
     def results(self) -> Path:
@@ -57,7 +56,7 @@ class World:
 
     def omniglot(self, damage=None) -> None:
         """A copy of the real Omniglot folder in ``data_dir``, then ``damage(omniglot_dir)``."""
-        shutil.copytree(SHARED_DATA / "omniglot", self.data_dir / "omniglot")
+        shutil.copytree(self.real_data / "omniglot", self.data_dir / "omniglot")
         for p in (self.data_dir / "omniglot").rglob("*"):
             p.chmod(0o755 if p.is_dir() else 0o644)
         if damage:
@@ -226,14 +225,14 @@ def files_under(*roots: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, tmp_path_factory) -> World:
+def world(tmp_path, monkeypatch, tmp_path_factory, data_dir) -> World:
     site = install_plugin(tmp_path_factory.mktemp("site"))
     monkeypatch.syspath_prepend(str(site))
     repo = str(Path(__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([repo, str(site)]))
     monkeypatch.setenv("METABENCH_OFFLINE", "1")
     monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path / "cache"))
-    return World(tmp=tmp_path, data_dir=tmp_path / "data")
+    return World(tmp=tmp_path, data_dir=tmp_path / "data", real_data=data_dir)
 
 
 def refusal(argv: list[str], capsys, watched: list[Path]) -> str:

@@ -404,7 +404,7 @@ def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_pa
     assert "| 2026-12-01 | smoke" in lines[0] and "`abc123`" in lines[0]
     assert "11 cells, torch, jax, tensorflow, 4 seeds; fastest of 4 step phases: jax 4; parity FAILED: " \
            "tensorflow-maml; 2 cells with failures" in lines[0]
-    assert "4 cells, torch only, 3 seeds; accuracy omni / maml 89.05 %, sine / maml 0.502" in lines[1]
+    assert "4 cells, torch only, 3 seeds; accuracy omni / maml 89.05 %, sine / maml MSE 0.502" in lines[1]
     from bench.cli import main
 
     assert main(["index", str(tmp_path)]) == 0
