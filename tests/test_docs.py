@@ -206,3 +206,11 @@ def test_a_dead_link_is_caught(tmp_path):
     page = tmp_path / "page.md"
     page.write_text("See [the spec](docs/nowhere.md) and [home](https://example.org).\n")
     assert link_problems(page) == ["page.md: link to docs/nowhere.md points nowhere"]
+
+
+def test_the_results_index_is_generated_from_the_manifests():
+    """results/README.md's index of committed runs is `metabench index`'s output, not typed."""
+    from bench.report import index_block
+
+    committed = (REPO / "results" / "README.md").read_text(encoding="utf-8")
+    assert index_block(REPO / "results") in committed, "results/README.md's index is stale: run `metabench index`"
