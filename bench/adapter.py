@@ -19,9 +19,13 @@ Everything returned by a step may be asynchronous (JAX, CUDA): ``sync(out)`` blo
 Shapes follow ``bench.episodes`` (numpy NHWC images, class-major labels) and parameters
 follow ``bench.models`` (canonical numpy layout).
 
-``options`` are the registry entry's (variants of one class); every adapter also accepts
-``options["dtype"] = "float64"``, the diagnostic that ``metabench parity`` builds to prove
-that it computes the reference function at float64 rounding. Benchmarks run float32.
+``options`` are the registry entry's (variants of one class). Each class declares the
+options it accepts in ``OPTIONS`` (name -> ``Option``: type, default, allowed values); an
+unknown or ill-typed option is refused before a run (``option_problems``), and
+``self.options`` holds every declared option with its value, which the results record.
+Every adapter accepts ``dtype = "float64"``, the diagnostic that ``metabench parity``
+builds to prove that it computes the reference function at float64 rounding. Benchmarks
+run float32.
 """
 
 from __future__ import annotations
@@ -55,6 +59,25 @@ class AdapterInfo:
 
 
 @dataclass(frozen=True)
+class Option:
+    """An option an adapter class accepts. ``default`` None means "chosen by the adapter"
+    (e.g. by device); ``choices`` empty means any value of ``type``."""
+
+    type: type
+    default: Any = None
+    choices: tuple = ()
+    help: str = ""
+
+    def problem(self, name: str, value: Any) -> str | None:
+        # bool is an int in Python: an option typed int must not take true/false, and the reverse
+        if isinstance(value, bool) != (self.type is bool) or not isinstance(value, self.type):
+            return f"option {name} must be {self.type.__name__}, got {value!r}"
+        if self.choices and value not in self.choices:
+            return f"option {name} must be one of {', '.join(map(str, self.choices))}, got {value!r}"
+        return None
+
+
+@dataclass(frozen=True)
 class MemoryReading:
     """Peak memory of the steps run since ``reset_peak_memory``, in bytes.
 
@@ -73,6 +96,21 @@ class Adapter(abc.ABC):
 
     framework: ClassVar[str]
     algorithms: ClassVar[tuple[str, ...]]   # e.g. ("maml", "fomaml") or ("protonet",)
+    # Options this class accepts; subclasses extend it: ``OPTIONS = {**Base.OPTIONS, ...}``.
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "dtype": Option(str, "float32", ("float32", "float64"),
+                        "float32 (benchmarked) or float64 (the parity diagnostic)"),
+    }
+
+    @classmethod
+    def option_problems(cls, options: dict[str, Any]) -> list[str]:
+        """Why ``options`` would not configure this class: unknown names (a typo would
+        silently benchmark the default under the variant's name) and ill-typed values."""
+        problems = [f"unknown option {name!r}; {cls.__name__} accepts: {', '.join(cls.OPTIONS)}"
+                    for name in options if name not in cls.OPTIONS]
+        problems += [p for name, value in options.items() if name in cls.OPTIONS
+                     for p in [cls.OPTIONS[name].problem(name, value)] if p]
+        return problems
 
     @classmethod
     def configure(cls, threads: int, device: str) -> None:
@@ -87,10 +125,14 @@ class Adapter(abc.ABC):
                  device: str = "cpu", options: dict[str, Any] | None = None):
         if algorithm not in self.algorithms:
             raise ValueError(f"{type(self).__name__} serves {self.algorithms}, not {algorithm!r}")
+        problems = self.option_problems(dict(options or {}))
+        if problems:
+            raise ValueError(f"{type(self).__name__}: {problems[0]}")
         self.spec = spec.for_algorithm(algorithm)
         self.algorithm = algorithm
         self.device = device
-        self.options = dict(options or {})
+        # every declared option with its value: what the results record as used
+        self.options = {name: opt.default for name, opt in self.OPTIONS.items()} | dict(options or {})
 
     # -- description, device, parameters -------------------------------------------------
     @abc.abstractmethod

@@ -364,3 +364,19 @@ def test_failures_name_each_bad_phase_with_its_status_and_unfinished_cells(tmp_p
     cell("c", None)  # killed before its status was written
     cell("d", {"timing": "ok"})
     assert failures(tmp_path) == ["a (memory, accuracy diverged)", "b (timing timeout)", "c (did not finish)"]
+
+
+def test_two_runs_into_one_folder_cannot_interleave(tmp_path, plugin_env):
+    args = smoke_run(tmp_path, "shared", "fake-steady")
+    first = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _wait_for(lambda: (tmp_path / "shared" / "cells").exists(), first)
+    again = metabench(*args, env=plugin_env)
+    assert again.returncode == 2 and "--run-id shared: " in again.stderr and "already exists" in again.stderr
+    resumed = metabench(*args, "--resume", env=plugin_env)
+    assert resumed.returncode == 2 and resumed.stderr.count("\n") == 1
+    assert f"run shared is being written by PID {first.pid} on " in resumed.stderr
+    out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out[-2000:] + err[-2000:]
+    assert set(statuses(tmp_path / "shared")) == {"fake-steady__maml__sinusoid-10shot",
+                                                  "fake-steady__fomaml__sinusoid-10shot"}

@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import AdapterInfo
+from bench.adapter import AdapterInfo, Option
 from implementations.jax import common
 
 INNER_LOOPS = ("unrolled", "scan")
@@ -37,6 +37,9 @@ INNER_LOOPS = ("unrolled", "scan")
 
 class JaxMAML(common.JaxAdapter):
     algorithms = ("maml", "fomaml")
+    OPTIONS = {**common.JaxAdapter.OPTIONS,
+               "inner_loop": Option(str, "unrolled", INNER_LOOPS, "Python loop traced into the jit, or lax.scan"),
+               "conv": Option(str, None, common.CONV_FORMS, "default: im2col on CPU, xla elsewhere")}
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
@@ -44,14 +47,10 @@ class JaxMAML(common.JaxAdapter):
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
         self.regression = self.spec.is_regression
-        self.inner_loop = self.options.get("inner_loop", "unrolled")
-        if self.inner_loop not in INNER_LOOPS:
-            raise ValueError(f"option inner_loop must be one of {INNER_LOOPS}, got {self.inner_loop!r}")
+        self.inner_loop = self.options["inner_loop"]
         # im2col on CPU (XLA:CPU's grouped convolutions under vmap are ~16x slower, see
         # above); XLA's own convolution on accelerators, where cuDNN serves it.
-        self.conv = self.options.get("conv", "im2col" if device == "cpu" else "xla")
-        if self.conv not in common.CONV_FORMS:
-            raise ValueError(f"option conv must be one of {common.CONV_FORMS}, got {self.conv!r}")
+        self.conv = self.options["conv"] = self.options["conv"] or ("im2col" if device == "cpu" else "xla")
         self._optimizer = common.make_adam(m.meta_lr)
         self.set_params(params)
         # The step functions, jitted once each; params and optimizer state belong to the

@@ -14,7 +14,7 @@ import platform
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
 from bench.models import CONV_BLOCKS
 
 TASK_BATCHING = ("loop", "vectorized_map", "map_fn")
@@ -56,19 +56,6 @@ def tf_device(device: str) -> str:
     if device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     return "/CPU:0"
-
-
-def check_options(options: dict) -> None:
-    """``jit_compile`` (the registry's variants), ``task_batching`` (one of TASK_BATCHING)
-    and the diagnostic ``dtype``; anything else is a typo that would silently be ignored."""
-    unknown = set(options) - {"jit_compile", "task_batching", "dtype"}
-    if unknown:
-        raise ValueError(f"unknown TensorFlow adapter options {sorted(unknown)}; "
-                         f"known: jit_compile, task_batching, dtype")
-    if options.get("task_batching", "loop") not in TASK_BATCHING:
-        raise ValueError(f"task_batching must be one of {TASK_BATCHING}, got {options['task_batching']!r}")
-    if options.get("dtype", "float32") not in ("float32", "float64"):
-        raise ValueError(f"dtype must be float32 or float64, got {options['dtype']!r}")
 
 
 def float_dtype(options: dict) -> tf.DType:
@@ -320,6 +307,10 @@ class TFAdapter(Adapter):
     (``self._traced``, counted for recompilation), sync, memory, the parity probe's layout."""
 
     framework = "tensorflow"
+    OPTIONS = {**Adapter.OPTIONS,
+               "jit_compile": Option(bool, False, (), "tf.function(jit_compile=True): XLA (the *-xla variants)"),
+               "task_batching": Option(str, None, TASK_BATCHING, "how tasks are batched; default: the "
+                                                                 "adapter's measured choice per jit_compile")}
 
     @classmethod
     def configure(cls, threads: int, device: str) -> None:
@@ -327,10 +318,9 @@ class TFAdapter(Adapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        check_options(self.options)
         self._dev = tf_device(device)
         self._dtype = float_dtype(self.options)
-        self._jit = bool(self.options.get("jit_compile", False))
+        self._jit = self.options["jit_compile"]
         self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
         self._fmap: tuple[int, int, int] | None = None
         self._traced: tuple = ()

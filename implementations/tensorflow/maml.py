@@ -34,7 +34,7 @@ class TFMAML(common.TFAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._batching = self.options.get("task_batching", TASK_BATCHING[self._jit])
+        self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING[self._jit]
         m = self.spec.maml
         self.inner_lr, self.first_order = m.inner_lr, m.first_order
         self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps

@@ -37,7 +37,7 @@ class TFProtoNet(common.TFAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._batching = self.options.get("task_batching", TASK_BATCHING)
+        self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING
         self._k_shot = self.spec.episode.k_shot
         self._features = feature_size(self.spec)
         self._make_weights(params, self.spec.protonet.meta_lr, self.spec.protonet.lr_halve_every)
