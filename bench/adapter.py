@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.algorithms import get as get_algorithm
 from bench.episodes import EpisodeBatch
 from bench.spec import EpisodeSpec
 
@@ -130,6 +131,8 @@ class Adapter(abc.ABC):
             raise ValueError(f"{type(self).__name__}: {problems[0]}")
         self.spec = spec.for_algorithm(algorithm)
         self.algorithm = algorithm
+        # the outer-loop optimizer, from the harness: every framework reproduces it
+        self.meta_optimizer = get_algorithm(algorithm).meta_optimizer(self.spec)
         self.device = device
         # every declared option with its value: what the results record as used
         self.options = {name: opt.default for name, opt in self.OPTIONS.items()} | dict(options or {})

@@ -339,13 +339,14 @@ def check_frameworks(cells, device: str) -> list[str]:
         problem = gpu_problem()
         if problem:
             return [problem]
-    modules: dict[str, dict[str, str]] = {}
+    adapters: dict[str, dict[str, dict]] = {}
     for cell in cells:
         entry = registry.get(cell.adapter)
-        modules.setdefault(entry.framework, {})[entry.name] = entry.target.partition(":")[0]
-    probes = {fw: subprocess.Popen([sys.executable, "-m", "bench.preflight", fw, device, json.dumps(mods)],
+        adapters.setdefault(entry.framework, {})[entry.name] = {"target": entry.target,
+                                                                 "options": _jsonable(entry.options)}
+    probes = {fw: subprocess.Popen([sys.executable, "-m", "bench.preflight", fw, device, json.dumps(entries)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-              for fw, mods in modules.items()}
+              for fw, entries in adapters.items()}
     problems = []
     for framework, proc in probes.items():
         try:
@@ -363,6 +364,15 @@ def check_frameworks(cells, device: str) -> list[str]:
             problems.append(f"the {framework} import check crashed (exit {proc.returncode}: {last}); "
                             f"check its installation (python -c 'import {framework}')")
     return problems
+
+
+def _jsonable(options: dict) -> dict | None:
+    """The entry's options as the probe process will see them; None (not checked) when JSON
+    cannot carry them unchanged."""
+    try:
+        return options if json.loads(json.dumps(options)) == options else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _install_hint(framework: str, missing: str | None) -> str:
@@ -386,21 +396,29 @@ _GPU_PROBES = {
 }
 
 
-def probe(framework: str, device: str, modules: dict[str, str]) -> list[str]:
-    """In the framework's own process: the problems importing ``modules`` (adapter name ->
-    module) and, on ``cuda``, seeing a GPU."""
+def probe(framework: str, device: str, adapters: dict[str, dict]) -> list[str]:
+    """In the framework's own process: the problems importing each adapter's class
+    (``adapters``: name -> {"target": "module:Class", "options": {...}}), configuring it with
+    its registry entry's options, and, on ``cuda``, seeing a GPU."""
     import importlib
 
     problems = []
-    for adapter, module in modules.items():
+    for adapter, entry in adapters.items():
+        module, _, name = entry["target"].partition(":")
         try:
-            importlib.import_module(module)
+            cls = getattr(importlib.import_module(module), name)
         except ImportError as e:
             problems.append(f"adapter {adapter}: cannot import {module} ({e}); "
                             f"{_install_hint(framework, getattr(e, 'name', None))}")
-        except Exception as e:  # a plugin broken beyond a missing package
-            problems.append(f"adapter {adapter}: importing {module} fails ({type(e).__name__}: {e}); "
+            continue
+        except Exception as e:  # a plugin broken beyond a missing package, or no such class
+            problems.append(f"adapter {adapter}: loading {entry['target']} fails ({type(e).__name__}: {e}); "
                             f"fix or uninstall the plugin")
+            continue
+        # a typo in an option would benchmark the default under the variant's name: refused here
+        check_options = getattr(cls, "option_problems", None)
+        if entry.get("options") is not None and check_options is not None:
+            problems += [f"adapter {adapter}: {p}; fix its registry entry" for p in check_options(entry["options"])]
     if device == "cuda" and framework in _GPU_PROBES and not problems:
         code, fix = _GPU_PROBES[framework]
         try:
@@ -412,5 +430,6 @@ def probe(framework: str, device: str, modules: dict[str, str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    # python -m bench.preflight FRAMEWORK DEVICE '{"adapter": "module"}': prints a JSON list of problems
+    # python -m bench.preflight FRAMEWORK DEVICE '{"adapter": {"target": ..., "options": ...}}':
+    # prints a JSON list of problems
     print(json.dumps(probe(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))))

@@ -68,7 +68,9 @@ ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_re
            AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
            AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),
            AdapterEntry("fake-diverge", "fake", ("maml",), "metabench_reliability_plugin:Diverging"),
-           AdapterEntry("fake-missing", "fake", ("maml",), "metabench_not_installed_anywhere:Adapter")]
+           AdapterEntry("fake-missing", "fake", ("maml",), "metabench_not_installed_anywhere:Adapter"),
+           AdapterEntry("fake-misspelt", "fake", ("maml",), "metabench_reliability_plugin:Steady",
+                        options={"dtpye": "float64"})]
 '''
 
 

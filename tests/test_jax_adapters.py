@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bench.adapter import AdapterInfo, MemoryReading
+from bench.algorithms import MetaOptimizer
 from bench.episodes import EpisodeBatch, sampler_for
 from bench.models import init_params, param_shapes
 from bench.spec import load_spec
@@ -251,7 +252,7 @@ def test_protonet_adapt_returns_prototypes_and_query_embeddings():
 def test_adam_step_size_halves_like_torch_steplr():
     """A constant gradient makes every Adam update exactly -lr_t: the schedule, read off."""
     lr, every, steps = 1e-3, 2, 5
-    opt = common.make_adam(lr, every)
+    opt = common.make_adam(MetaOptimizer(lr, every))
     params = {"w": np.zeros(3, np.float32)}
     state = opt.init(params)
     jax_updates = []

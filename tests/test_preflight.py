@@ -165,6 +165,9 @@ CASES = {
                               "adapter fake-missing: cannot import metabench_not_installed_anywhere (No module "
                               "named 'metabench_not_installed_anywhere'); install the package that provides "
                               "metabench_not_installed_anywhere"),
+    "adapter option misspelt": (lambda w: w.run(adapter="fake-misspelt"),
+                                "adapter fake-misspelt: unknown option 'dtpye'; Steady accepts: dtype; "
+                                "fix its registry entry"),
     # -- results folder ----------------------------------------------------------------------
     "--results-dir is a file": (lambda w: w.run() + ["--results-dir", str(w.spec("x", "a-file"))],
                                 "a-file is a file, not a folder"),

@@ -17,6 +17,7 @@ tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
 from bench.adapter import AdapterInfo, MemoryReading  # noqa: E402
+from bench.algorithms import MetaOptimizer  # noqa: E402
 from bench.episodes import EpisodeBatch, sampler_for  # noqa: E402
 from bench.models import init_params  # noqa: E402
 from bench.spec import load_spec  # noqa: E402
@@ -135,9 +136,9 @@ def test_adam_and_step_size_halving_match_torch():
     rng = np.random.default_rng(0)
     init = {"w": rng.standard_normal((3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)}
     tp = {k: torch.tensor(v) for k, v in init.items()}
-    opt, sched = torch_common.make_adam(tp, 1e-2, halve_every=2)
+    opt, sched = torch_common.make_adam(tp, MetaOptimizer(1e-2, halve_every=2))
     tv = [tf.Variable(v) for v in init.values()]
-    adam = tf_common.Adam(tv, 1e-2, halve_every=2)
+    adam = tf_common.Adam(tv, MetaOptimizer(1e-2, halve_every=2))
     apply = tf.function(adam.apply)
     for _ in range(5):
         grads = [rng.standard_normal(v.shape).astype(np.float32) * 10.0 ** rng.uniform(-6, 0) for v in init.values()]

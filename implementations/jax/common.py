@@ -21,6 +21,7 @@ import optax
 from jax import lax
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.algorithms import MetaOptimizer
 from bench.models import CONV_BLOCKS
 
 _threads: int | None = None  # what configure() was given, recorded by describe()
@@ -183,13 +184,13 @@ def sync(*trees) -> None:
     jax.block_until_ready(leaves)
 
 
-def make_adam(lr: float, halve_every: int = 0) -> optax.GradientTransformation:
-    """torch.optim.Adam's maths: betas 0.9/0.999, eps 1e-8 added to the bias-corrected
-    sqrt(v) (optax's default form, eps_root 0). With ``halve_every``, update t (0-based)
-    uses lr * 0.5 ** (t // halve_every), torch's StepLR stepped after each update."""
-    if halve_every:
-        return optax.adam(lambda count: lr * 0.5 ** (count // halve_every), b1=0.9, b2=0.999, eps=1e-8)
-    return optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+def make_adam(meta: MetaOptimizer) -> optax.GradientTransformation:
+    """optax's Adam as the harness's ``MetaOptimizer`` says: torch.optim.Adam's maths (eps
+    added to the bias-corrected sqrt(v): optax's default form, eps_root 0). With halving,
+    update t (0-based) uses lr * 0.5 ** (t // halve_every), torch's StepLR after each update."""
+    lr, every = meta.lr, meta.halve_every
+    schedule = (lambda count: lr * 0.5 ** (count // every)) if every else lr
+    return optax.adam(schedule, b1=meta.b1, b2=meta.b2, eps=meta.eps)
 
 
 # -- memory, compilation, self-description -------------------------------------------------

@@ -51,7 +51,7 @@ class JaxMAML(common.JaxAdapter):
         # im2col on CPU (XLA:CPU's grouped convolutions under vmap are ~16x slower, see
         # above); XLA's own convolution on accelerators, where cuDNN serves it.
         self.conv = self.options["conv"] = self.options["conv"] or ("im2col" if device == "cpu" else "xla")
-        self._optimizer = common.make_adam(m.meta_lr)
+        self._optimizer = common.make_adam(self.meta_optimizer)
         self.set_params(params)
         # The step functions, jitted once each; params and optimizer state belong to the
         # adapter and are replaced by every outer step, so they are donated (never the batch).

@@ -35,8 +35,7 @@ class JaxProtoNet(common.JaxAdapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._k_shot = self.spec.episode.k_shot
-        p = self.spec.protonet
-        self._optimizer = common.make_adam(p.meta_lr, p.lr_halve_every)
+        self._optimizer = common.make_adam(self.meta_optimizer)
         self.set_params(params)
         # params and optimizer state are replaced by every outer step: donated (never the batch)
         self._outer = jax.jit(self._outer_fn, donate_argnums=(0, 1))

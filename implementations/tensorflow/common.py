@@ -15,6 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
+from bench.algorithms import MetaOptimizer
 from bench.models import CONV_BLOCKS
 
 TASK_BATCHING = ("loop", "vectorized_map", "map_fn")
@@ -228,10 +229,9 @@ class Adam:
     adapters carry their own. Optional staircase step-size halving every ``halve_every``
     updates (torch StepLR stepped after each update: update t uses lr * 0.5**(t // n))."""
 
-    def __init__(self, variables, lr: float, halve_every: int = 0,
-                 b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8):
+    def __init__(self, variables, meta: MetaOptimizer):
         self.variables = list(variables)
-        self.lr, self.halve_every, self.b1, self.b2, self.eps = lr, halve_every, b1, b2, eps
+        self.lr, self.halve_every, self.b1, self.b2, self.eps = meta.lr, meta.halve_every, meta.b1, meta.b2, meta.eps
         self.m = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.v = [tf.Variable(tf.zeros_like(v), trainable=False) for v in self.variables]
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
@@ -325,10 +325,10 @@ class TFAdapter(Adapter):
         self._fmap: tuple[int, int, int] | None = None
         self._traced: tuple = ()
 
-    def _make_weights(self, params, lr: float, halve_every: int = 0) -> None:
+    def _make_weights(self, params) -> None:
         with tf.device(self._dev):
             self.weights = {k: tf.Variable(self._to_tf(k, v), dtype=self._dtype) for k, v in params.items()}
-            self.opt = Adam(self.weights.values(), lr, halve_every)
+            self.opt = Adam(self.weights.values(), self.meta_optimizer)
 
     def _compile(self, fn):
         """One step function as a tf.function, XLA-compiled under ``jit_compile``. Autograph

@@ -42,7 +42,7 @@ class TFMAML(common.TFAdapter):
         self._pool = common.max_pool_2x2_elementwise if self._jit else common.max_pool_2x2
         # the head reads NHWC-ordered features: its canonical rows are permuted on import/export
         self._fmap = None if self.regression else common.feature_map(self.spec)
-        self._make_weights(params, m.meta_lr)
+        self._make_weights(params)
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)
         self._adapt_fn = self._compile(self._adapt_batch)   # steps is a Python int: one trace per value

@@ -40,7 +40,7 @@ class TFProtoNet(common.TFAdapter):
         self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING
         self._k_shot = self.spec.episode.k_shot
         self._features = feature_size(self.spec)
-        self._make_weights(params, self.spec.protonet.meta_lr, self.spec.protonet.lr_halve_every)
+        self._make_weights(params)
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)
         self._adapt_fn = self._compile(self._adapt_batch)

@@ -3,7 +3,6 @@ dict (``torch.func`` style), device placement, sync, memory and self-description
 
 from __future__ import annotations
 
-import abc
 import platform
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.algorithms import MetaOptimizer
 from bench.models import CONV_BLOCKS
 
 Params = dict[str, torch.Tensor]
@@ -114,12 +114,12 @@ def params_to_numpy(params: Params) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy().copy() for k, v in params.items()}
 
 
-def make_adam(params: Params, lr: float, halve_every: int = 0):
-    """Adam (eps 1e-8 added to the bias-corrected sqrt(v), betas 0.9/0.999), the form the
-    JAX (optax) and TensorFlow adapters reproduce; optional step-size halving schedule."""
-    leaves = list(params.values())
-    opt = torch.optim.Adam(leaves, lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    sched = torch.optim.lr_scheduler.StepLR(opt, halve_every, gamma=0.5) if halve_every else None
+def make_adam(params: Params, meta: MetaOptimizer):
+    """torch.optim.Adam as the harness's ``MetaOptimizer`` says (eps added to the
+    bias-corrected sqrt(v): the form optax and the TF adapters' Adam reproduce), and StepLR
+    stepped after each update for its halving schedule."""
+    opt = torch.optim.Adam(list(params.values()), lr=meta.lr, betas=(meta.b1, meta.b2), eps=meta.eps)
+    sched = torch.optim.lr_scheduler.StepLR(opt, meta.halve_every, gamma=0.5) if meta.halve_every else None
     return opt, sched
 
 
@@ -155,7 +155,7 @@ def describe(device: torch.device, notes: str) -> AdapterInfo:
 
 class TorchAdapter(Adapter):
     """What the torch adapters share: device and dtype, parameters as plain leaf tensors
-    with a torch.optim Adam (``adam_settings()`` says its step size and halving), the
+    with a torch.optim Adam (the harness's ``self.meta_optimizer``), the
     meta-gradient applied through ``.grad``, sync, memory and the parity probe's layout."""
 
     framework = "torch"
@@ -170,10 +170,6 @@ class TorchAdapter(Adapter):
         self._dtype = dtype_option(self.options)
         self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
 
-    @abc.abstractmethod
-    def adam_settings(self) -> tuple[float, int]:
-        """(step size, halve every N updates or 0)."""
-
     def to_device(self, batch):
         return TorchBatch(batch, self._dev, self._dtype)
 
@@ -185,7 +181,7 @@ class TorchAdapter(Adapter):
 
     def set_params(self, params):
         self.params = params_to_torch(params, self._dev, self._dtype)
-        self.opt, self.sched = make_adam(self.params, *self.adam_settings())
+        self.opt, self.sched = make_adam(self.params, self.meta_optimizer)
 
     def apply_meta_grad(self, grads: Params) -> None:
         """One Adam update from a meta-gradient computed by ``torch.func``."""

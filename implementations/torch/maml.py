@@ -83,8 +83,6 @@ class TorchMAML(common.TorchAdapter):
                                           "meta-gradient included (BatchNorm written out from mean and "
                                           "variance); Adam from torch.optim")
 
-    def adam_settings(self) -> tuple[float, int]:
-        return self.spec.maml.meta_lr, 0
 
     def inner_step(self, batch):
         # self.params do not require grad: torch.func.grad builds only the inner graph

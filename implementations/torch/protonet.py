@@ -53,8 +53,6 @@ class TorchProtoNet(common.TorchAdapter):
         return common.describe(self._dev, "episodes vmapped; support and query embedded in one pass; "
                                           "Adam from torch.optim, step size halved on schedule")
 
-    def adam_settings(self) -> tuple[float, int]:
-        return self.spec.protonet.meta_lr, self.spec.protonet.lr_halve_every
 
     def _meta_grad(self, batch):
         return grad_and_value(self._loss)(self.params, batch)
