@@ -174,9 +174,12 @@ class Adapter(abc.ABC):
         parameters, ProtoNet's prototypes. Returns the adapted state."""
 
     @abc.abstractmethod
-    def evaluate(self, batch: Any) -> np.ndarray:
-        """Per-task metric after test-time adaptation, float64 [B]: query accuracy in
-        [0, 1] for classification, query mean squared error for regression."""
+    def predict(self, batch: Any) -> np.ndarray:
+        """Query outputs after test-time adaptation, as numpy [B, n_query_total, n_out]:
+        MAML's logits (regression: predictions [B, n_query, 1]), ProtoNet's negative
+        squared distances to the prototypes. The harness computes the metric from them
+        (``bench.algorithms.Algorithm.metric``): every framework's accuracy is the same
+        numpy argmax, and no adapter carries metric code."""
 
     # -- numerical parity probes ---------------------------------------------------------
     @abc.abstractmethod

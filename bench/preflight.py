@@ -111,7 +111,11 @@ def check_run_id(plan) -> list[str]:
         return [f"--resume: {run_dir} holds no metabench run (no manifest.json, plan.json or cells/); "
                 f"drop --resume and choose another --run-id"]
     problems = []
-    old = recorded_plan(run_dir)
+    try:
+        old = recorded_plan(run_dir)
+    except (OSError, ValueError) as e:  # written by hand, or by a version before atomic writes
+        return [f"--resume: cannot read the plan of run {plan.run_id} ({type(e).__name__}: {e}); "
+                f"start a new run (another --run-id)"]
     mismatch = plan_mismatch(old, plan.record())
     if mismatch:
         key, words = mismatch
@@ -150,11 +154,12 @@ def recorded_plan(run_dir: Path) -> dict:
 
 def recorded_command(run_dir: Path) -> str | None:
     for name in ("plan.json", "manifest.json"):
-        path = run_dir / name
-        if path.exists():
-            command = json.loads(path.read_text()).get("command")
-            if command:
-                return command
+        try:
+            command = json.loads((run_dir / name).read_text()).get("command")
+        except (OSError, ValueError):
+            continue
+        if command:
+            return command
     return None
 
 

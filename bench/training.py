@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.episodes import EpisodeSampler, sampler_for
+from bench.algorithms import get as get_algorithm
+from bench.episodes import EpisodeBatch, EpisodeSampler, sampler_for
 from bench.errors import Diverged
 from bench.stats import mean_ci95
 
@@ -70,13 +71,19 @@ def time_to_target(curve: list[dict], target: float | None, metric: str) -> tupl
     return None, None
 
 
-def evaluate(adapter, sampler: EpisodeSampler, episodes: int) -> np.ndarray:
+def task_metrics(adapter, batch: EpisodeBatch, algorithm: str) -> np.ndarray:
+    """Per-task metric of a (numpy) batch, float64 [B]: the adapter predicts the query set
+    after test-time adaptation; the algorithm turns predictions into accuracy or MSE
+    (regression when the targets are real numbers, classification when they are labels)."""
+    outputs = adapter.predict(adapter.to_device(batch))
+    regression = np.issubdtype(batch.query_y.dtype, np.floating)
+    return get_algorithm(algorithm).metric(outputs, batch.query_y, regression)
+
+
+def evaluate(adapter, sampler: EpisodeSampler, episodes: int, algorithm: str) -> np.ndarray:
     """Per-episode metric over episodes ``0..episodes-1`` of the sampler's stream."""
-    values = []
-    for start in range(0, episodes, EVAL_CHUNK):
-        batch = adapter.to_device(sampler.batch(start, min(EVAL_CHUNK, episodes - start)))
-        values.append(np.asarray(adapter.evaluate(batch), dtype=np.float64))
-    return np.concatenate(values)
+    return np.concatenate([task_metrics(adapter, sampler.batch(start, min(EVAL_CHUNK, episodes - start)), algorithm)
+                           for start in range(0, episodes, EVAL_CHUNK)])
 
 
 def train_and_evaluate(adapter, spec, algorithm: str, *, train_seed: int = 0, data_dir=None, cache_dir=None,
@@ -95,7 +102,7 @@ def train_and_evaluate(adapter, spec, algorithm: str, *, train_seed: int = 0, da
     recent_losses: list[float] = []
 
     def validate(step: int) -> None:
-        values = evaluate(adapter, val, budget.val_episodes)
+        values = evaluate(adapter, val, budget.val_episodes, algorithm)
         mean, ci = mean_ci95(values)
         curve.append({"step": step, "train_seconds": train_seconds, "val_mean": mean, "val_ci95": ci,
                       "train_loss": float(np.mean(recent_losses)) if recent_losses else float("nan")})
@@ -122,7 +129,7 @@ def train_and_evaluate(adapter, spec, algorithm: str, *, train_seed: int = 0, da
         if progress is not None:
             progress(step, budget.meta_train_steps, curve[-1] if curve else None)
     t0 = time.perf_counter()
-    values = evaluate(adapter, test, budget.eval_episodes)
+    values = evaluate(adapter, test, budget.eval_episodes, algorithm)
     eval_seconds = time.perf_counter() - t0
     mean, ci = mean_ci95(values)
     metric = metric_name(spec)

@@ -15,7 +15,7 @@ class _Declared(Adapter):
     framework = "none"
     algorithms = ("maml",)
     OPTIONS = {**Adapter.OPTIONS, "unroll": Option(int, 1), "mode": Option(str, None, ("a", "b"))}
-    describe = to_device = sync = get_params = set_params = outer_step = adapt = evaluate = probe = None
+    describe = to_device = sync = get_params = set_params = outer_step = adapt = predict = probe = None
 
 
 @pytest.mark.parametrize("options, words", [

@@ -186,6 +186,10 @@ CASES = {
                    w.run("--resume", "--run-id", "old"))[-1],
         "--resume: run old was planned with --profile cpu, not smoke; resume it with the options it started "
         "with: metabench run --profile cpu --results-dir r --run-id old --resume"),
+    "--resume of a run whose plan is damaged": (
+        lambda w: ((w.old_run({}) / "plan.json").write_text('{"profile": "sm'),
+                   w.run("--resume", "--run-id", "old"))[-1],
+        "--resume: cannot read the plan of run old (JSONDecodeError: "),
     "--resume on a machine with other cores": (
         lambda w: (w.old_run({"threads": 64, "command": "metabench run --profile smoke"}),
                    w.run("--resume", "--run-id", "old"))[-1],

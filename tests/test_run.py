@@ -32,7 +32,7 @@ class Broken(Adapter):
     def inner_step(self, batch): return None
     def outer_step(self, batch): raise RuntimeError("deliberate failure in outer_step")
     def adapt(self, batch): return None
-    def evaluate(self, batch): return np.zeros(len(batch))
+    def predict(self, batch): return np.zeros_like(batch.query_y)
     def probe(self, batch): return {}
 
 ENTRIES = [AdapterEntry("fake-broken", "fake", ("maml",), "metabench_fake_plugin:Broken")]

@@ -59,7 +59,8 @@ def test_time_to_target_is_the_first_validation_point_that_reaches_it(metric, ta
 
 
 class _SlowFirstStep:
-    """A numpy stand-in for an adapter whose first step compiles (sleeps 0.3 s)."""
+    """A numpy stand-in for an adapter whose first step compiles (sleeps 0.3 s); its
+    predictions' MSE is 4, 2, 1 after 0, 1, 2 steps."""
 
     def __init__(self):
         self.steps = 0
@@ -75,8 +76,8 @@ class _SlowFirstStep:
         time.sleep(0.3 if self.steps == 1 else 0.001)
         return np.float32(1.0 / self.steps)
 
-    def evaluate(self, batch):
-        return np.full(len(batch), 2.0 / (self.steps or 0.5))  # 4, 2, 1 after 0, 1, 2 steps
+    def predict(self, batch):
+        return batch.query_y + np.sqrt(2.0 / (self.steps or 0.5))
 
 
 def test_the_curve_clock_leaves_out_the_first_compiling_step():
@@ -139,3 +140,12 @@ def test_a_bad_target_is_a_one_line_error_naming_the_field(tmp_path, table, fiel
     with pytest.raises(SpecError) as e:
         load_spec(path)
     assert e.value.field == field and "\n" not in str(e.value)
+
+
+def test_the_harness_computes_accuracy_and_mse_from_predictions():
+    from bench.algorithms import MAML
+
+    logits = np.array([[[2.0, 1.0], [0.0, 3.0], [1.0, 1.0]]])   # argmax 0, 1, 0 (a tie goes to the first)
+    assert MAML.metric(logits, np.array([[0, 0, 0]]), regression=False).tolist() == [2 / 3]
+    outputs = np.array([[[1.0], [3.0]]])
+    assert MAML.metric(outputs, np.array([[[0.0], [1.0]]]), regression=True).tolist() == [2.5]

@@ -12,6 +12,7 @@ import torch
 from bench.episodes import EpisodeBatch, EpisodeSampler
 from bench.models import init_params, param_shapes
 from bench.spec import load_spec
+from bench.training import task_metrics
 from implementations.torch import common
 from implementations.torch.maml import TorchMAML
 from implementations.torch.protonet import TorchProtoNet, neg_sq_distances, prototypes
@@ -53,14 +54,14 @@ def test_maml_contract_on_sinusoid(algorithm):
     probe = a.probe(batch)
     assert probe["support_loss"].shape == (3,) and probe["query_logits"].shape == (3, 10, 1)
     assert set(k[len("meta_grad/"):] for k in probe if k.startswith("meta_grad/")) == set(params)
-    before = a.evaluate(batch)
+    before = a.predict(batch)
     loss = a.outer_step(batch)
     a.sync(loss)
     assert np.isfinite(float(loss))
     after = a.get_params()
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in params.items()}
     assert any(not np.array_equal(after[k], params[k]) for k in params)
-    assert before.shape == (3,) and (before >= 0).all()
+    assert before.shape == (3, 10, 1) and np.isfinite(before).all()
     a.set_params(params)
     assert all(np.array_equal(a.get_params()[k], params[k]) for k in params)
 
@@ -73,7 +74,8 @@ def test_protonet_contract_on_omniglot_shapes():
     batch = a.to_device(random_image_batch(spec))
     protos, query = a.adapt(batch)
     assert protos.shape == (2, 3, 4) and query.shape == (2, 6, 4)
-    acc = a.evaluate(batch)
+    assert a.predict(batch).shape == (2, 6, 3)  # negative squared distances to 3 prototypes
+    acc = task_metrics(a, random_image_batch(spec), "protonet")
     assert acc.shape == (2,) and ((0 <= acc) & (acc <= 1)).all()
     probe = a.probe(batch)
     assert probe["query_logits"].shape == (2, 6, 3)

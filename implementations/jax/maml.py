@@ -58,7 +58,7 @@ class JaxMAML(common.JaxAdapter):
         self._outer = jax.jit(self._outer_fn, donate_argnums=(0, 1))
         self._inner = jax.jit(partial(self._vmapped_adapt, steps=1))
         self._test_adapt = jax.jit(partial(self._vmapped_adapt, steps=self.test_inner_steps))
-        self._evaluate = jax.jit(self._evaluate_fn)
+        self._predict = jax.jit(self._predict_fn)
         self._probe = jax.jit(self._probe_fn)
 
     # -- the maths -------------------------------------------------------------------------
@@ -109,12 +109,9 @@ class JaxMAML(common.JaxAdapter):
         updates, opt_state = self._optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    def _evaluate_fn(self, params, batch):
+    def _predict_fn(self, params, batch):
         adapted = self._vmapped_adapt(params, batch, self.test_inner_steps)
-        out = jax.vmap(self.forward)(adapted, batch.query_x)
-        if self.regression:
-            return jnp.square(out - batch.query_y).mean(axis=(1, 2))
-        return (out.argmax(-1) == batch.query_y).sum(axis=1)  # counts: the accuracy is exact in float64
+        return jax.vmap(self.forward)(adapted, batch.query_x)
 
     def _probe_fn(self, params, batch):
         support_loss = jax.vmap(self.loss, in_axes=(None, 0, 0))(params, batch.support_x, batch.support_y)
@@ -142,12 +139,11 @@ class JaxMAML(common.JaxAdapter):
     def adapt(self, batch):
         return self._test_adapt(self.params, batch)
 
-    def evaluate(self, batch) -> np.ndarray:
-        metric = np.asarray(self._evaluate(self.params, batch), dtype=np.float64)
-        return metric if self.spec.is_regression else metric / batch.query_y.shape[1]
+    def predict(self, batch) -> np.ndarray:
+        return np.asarray(self._predict(self.params, batch))
 
     def probe(self, batch):
         return self.probe_result(*self._probe(self.params, batch))
 
     def compilation_count(self) -> int | None:
-        return common.cache_size(self._outer, self._inner, self._test_adapt, self._evaluate, self._probe)
+        return common.cache_size(self._outer, self._inner, self._test_adapt, self._predict, self._probe)

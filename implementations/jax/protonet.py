@@ -40,7 +40,7 @@ class JaxProtoNet(common.JaxAdapter):
         # params and optimizer state are replaced by every outer step: donated (never the batch)
         self._outer = jax.jit(self._outer_fn, donate_argnums=(0, 1))
         self._adapt = jax.jit(jax.vmap(self._embed_episode, in_axes=(None, 0, 0)))
-        self._evaluate = jax.jit(self._evaluate_fn)
+        self._predict = jax.jit(self._predict_fn)
         self._probe = jax.jit(self._probe_fn)
 
     # -- the maths -------------------------------------------------------------------------
@@ -66,9 +66,8 @@ class JaxProtoNet(common.JaxAdapter):
         updates, opt_state = self._optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    def _evaluate_fn(self, params, batch):
-        logits = jax.vmap(self._episode_logits, in_axes=(None, 0, 0))(params, batch.support_x, batch.query_x)
-        return (logits.argmax(-1) == batch.query_y).sum(axis=1)  # counts: the accuracy is exact in float64
+    def _predict_fn(self, params, batch):
+        return jax.vmap(self._episode_logits, in_axes=(None, 0, 0))(params, batch.support_x, batch.query_x)
 
     def _probe_fn(self, params, batch):
         logits = jax.vmap(self._episode_logits, in_axes=(None, 0, 0))(params, batch.support_x, batch.query_x)
@@ -90,12 +89,12 @@ class JaxProtoNet(common.JaxAdapter):
         """The episodes' class prototypes and query embeddings: [B, n_way, d], [B, n_query_total, d]."""
         return self._adapt(self.params, batch.support_x, batch.query_x)
 
-    def evaluate(self, batch) -> np.ndarray:
-        return np.asarray(self._evaluate(self.params, batch), dtype=np.float64) / batch.query_y.shape[1]
+    def predict(self, batch) -> np.ndarray:
+        return np.asarray(self._predict(self.params, batch))
 
     def probe(self, batch):
         # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
         return self.probe_result(*self._probe(self.params, batch))
 
     def compilation_count(self) -> int | None:
-        return common.cache_size(self._outer, self._adapt, self._evaluate, self._probe)
+        return common.cache_size(self._outer, self._adapt, self._predict, self._probe)

@@ -46,7 +46,7 @@ class TFMAML(common.TFAdapter):
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)
         self._adapt_fn = self._compile(self._adapt_batch)   # steps is a Python int: one trace per value
-        self._evaluate_fn = self._compile(self._evaluate)
+        self._predict_fn = self._compile(self._predict)
 
     # -- the maths -------------------------------------------------------------------------
     def features(self, params, x):
@@ -113,12 +113,8 @@ class TFMAML(common.TFAdapter):
         return self._per_task(lambda t: self.forward(t[0], t[1]), (adapted, qx),
                               tf.TensorSpec([qx.shape[1], n_out], self._dtype))
 
-    def _evaluate(self, sx, sy, qx, qy):
-        out = self._query_outputs(self._adapt_batch(sx, sy, self.test_inner_steps), qx)
-        if self.regression:
-            return tf.reduce_mean(tf.square(out - qy), axis=(1, 2))
-        hit = tf.equal(tf.argmax(out, axis=-1, output_type=tf.int32), qy)
-        return tf.reduce_mean(tf.cast(hit, self._dtype), axis=1)
+    def _predict(self, sx, sy, qx):
+        return self._query_outputs(self._adapt_batch(sx, sy, self.test_inner_steps), qx)
 
     def _probe(self, sx, sy, qx, qy):
         params = self._current()
@@ -150,9 +146,9 @@ class TFMAML(common.TFAdapter):
         with tf.device(self._dev):
             return self._adapt_fn(batch.support_x, batch.support_y, self.test_inner_steps)
 
-    def evaluate(self, batch) -> np.ndarray:
+    def predict(self, batch) -> np.ndarray:
         with tf.device(self._dev):
-            return self._evaluate_fn(*batch.tensors).numpy().astype(np.float64)
+            return self._predict_fn(batch.support_x, batch.support_y, batch.query_x).numpy()
 
     def probe(self, batch):
         with tf.device(self._dev):

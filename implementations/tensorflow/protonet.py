@@ -44,7 +44,7 @@ class TFProtoNet(common.TFAdapter):
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)
         self._adapt_fn = self._compile(self._adapt_batch)
-        self._evaluate_fn = self._compile(self._evaluate)
+        self._predict_fn = self._compile(self._logits)
 
     # -- the maths -------------------------------------------------------------------------
     def _embed_episode(self, sx, qx):
@@ -84,10 +84,6 @@ class TFProtoNet(common.TFAdapter):
         signature = (tf.TensorSpec([n_way, d], self._dtype), tf.TensorSpec([qx.shape[1], d], self._dtype))
         return self._per_task(lambda t: self._embed_episode(t[0], t[1]), (sx, qx), signature)
 
-    def _evaluate(self, sx, qx, qy):
-        hit = tf.equal(tf.argmax(self._logits(sx, qx), axis=-1, output_type=tf.int32), qy)
-        return tf.reduce_mean(tf.cast(hit, self._dtype), axis=1)
-
     def _probe(self, sx, qx, qy):
         grads, _ = self._meta_grad(sx, qx, qy)
         return self._episode_losses(sx, qx, qy), self._logits(sx, qx), dict(zip(self.weights, grads, strict=True))
@@ -107,9 +103,9 @@ class TFProtoNet(common.TFAdapter):
         with tf.device(self._dev):
             return self._adapt_fn(batch.support_x, batch.query_x)
 
-    def evaluate(self, batch) -> np.ndarray:
+    def predict(self, batch) -> np.ndarray:
         with tf.device(self._dev):
-            return self._evaluate_fn(batch.support_x, batch.query_x, batch.query_y).numpy().astype(np.float64)
+            return self._predict_fn(batch.support_x, batch.query_x).numpy()
 
     def probe(self, batch):
         with tf.device(self._dev):

@@ -96,15 +96,10 @@ class TorchMAML(common.TorchAdapter):
     def adapt(self, batch):
         return self._vmapped_adapt[self.test_inner_steps](self.params, batch.support_x, batch.support_y)
 
-    def evaluate(self, batch) -> np.ndarray:
+    def predict(self, batch) -> np.ndarray:
         adapted = self.adapt(batch)
         with torch.no_grad():
-            out = vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x)
-            if self.regression:
-                metric = ((out - batch.query_y) ** 2).mean(dim=(1, 2))
-            else:
-                metric = (out.argmax(-1) == batch.query_y).float().mean(dim=1)
-        return metric.double().cpu().numpy()
+            return vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x).cpu().numpy()
 
     def probe(self, batch):
         with torch.no_grad():
