@@ -141,11 +141,3 @@ def test_a_bad_target_is_a_one_line_error_naming_the_field(tmp_path, table, fiel
         load_spec(path)
     assert e.value.field == field and "\n" not in str(e.value)
 
-
-def test_the_harness_computes_accuracy_and_mse_from_predictions():
-    from bench.algorithms import MAML
-
-    logits = np.array([[[2.0, 1.0], [0.0, 3.0], [1.0, 1.0]]])   # argmax 0, 1, 0 (a tie goes to the first)
-    assert MAML.metric(logits, np.array([[0, 0, 0]]), regression=False).tolist() == [2 / 3]
-    outputs = np.array([[[1.0], [3.0]]])
-    assert MAML.metric(outputs, np.array([[[0.0], [1.0]]]), regression=True).tolist() == [2.5]
