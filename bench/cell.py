@@ -12,6 +12,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+
 @dataclass(frozen=True)
 class Cell:
     adapter: str          # registry name, e.g. "torch-maml"

@@ -183,8 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["smoke", "cpu", "paper"], default=None,
                    help="budget profile (default: paper with a GPU, cpu without)")
     p.add_argument("--frameworks", type=_csv, help="comma-separated, e.g. torch,jax,tensorflow (default: all found)")
-    p.add_argument("--algorithms", type=_csv, help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} "
-                                                  "(default: the profile's; smoke: maml,protonet; others: all but anil)")
+    p.add_argument("--algorithms", type=_csv,
+                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} "
+                        "(default: the profile's; smoke: maml,protonet; others: all but anil)")
     p.add_argument("--specs", type=_csv, help="comma-separated spec names or TOML files")
     p.add_argument("--adapters", type=_csv, help="exact adapter names (variants included); overrides --frameworks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")

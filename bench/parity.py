@@ -255,12 +255,11 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
                use_cache: bool = True) -> int:
     """Print the parity table; return 0 when every error is within tolerance, else 1.
     ``use_cache``: take the reference's results from the cache where it has them."""
-    from bench import paths
-
     import os
 
     import pandas as pd
 
+    from bench import paths
     from bench.spec import load_spec
 
     tolerance = tolerance or DEFAULT_TOLERANCE[device]

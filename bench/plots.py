@@ -20,6 +20,7 @@ import pandas as pd
 
 from bench import tables
 
+
 def _horizontal() -> dict:
     import matplotlib
 
@@ -160,7 +161,7 @@ def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline
         wall, per_step = axes[i]
         for label, g in sorted(d.groupby("label"), key=lambda kv: tables._label_key(kv[0], baseline)):
             colour, marker = styles[label]
-            for n, (seed, s) in enumerate(sorted(g.groupby("seed"), key=lambda kv: kv[0])):
+            for n, (_seed, s) in enumerate(sorted(g.groupby("seed"), key=lambda kv: kv[0])):
                 s = s.sort_values("step")
                 main = n == 0
                 kw = {"color": colour, "lw": 1.6 if main else 0.7, "alpha": 1.0 if main else 0.5,

@@ -103,7 +103,7 @@ STAT_KEYS = ("rounds", "median", "iqr", "q1", "q3", "min", "max", "mean", "stdde
 EPISODE_COLUMNS = ["run_id", *CELL_COLUMNS, "seed", "episode", "value"]
 ACCURACY_COLUMNS = ["run_id", *CELL_COLUMNS, "episodes", "metric", "mean", "ci95", "train_steps", "train_seconds",
                     "eval_seconds", "seed", "target", "target_direction", "steps_to_target",
-                    "time_to_target_seconds", "compile_seconds"]
+                    "time_to_target_seconds", "first_step_seconds"]
 
 
 def _cells(run_dir: Path):
@@ -144,8 +144,7 @@ def _step_rows(data: dict, ident: dict) -> tuple[list[dict], list[dict]]:
 def _accuracy_row(a: dict, ident: dict) -> dict:
     row = {**ident, **{k: a.get(k) for k in ("episodes", "metric", "mean", "ci95", "train_steps", "train_seconds",
                                              "eval_seconds", "target", "target_direction", "steps_to_target",
-                                             "time_to_target_seconds")}}
-    row["compile_seconds"] = a.get("compile_seconds", a.get("first_step_seconds"))
+                                             "time_to_target_seconds", "first_step_seconds")}}
     if row["target_direction"] is None:
         row["target_direction"] = "min" if a.get("metric") == "mse" else "max"
     return row

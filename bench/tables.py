@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from bench import stats
@@ -170,7 +169,8 @@ def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torc
     rounds = {key: g["seconds"].to_numpy() for key, g in t.groupby(["spec", "algorithm", "phase", "adapter", "seed"])}
     out = []
     for (spec, algorithm, phase), g in s.groupby(["spec", "algorithm", "phase"], sort=False):
-        out += _compare_phase(g, baseline, lambda r: rounds.get((spec, algorithm, phase, r.adapter, r.seed), []))
+        key = (spec, algorithm, phase)
+        out += _compare_phase(g, baseline, lambda r, key=key: rounds.get((*key, r.adapter, r.seed), []))
     cmp = pd.DataFrame(out, columns=COMPARISON_COLUMNS)
     order = sorted(range(len(cmp)), key=lambda i: (*row_key(cmp.spec[i], cmp.algorithm[i], cmp.phase[i]),
                                                    _label_key(cmp.label[i], baseline)))

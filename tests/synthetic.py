@@ -110,7 +110,7 @@ def write_cell(run: Path, framework: str, spec: str, seed: int = 0, *, timing: s
         "episodes": EPISODES, "train_steps": 100, "train_seconds": 20.0 * scale, "eval_seconds": 1.0, "seed": seed,
         "target": TARGET[spec], "target_direction": "max" if metric == "accuracy" else "min",
         "steps_to_target": None if ttt is None else int(ttt * 5), "time_to_target_seconds": ttt,
-        "compile_seconds": FIRST_STEP[framework]}))
+        "first_step_seconds": FIRST_STEP[framework]}))
     pd.DataFrame({"episode": range(EPISODES), "value": values}).to_csv(d / "episodes.csv", index=False)
     steps = np.arange(0, 101, 20)
     pd.DataFrame({"step": steps, "train_seconds": steps * 0.2 * scale,

@@ -217,7 +217,7 @@ def test_old_runs_without_seeds_or_episodes_still_report(tmp_path):
         (cell_dir / "episodes.csv").unlink()
         acc = json.loads((cell_dir / "accuracy.json").read_text())
         for key in ("seed", "target", "target_direction", "steps_to_target", "time_to_target_seconds",
-                    "compile_seconds"):
+                    "first_step_seconds"):
             acc.pop(key)
         (cell_dir / "accuracy.json").write_text(json.dumps(acc))
         cell = json.loads((cell_dir / "cell.json").read_text())
@@ -288,7 +288,7 @@ def test_run_level_files(reported):
     assert list(ep.columns) == ["run_id", "framework", "algorithm", "adapter", "spec", "seed", "episode", "value"]
     assert len(ep) == syn.EPISODES * (3 + 3 + 1 + 3)  # omni: 3+3+1 seeds, sine: one each
     acc = pd.read_csv(run / "accuracy.csv")
-    assert {"seed", "target", "time_to_target_seconds", "steps_to_target", "compile_seconds"} <= set(acc.columns)
+    assert {"seed", "target", "time_to_target_seconds", "steps_to_target", "first_step_seconds"} <= set(acc.columns)
     merged = json.loads((run / "benchmark.json").read_text())
     assert merged["commit_info"] == {"id": "abc123", "dirty": False}
     assert merged["datetime"] == "2026-11-28T09:50:00+00:00"  # the run's own, not the report's

@@ -101,7 +101,11 @@ def test_steps_record_compile_time_apart(run_dir):
 def test_accuracy_has_one_row_per_cell_with_a_confidence_interval(run_dir):
     a = pd.read_csv(run_dir / "accuracy.csv")
     assert list(a.columns) == ["run_id", "framework", "algorithm", "adapter", "spec", "episodes", "metric", "mean",
-                               "ci95", "train_steps", "train_seconds", "eval_seconds"]
+                               "ci95", "train_steps", "train_seconds", "eval_seconds", "seed", "target",
+                               "target_direction", "steps_to_target", "time_to_target_seconds", "first_step_seconds"]
+    # every test episode's metric is kept, for paired comparisons across frameworks and seeds
+    e = pd.read_csv(run_dir / "episodes.csv")
+    assert len(e) == 8 * len(a) and set(e["seed"]) == {0}
     assert {(r.framework, r.algorithm, r.spec) for r in a.itertuples()} == CELLS
     assert (a["episodes"] == 8).all() and (a["train_steps"] == 2).all()
     acc = a[a["metric"] == "accuracy"]

@@ -20,8 +20,8 @@ from bench.adapter import AdapterInfo, MemoryReading  # noqa: E402
 from bench.algorithms import MetaOptimizer  # noqa: E402
 from bench.episodes import EpisodeBatch, sampler_for  # noqa: E402
 from bench.models import init_params  # noqa: E402
-from bench.training import task_metrics  # noqa: E402
 from bench.spec import load_spec  # noqa: E402
+from bench.training import task_metrics  # noqa: E402
 from implementations.tensorflow import common as tf_common  # noqa: E402
 from implementations.tensorflow.maml import TFMAML  # noqa: E402
 from implementations.tensorflow.protonet import TFProtoNet  # noqa: E402
