@@ -62,8 +62,23 @@ def gpu_driver() -> str | None:
         return None
 
 
-def collect_environment(framework: str | None, device: str, threads: int) -> dict[str, object]:
-    """A JSON-able record of the environment of one process."""
+def _plugin_distribution(target: str | None) -> dict[str, str]:
+    """The distribution that provides an adapter outside this project (a plugin), with its
+    version: a plugin's framework is named by the plugin, not known here."""
+    if not target:
+        return {}
+    top = target.partition(":")[0].split(".")[0]
+    if top in ("bench", "implementations"):
+        return {}
+    return package_versions(metadata.packages_distributions().get(top, ()))
+
+
+def collect_environment(framework: str | None, device: str, threads: int,
+                        adapter_target: str | None = None) -> dict[str, object]:
+    """A JSON-able record of the environment of one process: the versions of the known
+    frameworks' packages, of a package named like an unknown framework, and of the plugin
+    distribution that provides the adapter (``adapter_target``, "module:Class")."""
+    framework_packages = _FRAMEWORK_PACKAGES.get(framework or "", (framework,) if framework else ())
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -71,8 +86,8 @@ def collect_environment(framework: str | None, device: str, threads: int) -> dic
         "cpu_count": os.cpu_count(),
         "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "framework": framework,
-        "packages": package_versions(("numpy", "pandas", "pytest-benchmark",
-                                      *_FRAMEWORK_PACKAGES.get(framework or "", ()))),
+        "packages": {**package_versions(("numpy", "pandas", "pytest-benchmark", *framework_packages)),
+                     **_plugin_distribution(adapter_target)},
         "device": device,
         "gpu": gpu_driver() if device == "cuda" else None,
         "threads": threads,

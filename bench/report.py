@@ -389,6 +389,18 @@ def _fingerprints(manifest: dict) -> str:
     return "\n".join(lines) or "_none_"
 
 
+def thread_mismatches(run_dir: Path, asked) -> list[str]:
+    """Adapters whose framework reports another intra-op thread count than the run asked
+    for (a framework without a thread setting runs on whatever it likes): their times are
+    not comparable with the others'."""
+    out = {}
+    for env_path in sorted((run_dir / "cells").glob("*/environment.json")):
+        info = json.loads(env_path.read_text()).get("adapter_info", {})
+        if asked is not None and info.get("threads") != asked:
+            out[info.get("framework", env_path.parent.name)] = info.get("threads")
+    return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
+
+
 def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str = "torch") -> str:
     """``summary.md``: the parity verdict, the generated comparison tables (two screens),
     then the detail sections, the failures and the plots."""
@@ -398,10 +410,13 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     cells = tabs["status"].drop_duplicates("cell_id") if not tabs["status"].empty else tabs["steps"]
     marks = tables.parity_marks(parity, cells)
     legend = tables.marks_legend(marks)
+    unequal = thread_mismatches(run_dir, manifest.get("threads"))
+    threads = f"{manifest.get('threads')}" + (f" (**UNEQUAL**: {'; '.join(unequal)}: their step times are not "
+                                              "comparable)" if unequal else "")
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
 
 - command: `{manifest.get('command', '?')}`
-- profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {manifest.get('threads')}
+- profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {threads}
 - machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, Python {env.get('python')}
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}

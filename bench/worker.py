@@ -100,12 +100,14 @@ def main(argv=None) -> int:
         atomic.write_text(out / "build.error.txt", traceback.format_exc())
         log("build failed")
         return 1
+    from bench import registry
     from bench.environment import collect_environment
     from bench.profiles import PROFILES
 
-    env = collect_environment(cell.framework, cell.device, cell.threads)
+    env = collect_environment(cell.framework, cell.device, cell.threads, registry.get(cell.adapter).target)
     env["pinned_cores"] = cores
     env["adapter_info"] = adapter.describe().as_dict()
+    env["options"] = adapter.options  # every declared option, as used
     atomic.write_json(out / "environment.json", env, default=str)
     failed = False
     for phase in args.phases.split(","):

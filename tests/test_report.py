@@ -409,3 +409,15 @@ def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_pa
 
     assert main(["index", str(tmp_path)]) == 0
     assert (tmp_path / "README.md").read_text() == text  # regenerating replaces the block, never appends
+
+
+def test_a_framework_on_other_threads_is_flagged(tmp_path):
+    from bench.report import thread_mismatches
+
+    run = tmp_path / "run"
+    for name, threads in (("torch-maml__maml__s", 2), ("mylib-maml__maml__s", None)):
+        (run / "cells" / name).mkdir(parents=True)
+        (run / "cells" / name / "environment.json").write_text(
+            json.dumps({"adapter_info": {"framework": name.split("-")[0], "threads": threads}}))
+    assert thread_mismatches(run, 2) == ["mylib reports no threads"]
+    assert thread_mismatches(run, None) == []

@@ -10,6 +10,7 @@ import os
 
 import pytest
 
+from bench import registry
 from bench.algorithms import get as get_algorithm
 from bench.cell import Cell, build, pin_threads
 from bench.environment import collect_environment
@@ -48,6 +49,7 @@ def built(cell):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     cell = _cell(config)
-    machine_info["metabench"] = collect_environment(cell.framework, cell.device, cell.threads)
+    machine_info["metabench"] = collect_environment(cell.framework, cell.device, cell.threads,
+                                                    registry.get(cell.adapter).target)
     machine_info["metabench"]["pinned_cores"] = getattr(config, "_metabench_cores", [])
     machine_info["metabench"]["pid"] = os.getpid()

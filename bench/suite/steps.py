@@ -66,7 +66,7 @@ def test_step(benchmark, cell, built, phase, pytestconfig):
         "compilations_in_first_step": (compiled_first - compiled_before) if compiled_first is not None else None,
         "recompilations_while_timed": recompiled,
         "warmup_rounds": profile.warmup_rounds, "meta_batch_size": spec.meta_batch_size(cell.algorithm),
-        "adapter_info": info.as_dict(),
+        "adapter_info": info.as_dict(), "options": adapter.options,
     })
     # A recompilation inside the timed rounds would silently time the compiler: refuse it.
     assert not recompiled, f"{cell.adapter} recompiled {recompiled} time(s) while being timed"

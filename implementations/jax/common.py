@@ -10,7 +10,6 @@ HWIO (for NHWC convolutions), linear weights stay (out, in) and are applied as
 from __future__ import annotations
 
 import os
-import platform
 import warnings
 from dataclasses import dataclass
 
@@ -22,6 +21,7 @@ from jax import lax
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.algorithms import MetaOptimizer
+from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
 from bench.models import CONV_BLOCKS
 
 _threads: int | None = None  # what configure() was given, recorded by describe()
@@ -214,7 +214,7 @@ def describe(device: jax.Device, notes: str) -> AdapterInfo:
     if device.platform == "gpu":
         name, precision = device.device_kind, "float32, matmul precision highest (TF32 off)"
     else:
-        name, precision = platform.processor() or platform.machine(), "float32"
+        name, precision = cpu_model(), "float32"
     import jaxlib
     return AdapterInfo(framework="jax", framework_version=jax.__version__,
                        device="cuda" if device.platform == "gpu" else "cpu", device_name=name,

@@ -9,13 +9,12 @@ import/export; linear weights are stored (in, out) so that a layer is ``x @ W + 
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import tensorflow as tf
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
 from bench.algorithms import MetaOptimizer
+from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
 from bench.models import CONV_BLOCKS
 
 TASK_BATCHING = ("loop", "vectorized_map", "map_fn")
@@ -289,7 +288,7 @@ def describe(device: str, jit_compile: bool, dtype: tf.DType, notes: str, extra:
         name = tf.config.experimental.get_device_details(gpu).get("device_name", gpu.name)
         precision = f"{dtype.name}, TF32 off"
     else:
-        name = platform.processor() or platform.machine()
+        name = cpu_model()
         precision = dtype.name
     return AdapterInfo(framework="tensorflow", framework_version=tf.__version__, device=device,
                        device_name=name, compilation="xla" if jit_compile else "graph",

@@ -3,14 +3,13 @@ dict (``torch.func`` style), device placement, sync, memory and self-description
 
 from __future__ import annotations
 
-import platform
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from bench.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.algorithms import MetaOptimizer
+from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
 from bench.models import CONV_BLOCKS
 
 Params = dict[str, torch.Tensor]
@@ -144,7 +143,7 @@ def describe(device: torch.device, notes: str) -> AdapterInfo:
         name = torch.cuda.get_device_name(device)
         precision = "float32, TF32 off (matmul and cuDNN)"
     else:
-        name = platform.processor() or platform.machine()
+        name = cpu_model()
         precision = "float32"
     return AdapterInfo(framework="torch", framework_version=torch.__version__, device=device.type,
                        device_name=name, compilation="eager", precision=precision,
