@@ -154,6 +154,24 @@ def cmd_readme(args) -> int:
     return 1 if stale else 0
 
 
+def cmd_check(args) -> int:
+    """The contract on synthetic episodes, then (``--parity``) a quick parity run."""
+    from bench import check, registry
+    from bench.parity import REFERENCE, run_parity
+
+    results = check.check_in_subprocess(args.adapter, args.device, args.threads)
+    print(check.format_results(args.adapter, results))
+    failed = not all(r.ok for r in results)
+    entry = registry.get(args.adapter)
+    if args.parity and entry.framework != REFERENCE:
+        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in entry.algorithms) + \
+                ["omniglot-5w1s"] * ("protonet" in entry.algorithms)
+        failed |= bool(run_parity(specs=specs, algorithms=list(entry.algorithms), adapters=[args.adapter],
+                                  data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=2,
+                                  device=args.device, threads=args.threads))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="metabench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -238,6 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="regenerate results/README.md, the index of committed runs")
     p.add_argument("results_dir", nargs="?", default="results", help="folder of run folders (default results)")
     p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("check", help="an adapter's contract on synthetic episodes (seconds), and quick parity")
+    p.add_argument("adapter", metavar="ADAPTER")
+    p.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True,
+                   help="also compare with torch on 2 tasks (default: on; the reference is cached)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    data_flags(p)
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")
     p.add_argument("files", nargs="*", default=["README.md"], metavar="FILE")
