@@ -53,7 +53,7 @@ def _episode_fingerprints(cells, data_dir, cache_dir) -> dict:
                 n = spec.budget.eval_episodes
                 entry["episodes"]["test"] = {"count": n, "fingerprint": sampler_for(
                     spec, "test", data_dir=data_dir, cache_dir=cache_dir).fingerprint(n)}
-            seed = getattr(cell, "seed", 0)
+            seed = cell.seed
             train_key = f"train/{cell.algorithm}" + (f"/seed{seed}" if seed else "")
             if train_key not in entry["episodes"]:
                 n = min(spec.budget.meta_train_steps * spec.meta_batch_size(cell.algorithm), FINGERPRINT_TRAIN_CAP)
