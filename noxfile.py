@@ -1,4 +1,5 @@
-"""Sessions: ``nox -s tests`` (unit suite), ``nox -s bench`` (the benchmark), ``nox -s lint``.
+"""Sessions: ``nox -s tests`` (unit suite), ``nox -s bench`` (the benchmark), ``nox -s gpu``
+(the GPU check), ``nox -s lint``.
 
 Every session installs the project with all three frameworks. On a machine without an
 NVIDIA GPU, TensorFlow comes as ``tensorflow-cpu`` and torch is pinned to the CPU build
@@ -7,6 +8,7 @@ by ``.ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
 
 import os
 import shutil
+from datetime import UTC, datetime
 
 import nox
 
@@ -31,8 +33,9 @@ def env() -> dict[str, str]:
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The full unit suite, parity across frameworks included."""
-    install(session)
+    """The full unit suite, parity across frameworks included. autograd: the fourth-framework
+    example plugin (docs/examples/metabench-autograd-protonet), installed and tested."""
+    install(session, "autograd>=1.7")
     session.run("pytest", *session.posargs, env=env())
 
 
@@ -44,6 +47,20 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def gpu(session: nox.Session) -> None:
+    """The GPU check, one command on a machine with an NVIDIA GPU: every framework's
+    maths against torch's on the GPU (float64 and float32, GPU tolerance), then the cpu
+    profile's timing and memory phases on the GPU, into results/<UTC time>-gpu-check/.
+    Extra arguments go to that run (e.g. ``-- --frameworks torch,jax``)."""
+    if not HAS_GPU:
+        session.error("nox -s gpu needs an NVIDIA GPU: nvidia-smi was not found")
+    install(session)
+    session.run("metabench", "parity", "--device", "cuda", env=env())
+    session.run("metabench", "run", "--profile", "cpu", "--device", "cuda", "--phases", "timing,memory",
+                "--run-id", f"{datetime.now(UTC):%Y%m%d-%H%M%S}-gpu-check", *session.posargs, env=env())
+
+
+@nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
-    session.run("ruff", "check", "bench", "implementations", "tests", "noxfile.py")
+    session.run("ruff", "check", "bench", "implementations", "tests", "noxfile.py", "docs/examples")

@@ -1,9 +1,11 @@
 """The adapter contract: what every implementation (framework x algorithm) provides.
 
 The harness owns specs, episodes, timing and results; an adapter owns the model maths and
-nothing else. It never times itself, never writes files, never parses specs (it receives
-a validated ``EpisodeSpec``). One adapter instance holds one model's parameters and its
-meta-optimizer state, on one device.
+nothing else. It never times itself, never writes files, never reads specs: it is built
+from a spec, and reads ``self.config`` (``bench.algorithms.AdapterConfig``: the model, the
+episode shapes, the inner loop, the meta-optimizer), which the harness resolves from it.
+One adapter instance holds one model's parameters and its meta-optimizer state, on one
+device.
 
 Calling sequence (``bench.worker`` and the timing suite)::
 
@@ -36,6 +38,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from bench.algorithms import AdapterConfig
 from bench.algorithms import get as get_algorithm
 from bench.episodes import EpisodeBatch
 from bench.spec import EpisodeSpec
@@ -97,6 +100,9 @@ class Adapter(abc.ABC):
 
     framework: ClassVar[str]
     algorithms: ClassVar[tuple[str, ...]]   # e.g. ("maml", "fomaml") or ("protonet",)
+    # True in a skeleton from ``metabench new-adapter`` until its maths is written: the
+    # placeholder passes the contract checks, and parity says why it fails.
+    placeholder: ClassVar[bool] = False
     # Options this class accepts; subclasses extend it: ``OPTIONS = {**Base.OPTIONS, ...}``.
     OPTIONS: ClassVar[dict[str, Option]] = {
         "dtype": Option(str, "float32", ("float32", "float64"),
@@ -122,17 +128,20 @@ class Adapter(abc.ABC):
         inter-op parallelism is set to 1 in every framework.
         """
 
-    def __init__(self, spec: EpisodeSpec, algorithm: str, params: dict[str, np.ndarray],
+    def __init__(self, spec: EpisodeSpec | AdapterConfig, algorithm: str, params: dict[str, np.ndarray],
                  device: str = "cpu", options: dict[str, Any] | None = None):
         if algorithm not in self.algorithms:
             raise ValueError(f"{type(self).__name__} serves {self.algorithms}, not {algorithm!r}")
         problems = self.option_problems(dict(options or {}))
         if problems:
             raise ValueError(f"{type(self).__name__}: {problems[0]}")
-        self.spec = spec.for_algorithm(algorithm)
+        # the little an adapter may read of the spec, resolved for its algorithm (FOMAML's
+        # first_order set); the spec itself stays with the harness
+        self.config: AdapterConfig = (spec if isinstance(spec, AdapterConfig)
+                                      else get_algorithm(algorithm).adapter_config(spec.for_algorithm(algorithm)))
         self.algorithm = algorithm
         # the outer-loop optimizer, from the harness: every framework reproduces it
-        self.meta_optimizer = get_algorithm(algorithm).meta_optimizer(self.spec)
+        self.meta_optimizer = self.config.meta_optimizer
         self.device = device
         # every declared option with its value: what the results record as used
         self.options = {name: opt.default for name, opt in self.OPTIONS.items()} | dict(options or {})
@@ -196,6 +205,13 @@ class Adapter(abc.ABC):
 
     def peak_memory(self) -> MemoryReading:
         return MemoryReading(None, None)
+
+    def gemm(self, n: int):
+        """A function doing one ``n`` x ``n`` float32 matrix product on the adapter's device
+        and waiting for it, or None: ``bench.suite`` times it to measure what the machine's
+        matrix multiply does in this framework (a step's share of that peak is in the
+        report). The framework base classes provide it."""
+        return None
 
     def compilation_count(self) -> int | None:
         """How many times the step functions have been traced/compiled so far, or None for

@@ -6,9 +6,9 @@ algorithm it serves, on a regression spec (MAML family) and a small image spec, 
 what the harness relies on (``bench.adapter``): parameters round-trip in the canonical
 layout, the probe's and the predictions' shapes, that an outer step changes the parameters
 deterministically and leaves a finite loss, that the probe leaves the parameters alone, that
-identical steps do not recompile, and that the float64 diagnostic builds. The same checks
-run in the test suite for every registered adapter, plugins included
-(``tests/test_adapter_contract.py``).
+identical steps do not recompile, that the float64 diagnostic builds, and that ``sync``
+waits for a step's results. The same checks run in the test suite for every registered
+adapter, plugins included (``tests/test_adapter_contract.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 import traceback
 from dataclasses import dataclass, replace
 
@@ -54,16 +55,25 @@ def small_specs(algorithm: str) -> list[EpisodeSpec]:
     return [s for s in specs if algorithm in s.algorithms()]
 
 
-def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0) -> EpisodeBatch:
+def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0, tasks: int = BATCH) -> EpisodeBatch:
     """Episodes of ``shape`` without data files: real sinusoid tasks, or random images
     with class-major labels (the layout of ``bench.episodes``)."""
     if spec.is_regression:
-        return EpisodeSampler(spec, "train", shape).batch(seed * BATCH, BATCH)
+        return EpisodeSampler(spec, "train", shape).batch(seed * tasks, tasks)
     rng = np.random.default_rng(seed)
     n, k, q, s = shape.n_way, shape.k_shot, shape.n_query, spec.data.image_size
-    labels = lambda m: np.broadcast_to(np.repeat(np.arange(n), m), (BATCH, n * m)).copy()
-    images = lambda m: rng.random((BATCH, n * m, s, s, 1), dtype=np.float32)
-    return EpisodeBatch(images(k), labels(k), images(q), labels(q), np.zeros((BATCH, 1)))
+    labels = lambda m: np.broadcast_to(np.repeat(np.arange(n), m), (tasks, n * m)).copy()
+    images = lambda m: rng.random((tasks, n * m, s, s, 1), dtype=np.float32)
+    return EpisodeBatch(images(k), labels(k), images(q), labels(q), np.zeros((tasks, 1)), shape)
+
+
+# The sync check times one outer step on a meta-batch this large (the small image spec):
+# long enough (10-20 ms in JAX on a CPU) that reading the results after a sync that did not
+# wait takes most of the step, while reading after a real sync is a copy of a few kB.
+SYNC_TASKS = 16
+SYNC_ROUNDS = 3
+# Fraction of a step's time that reading its results may take after sync returned.
+SYNC_READ_FRACTION = 0.5
 
 
 class CheckFailed(AssertionError):
@@ -87,8 +97,10 @@ def _same_params(a: dict, b: dict) -> str | None:
     return None
 
 
-def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, device: str = "cpu"):
-    """(check name, function) pairs for one case; each function raises CheckFailed."""
+def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, device: str = "cpu",
+                    with_sync: bool = False):
+    """(check name, function) pairs for one case; each function raises CheckFailed.
+    ``with_sync`` adds the sync check (timed, on a larger batch: once per adapter)."""
     algo = get_algorithm(algorithm)
     spec = algo.resolve(spec)
     init = init_params(spec, algorithm)
@@ -169,13 +181,41 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         _expect(all(np.asarray(g).dtype == np.float64 for g in grads),
                 "options dtype=float64 must compute (and return) float64: the parity's float64 tier needs it")
 
-    return [("parameters round-trip in the canonical layout", params_round_trip),
+    def sync_waits():
+        """After ``sync(out)`` returns, the step is computed: reading its loss and the new
+        parameters then costs a copy. A sync that does not wait (asynchronous dispatch:
+        JAX, CUDA) leaves the compute to whoever reads next, and the harness would time the
+        dispatch only. On a device that runs every op synchronously (torch and TF on a
+        CPU) a missing sync cannot be seen, and there it costs nothing either."""
+        a = build()
+        b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
+        a.sync(a.outer_step(b))  # compiles
+        fractions = []
+        for _ in range(SYNC_ROUNDS):
+            t0 = time.perf_counter()
+            loss = a.outer_step(b)
+            a.sync(loss)
+            t1 = time.perf_counter()
+            float(np.asarray(loss))
+            a.get_params()
+            t2 = time.perf_counter()
+            fractions.append((t2 - t1) / (t2 - t0))
+        f = float(np.median(fractions))
+        _expect(f <= SYNC_READ_FRACTION,
+                f"reading the results after sync() took {f:.0%} of the step ({(t2 - t0) * 1e3:.1f} ms): "
+                f"sync must block until the returned loss and the updated parameters are computed "
+                f"(e.g. jax.block_until_ready, torch.cuda.synchronize)")
+
+    checks = [("parameters round-trip in the canonical layout", params_round_trip),
             ("probe: support loss, query outputs, meta-gradient per parameter", probe_layout),
             ("predict: query outputs [B, n_query, n_out]", predictions_layout),
             ("every timed phase runs", steps_run),
             ("outer step: deterministic, finite, changes the parameters", outer_step_is_deterministic_and_learns),
             ("identical steps do not recompile", identical_steps_do_not_recompile),
             ("the float64 diagnostic builds and computes float64", float64_diagnostic_builds)]
+    if with_sync:
+        checks.append(("sync waits for the step's results", sync_waits))
+    return checks
 
 
 def run_contract(name: str, device: str = "cpu", threads: int = 1) -> list[Result]:
@@ -187,7 +227,9 @@ def run_contract(name: str, device: str = "cpu", threads: int = 1) -> list[Resul
     for algorithm in entry.algorithms:
         for spec in small_specs(algorithm):
             case = f"{spec.name} / {algorithm}"
-            for check, fn in contract_checks(cls, entry.options, spec, algorithm, device):
+            # the sync check once per adapter: its first algorithm's image case
+            with_sync = algorithm == entry.algorithms[0] and not spec.is_regression
+            for check, fn in contract_checks(cls, entry.options, spec, algorithm, device, with_sync):
                 try:
                     fn()
                     results.append(Result(check, case, True))

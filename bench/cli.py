@@ -96,7 +96,7 @@ def cmd_parity(args) -> int:
     return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=frameworks,
                       adapters=args.adapters, data_dir=args.data_dir, cache_dir=args.cache_dir,
                       tolerance=args.tolerance, batch_size=args.batch_size, device=args.device, out=args.out,
-                      use_cache=not args.no_cache)
+                      use_cache=not args.no_cache, quick=args.quick)
 
 
 def cmd_report(args) -> int:
@@ -157,19 +157,32 @@ def cmd_readme(args) -> int:
 def cmd_check(args) -> int:
     """The contract on synthetic episodes, then (``--parity``) a quick parity run."""
     from bench import check, registry
-    from bench.parity import REFERENCE, run_parity
+    from bench.parity import reference_adapter, run_parity
 
     results = check.check_in_subprocess(args.adapter, args.device, args.threads)
     print(check.format_results(args.adapter, results))
     failed = not all(r.ok for r in results)
     entry = registry.get(args.adapter)
-    if args.parity and entry.framework != REFERENCE:
-        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in entry.algorithms) + \
-                ["omniglot-5w1s"] * ("protonet" in entry.algorithms)
-        failed |= bool(run_parity(specs=specs, algorithms=list(entry.algorithms), adapters=[args.adapter],
+    compared = [a for a in entry.algorithms if reference_adapter(a) != args.adapter]  # torch variants too
+    if args.parity and compared:
+        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in compared) + \
+                ["omniglot-5w1s"] * ("protonet" in compared)
+        failed |= bool(run_parity(specs=specs, algorithms=compared, adapters=[args.adapter],
                                   data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=2,
-                                  device=args.device, threads=args.threads))
+                                  device=args.device, threads=args.threads, quick=True))
     return 1 if failed else 0
+
+
+def cmd_new_adapter(args) -> int:
+    """Write a plugin package skeleton whose placeholder maths passes the contract, not parity."""
+    from bench import scaffold
+
+    root = scaffold.new_adapter(args.name, args.framework, args.algorithm, args.dir)
+    print(f"wrote {root}/: {', '.join(scaffold.render(args.name, args.framework, args.algorithm))}")
+    print("write every TODO(maths) of the module, then delete its line placeholder = True. Next:")
+    for line in scaffold.next_steps(root, args.name, args.algorithm):
+        print(f"  {line}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=4, help="tasks in the compared meta-batch")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--out", help="write the table as CSV here")
+    p.add_argument("--quick", action="store_true",
+                   help="the same comparisons on 16-filter models and small episodes: seconds, for iterating")
     p.add_argument("--no-cache", action="store_true",
                    help="recompute torch's reference results instead of reading them from the cache")
     data_flags(p)
@@ -265,6 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1)
     data_flags(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("new-adapter", help="write a plugin package skeleton for a new adapter (docs/adapters.md)")
+    p.add_argument("name", metavar="NAME", help="the adapter's name: lowercase words joined by '-', "
+                                                "e.g. mylib-protonet")
+    p.add_argument("--framework", required=True, help="the framework it runs in, e.g. mylib")
+    p.add_argument("--algorithm", required=True, help=f"one of {','.join(ALGORITHM_NAMES)}")
+    p.add_argument("--dir", default=".", help="where the package folder metabench-NAME goes (default: here)")
+    p.set_defaults(func=cmd_new_adapter)
 
     p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")
     p.add_argument("files", nargs="*", default=["README.md"], metavar="FILE")

@@ -50,6 +50,10 @@ class EpisodeBatch:
     # What the batch was drawn from: class and sample indices (omniglot) or the task
     # parameters (sinusoid). Not used by adapters; hashed into fingerprints.
     provenance: np.ndarray
+    # Every episode's shape (way, shot, query per class), so that an adapter never
+    # re-derives it from array sizes; rows are class-major (class c's rows are
+    # c*k .. c*k+k-1 in the support set, c*q .. c*q+q-1 in the query set).
+    shape: EpisodeShape | None = None
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -57,7 +61,7 @@ class EpisodeBatch:
     def task(self, i: int) -> EpisodeBatch:
         """Episode ``i`` alone, as a batch of one."""
         return EpisodeBatch(*(a[i:i + 1] for a in (self.support_x, self.support_y, self.query_x,
-                                                      self.query_y, self.provenance)))
+                                                      self.query_y, self.provenance)), shape=self.shape)
 
 
 class EpisodeSampler:
@@ -145,7 +149,7 @@ class EpisodeSampler:
         support_y = np.broadcast_to(np.repeat(labels, k), (size, n * k)).copy()
         query_y = np.broadcast_to(np.repeat(labels, q), (size, n * q)).copy()
         provenance = np.concatenate([class_idx[:, :, None], sample_idx], axis=2)
-        return EpisodeBatch(support_x, support_y, query_x, query_y, provenance)
+        return EpisodeBatch(support_x, support_y, query_x, query_y, provenance, self.shape)
 
     def _sinusoid_batch(self, start: int, size: int) -> EpisodeBatch:
         d = self.spec.data
@@ -158,7 +162,7 @@ class EpisodeSampler:
             params.append(task)
         x, y = np.stack(xs), np.stack(ys)
         provenance = np.concatenate([np.asarray(params, dtype=np.float64), x[..., 0].astype(np.float64)], axis=1)
-        return EpisodeBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], provenance)
+        return EpisodeBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], provenance, self.shape)
 
     def fingerprint(self, count: int, start: int = 0, chunk: int = 256) -> str:
         """sha256 of the dataset identity, the episode shape and the class and sample

@@ -24,7 +24,15 @@ framework (``params_after_error``).
 The reference's results are cached (``<cache dir>/parity/``), keyed by everything they
 depend on: the spec as resolved, the algorithm, the episodes' fingerprint, the batch size,
 device and threads, torch's version and the source of the reference adapters and of this
-module. Iterating on a new adapter then reruns only that adapter's process.
+module. Iterating on a new adapter then reruns only that adapter's process; ``--quick``
+(``metabench check``, the smoke profile) compares the same maths on 16-filter models and
+small episodes. A torch adapter other than the reference (a variant, a plugin) is compared
+like any framework, in a process of its own.
+
+A failed comparison is diagnosed in one line (``diagnose``): the tier, the first quantity
+that differs in the order the maths computes them (support loss, adapted query outputs,
+meta-gradient, parameters after Adam), what that part of the maths is, and the
+meta-gradient's error parameter by parameter.
 """
 
 from __future__ import annotations
@@ -113,11 +121,45 @@ def _adapter_name(framework: str, algorithm: str) -> str:
                        f"{', '.join(sorted({e.framework for e in registry.entries().values()}))}")
 
 
+def reference_adapter(algorithm: str) -> str:
+    """The adapter every other is compared with for ``algorithm``: the reference
+    framework's default one. Its variants (another torch adapter) are compared with it."""
+    return _adapter_name(REFERENCE, algorithm)
+
+
+def _process(framework: str) -> str:
+    """The process a compared adapter runs in: its framework's, or for variants of the
+    reference framework one apart from the reference's own (whose results are cached)."""
+    return framework if framework != REFERENCE else f"{REFERENCE}-variants"
+
+
+QUICK_HIDDEN = 16  # quick parity's filters (Conv-4) or units (MLP)
+
+
+def quick_spec(spec):
+    """Quick parity (``--quick``; ``metabench check`` and the smoke profile use it): the
+    same maths on a smaller problem, in seconds. Conv-4 and the MLP get 16 filters or units
+    instead of 64 or 40, and ProtoNet trains at the test episode's shape (Snell's 60-way
+    training episodes are most of the full comparison's time)."""
+    from dataclasses import replace
+
+    model = replace(spec.model, hidden=min(spec.model.hidden, QUICK_HIDDEN))
+    protonet = spec.protonet and replace(spec.protonet, train_n_way=0, train_n_query=0)
+    return replace(spec, model=model, protonet=protonet)
+
+
+def request_spec(request: dict):
+    """The spec of one request, as its algorithm sees it (quick: smaller, see ``quick_spec``)."""
+    from bench.spec import load_spec
+
+    spec = load_spec(request["spec"]).for_algorithm(request["algorithm"])
+    return quick_spec(spec) if request.get("quick") else spec
+
+
 def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
     """In the framework's process: the quantities for each request, keyed ``<i>/<quantity>``."""
     from bench.episodes import sampler_for
     from bench.models import init_params
-    from bench.spec import load_spec
 
     out: dict[str, np.ndarray] = {}
     configured, adapters = set(), []
@@ -128,11 +170,12 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
             cls.configure(req["threads"], device)
             configured.add(cls)
         algorithm = req["algorithm"]
-        spec = load_spec(req["spec"]).for_algorithm(algorithm)
+        spec = request_spec(req)
         params = init_params(spec, algorithm)
         sampler = sampler_for(spec, "train", algorithm, data_dir=req["data_dir"], cache_dir=req["cache_dir"])
         episodes = sampler.batch(0, req["batch_size"])
         adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
+        out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
     # float32 first: the float64 diagnostic may switch a process-wide setting (JAX's x64)
     for tag, dtype in (("", "float32"), (F64, "float64")):
         for i, cls, spec, algorithm, params, options, episodes in adapters:
@@ -155,6 +198,7 @@ def _quantities(adapter, batch, params, prefix: str, out: dict) -> None:
 
 
 def _run_framework(framework: str, requests: list[dict], device: str, workdir: Path) -> dict | str:
+    """``requests`` computed in one process named ``framework`` (see ``_process``)."""
     req_path, out_path = workdir / f"{framework}.json", workdir / f"{framework}.npz"
     req_path.write_text(json.dumps({"device": device, "requests": requests}))
     proc = subprocess.run([sys.executable, "-m", "bench.parity", str(req_path), str(out_path)],
@@ -181,9 +225,8 @@ def _source_digest() -> str:
 def reference_key(request: dict, device: str) -> str:
     """The cache key of one reference request (see the module docstring)."""
     from bench.episodes import sampler_for
-    from bench.spec import load_spec
 
-    spec = load_spec(request["spec"]).for_algorithm(request["algorithm"])
+    spec = request_spec(request)
     sampler = sampler_for(spec, "train", request["algorithm"], data_dir=request["data_dir"],
                           cache_dir=request["cache_dir"])
     try:
@@ -233,13 +276,13 @@ def _reference_results(requests: list[dict], device: str, workdir: Path, cache: 
 
 def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
     """(framework, adapter, algorithm) to compare with torch: each framework's default
-    adapter, or the named adapters (variants included)."""
+    adapter, or the named adapters (variants included, torch's own among them)."""
     if adapters:
         out = []
         for name in adapters:
             entry = registry.get(name)
-            if entry.framework != REFERENCE:
-                out += [(entry.framework, name, a) for a in entry.algorithms if a in algorithms]
+            out += [(entry.framework, name, a) for a in entry.algorithms
+                    if a in algorithms and name != reference_adapter(a)]
         return out
     known = sorted({e.framework for e in registry.entries().values()})
     for f in frameworks:
@@ -252,9 +295,10 @@ def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
 
 def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=None, cache_dir=None,
                tolerance=None, batch_size=4, device="cpu", threads=None, out=None, echo=print,
-               use_cache: bool = True) -> int:
+               use_cache: bool = True, quick: bool = False) -> int:
     """Print the parity table; return 0 when every error is within tolerance, else 1.
-    ``use_cache``: take the reference's results from the cache where it has them."""
+    ``use_cache``: take the reference's results from the cache where it has them.
+    ``quick``: the same comparisons on smaller models and episodes (``quick_spec``)."""
     import os
 
     import pandas as pd
@@ -275,13 +319,13 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
         plan[REFERENCE].append((ci, _adapter_name(REFERENCE, algorithm)))
         for framework, name, a in targets:
             if a == algorithm:
-                plan.setdefault(framework, []).append((ci, name))
+                plan.setdefault(_process(framework), []).append((ci, name))
     results = {}
     with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
         for framework, pairs in plan.items():
             requests = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2],
                          "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
-                         "cache_dir": cache_dir} for ci, name in pairs]
+                         "cache_dir": cache_dir, "quick": quick} for ci, name in pairs]
             if framework == REFERENCE:
                 cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
                 results[framework] = _reference_results(requests, device, Path(tmp), cache, echo)
@@ -298,7 +342,8 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
         res = results[framework]
         for k, (ci, name) in enumerate(pairs):
             spec_ref, spec_name, algorithm = combos[ci]
-            row = {"framework": framework, "adapter": name, "spec": spec_name, "algorithm": algorithm}
+            row = {"framework": registry.get(name).framework, "adapter": name, "spec": spec_name,
+                   "algorithm": algorithm}
             if isinstance(res, dict):
                 spec = load_spec(spec_ref).for_algorithm(algorithm)
                 lr = get_algorithm(algorithm).meta_optimizer(spec).lr
@@ -314,6 +359,9 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
                 row["ok64"] = all(errors64[q] <= TOLERANCE_64 for q in QUANTITIES)
                 row["ok32"] = all(errors[q] <= max(tolerance, FLOOR_FACTOR * floors[q]) for q in QUANTITIES)
                 row["ok"] = row["ok64"] and row["ok32"]
+                if not row["ok"]:
+                    row["diagnosis"] = diagnose(res, ref, (p32, r32, p64, r64), errors, errors64, floors, own,
+                                                tolerance, algorithm, bool(res.get(f"{k}/placeholder", False)))
             else:
                 row.update({q: float("nan") for q in QUANTITIES})
                 row["ok"], row["error"] = False, res
@@ -329,7 +377,8 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
                          "quantity": q, "float32": _fmt(r[q]), f"{REFERENCE} f32 floor": _fmt(r.get(f"{q}_floor")),
                          "own f32 floor": _fmt(r.get(f"{q}_own_floor")), "float64": _fmt(r.get(f"{q}_64")),
                          "ok": bool(r["ok"]) if q == QUANTITIES[0] else ""})
-    echo(f"max relative error against {REFERENCE} (device {device}, {batch_size} tasks). Pass: float64 error "
+    size = f"quick: {QUICK_HIDDEN} filters or units, ProtoNet at the test shape; " if quick else ""
+    echo(f"max relative error against {REFERENCE} ({size}device {device}, {batch_size} tasks). Pass: float64 error "
          f"<= {TOLERANCE_64:g} (the same function) and float32 error <= max({tolerance:g}, {FLOOR_FACTOR:g} x "
          f"{REFERENCE}'s float32-vs-float64 error); 'own f32 floor' is the framework's own float32-vs-float64 error.")
     echo(pd.DataFrame(long).to_markdown(index=False))
@@ -340,10 +389,85 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
         table.to_csv(out, index=False)
     failed = table[~table["ok"]]
     if len(failed):
-        echo(f"metabench parity: FAILED for {len(failed)} of {len(table)} comparisons")
+        for _, r in failed.iterrows():
+            if isinstance(r.get("diagnosis"), str):
+                echo(f"FAILED {r['adapter']} on {r['spec']} / {r['algorithm']}: {r['diagnosis']}")
+        names = ", ".join(f"{r['adapter']} on {r['spec']} / {r['algorithm']}" for _, r in failed.iterrows())
+        echo(f"metabench parity: FAILED for {len(failed)} of {len(table)} comparisons: {names}")
         return 1
     echo(f"metabench parity: all {len(table)} comparisons within {tolerance:g}")
     return 0
+
+
+# Where a float64 difference first appears says which part of the maths differs: the
+# probe's quantities in the order they are computed.
+_WHERE = {
+    "maml": {
+        "support_loss": "the loss before adaptation differs: the forward pass or the loss (model, "
+                        "BatchNorm, padding, pooling, loss reduction)",
+        "query_logits": "the loss before adaptation agrees, the adapted query outputs do not: the inner "
+                        "update (its sign, step size or number of steps, or what it updates)",
+        "meta_grad": "the outputs agree, the meta-gradient does not: its order (second or first), the "
+                     "meta-loss's mean over tasks, or one layer's gradient",
+    },
+    "protonet": {
+        "support_loss": "the episode loss differs: the embedding (model, BatchNorm, padding, pooling), "
+                        "the prototypes (class means), the distance (squared Euclidean) or the loss",
+        "query_logits": "the episode loss agrees, the query logits (negative squared distances to the "
+                        "prototypes) do not",
+        "meta_grad": "the logits agree, the gradient does not: the loss's mean over episodes, or one "
+                     "layer's gradient",
+    },
+}
+_WHERE_ADAM = ("the meta-gradient agrees, the parameters after one outer step do not: the Adam update "
+               "(step size, betas, eps and its placement, the first step's bias correction)")
+
+
+def _by_parameter(res: dict, ref: dict, prefix: str, ref_prefix: str, limit: float, most: int = 4) -> str:
+    """The meta-gradient's error parameter by parameter (model order), those above
+    ``limit``: which layers the difference is in."""
+    names = [k[len(prefix) + len("meta_grad/"):] for k in res if k.startswith(prefix + "meta_grad/")]
+    errs = {n: relative_error(res[f"{prefix}meta_grad/{n}"], ref[f"{ref_prefix}meta_grad/{n}"]) for n in names}
+    over = [f"{n} {e:.1e}" for n, e in errs.items() if e > limit]
+    if not over:
+        return ""
+    more = f" (+{len(over) - most} more)" if len(over) > most else ""
+    return f"; meta-gradient by parameter: {', '.join(over[:most])}{more} of {len(errs)}"
+
+
+def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floors: dict, own: dict,
+             tolerance: float, algorithm: str, placeholder: bool = False) -> str:
+    """One line for a failed comparison: which tier failed, the first quantity (in the
+    order the maths computes them) that differs, what that part of the maths is, and the
+    meta-gradient's error by parameter."""
+    p32, r32, p64, r64 = prefixes
+    where = _WHERE["protonet" if get_algorithm(algorithm).section == "protonet" else "maml"]
+    head = ("still the placeholder maths of `metabench new-adapter` (its class sets placeholder = True): "
+            "write the methods marked TODO(maths), then remove that line. " if placeholder else "")
+    bad64 = [q for q in QUANTITIES if not errors64[q] <= TOLERANCE_64]
+    if bad64:
+        first = bad64[0]
+        agree = [f"{q} agrees to {errors64[q]:.1e}" for q in QUANTITIES[:QUANTITIES.index(first)]]
+        near_f32 = 1e-9 < errors64[first] <= 1e-4
+        cause = ("an error of float32 size: more likely an op of this framework that computes in float32 "
+                 "(or with float32 constants) when asked for float64 than different maths"
+                 if near_f32 else where.get(first, _WHERE_ADAM))
+        return (f"{head}float64 differs from {REFERENCE} first at {first} ({errors64[first]:.1e} > "
+                f"{TOLERANCE_64:g}{'; ' + ', '.join(agree) if agree else ''}): {cause}. Either the maths "
+                f"differs or the framework's float64 is not float64 for some op (docs/fairness.md)"
+                + _by_parameter(res, ref, p64, r64, TOLERANCE_64))
+    bad32 = [q for q in QUANTITIES if not errors[q] <= max(tolerance, FLOOR_FACTOR * floors[q])]
+    q = bad32[0]
+    limit = max(tolerance, FLOOR_FACTOR * floors[q])
+    cause = (f"this framework's own float32 is {own[q]:.1e} from its float64, {REFERENCE}'s {floors[q]:.1e}: its "
+             f"float32 loses precision somewhere (a reduction summed in float32 one element after another, a "
+             f"variance from E[x^2] - E[x]^2, ...)" if own[q] > limit else
+             "float32 rounding of a different order of operations (fused kernels, reduction order) or an "
+             "ill-conditioned batch")
+    return (f"{head}float64 agrees (the same function); float32 {q} is {errors[q]:.1e} from {REFERENCE}'s, "
+            f"above max({tolerance:g}, {FLOOR_FACTOR:g} x {REFERENCE}'s own float32 error {floors[q]:.1e}): "
+            f"{cause} (docs/fairness.md)"
+            + _by_parameter(res, ref, p32, r32, max(tolerance, FLOOR_FACTOR * floors["meta_grad"])))
 
 
 def _fmt(x) -> str:

@@ -1,7 +1,7 @@
 """Budget profiles: how much to train, evaluate and time, never what an episode is.
 
 ``smoke`` proves the pipeline in seconds per cell (MAML and ProtoNet unless
-``--algorithms`` says otherwise, no parity phase: ``bench.runner``); ``cpu`` is the default without a GPU
+``--algorithms`` says otherwise, and a quick parity check: ``bench.runner``); ``cpu`` is the default without a GPU
 (minutes per cell on a 2-core machine, enough to reach the accuracy targets); ``paper``
 keeps the spec's own budget (the papers' 60k-iteration protocols: GPU hours).
 
@@ -31,6 +31,9 @@ class Profile:
     # only a hang (a deadlock, a runaway compile) reaches them.
     time_limits: dict[str, float] = field(default_factory=lambda: {"timing": HOUR, "memory": HOUR,
                                                                    "accuracy": 24 * HOUR})
+    # The parity phase's comparisons on smaller models and episodes (bench.parity.quick_spec):
+    # the same maths checked in seconds, where a profile's whole run takes minutes.
+    quick_parity: bool = False
 
     def time_limit(self, phases) -> float:
         """The limit of one process running ``phases`` one after the other, in seconds."""
@@ -59,7 +62,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "seconds per cell: proves every phase runs (CI)", _smoke,
                      warmup_rounds=1, rounds=3, memory_steps=1,
                      # a smoke cell takes 5-60 s per phase (JAX and TF compile on 2 cores)
-                     time_limits={"timing": 600, "memory": 300, "accuracy": 600}),
+                     time_limits={"timing": 600, "memory": 300, "accuracy": 600}, quick_parity=True),
     "cpu": Profile("cpu", "minutes per cell on a laptop-class CPU: reaches the accuracy targets",
                    _cpu, warmup_rounds=3, rounds=20, memory_steps=2,
                    # cpu-all on 2 cores (README): timing up to ~5 min, accuracy up to ~25 min a cell

@@ -23,6 +23,7 @@ cell's ``status.json``: a failed, timed-out or diverged phase never enters a med
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -137,7 +138,8 @@ def _step_rows(data: dict, ident: dict) -> tuple[list[dict], list[dict]]:
                       "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
                       "first_step_seconds": extra.get("first_step_seconds"),
                       "recompilations": extra.get("recompilations_while_timed"),
-                      **{k: st.get(k) for k in STAT_KEYS}, "median_ci_low": lo, "median_ci_high": hi})
+                      **{k: st.get(k) for k in STAT_KEYS}, "median_ci_low": lo, "median_ci_high": hi,
+                      "flops": extra.get("flops"), "gemm_gflops": extra.get("gemm_gflops")})
     return rounds, steps
 
 
@@ -253,8 +255,16 @@ def _detail_steps_table(steps: pd.DataFrame, marks: dict) -> str:
         })
         if phase != tables.SAMPLING:  # host-side numpy is shown, never ranked
             t["x fastest"] = (g["median"] / fastest).map(lambda r: f"{r:.2f}")
+            if "flops" in g and g["flops"].notna().any():  # analytic counts (bench.flops); older runs lack them
+                rate = [f / m / 1e9 if not tables.is_missing(f) and m else math.nan
+                        for f, m in zip(g["flops"], g["median"])]
+                t["GFLOP/s"] = [f"{r:.1f}" if not math.isnan(r) else "" for r in rate]
+                # the share of what this framework's matrix multiply does here: room left, or none
+                t["% GEMM peak"] = [f"{100 * r / p:.0f}%" if not math.isnan(r) and not tables.is_missing(p) and p
+                                    else "" for r, p in zip(rate, g.get("gemm_gflops", [None] * len(g)))]
         t = t.iloc[g["adapter"].to_numpy().argsort(kind="stable")]
-        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.to_markdown(index=False)}\n")
+        # as formatted: tabulate would re-parse "1.00" and "80.0" as numbers and drop their decimals
+        lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.to_markdown(index=False, disable_numparse=True)}\n")
     return "\n".join(lines)
 
 
@@ -316,7 +326,8 @@ def _parity_rows(t: pd.DataFrame) -> list[dict]:
             continue
         rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": bool(r.ok),
                      "meta_grad float32 (torch floor)": f"{r.meta_grad:.1e} ({r.meta_grad_floor:.1e})",
-                     "max float64": f"{max(getattr(r, q + '_64') for q in QUANTITIES):.1e}"})
+                     "max float64": f"{max(getattr(r, q + '_64') for q in QUANTITIES):.1e}",
+                     "diagnosis": d if isinstance(d := getattr(r, "diagnosis", None), str) else ""})
     return rows
 
 
@@ -343,7 +354,9 @@ def _parity_details(run_dir: Path) -> str:
     t = read_parity(run_dir)
     if t is None:
         return "_no parity table_\n"
-    return f"{pd.DataFrame(_parity_rows(t)).to_markdown(index=False)}\n"
+    # the diagnoses of failed comparisons are under Failures, one line each
+    rows = pd.DataFrame(_parity_rows(t)).drop(columns="diagnosis", errors="ignore")
+    return f"{rows.to_markdown(index=False)}\n"
 
 
 def _detail(cell_dir: Path, phase: str, s: dict) -> str | None:
@@ -373,8 +386,9 @@ def _failures(run_dir: Path, status: pd.DataFrame) -> str:
     if parity is not None:
         for r in _parity_rows(parity):
             if not r["ok"]:
-                lines.append(f"- parity {r['adapter']} vs torch on {r['spec']} / {r['algorithm']}: "
-                             f"{r['meta_grad float32 (torch floor)']} (meta_grad float32 error, torch floor)")
+                why = r.get("diagnosis") or (f"{r['meta_grad float32 (torch floor)']} (meta_grad float32 "
+                                             f"error, torch floor)")
+                lines.append(f"- parity {r['adapter']} vs torch on {r['spec']} / {r['algorithm']}: {why}")
     elif (run_dir / "parity.log").exists():
         lines.append(f"- parity: {(run_dir / 'parity.log').read_text().strip().splitlines()[-1]}")
     return "\n".join(lines) + "\n" if lines else "none\n"
@@ -401,6 +415,27 @@ def thread_mismatches(run_dir: Path, asked) -> list[str]:
     return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
 
 
+def machine_load_line(run_dir: Path, most: int = 6) -> str:
+    """One line on what else used the CPU while the cells ran (``bench.machine_load``):
+    quiet, or the phases whose numbers were taken on a busy machine."""
+    from bench.machine_load import FLAG_CORES, flagged
+
+    busy, recorded = [], 0
+    for path in sorted((run_dir / "cells").glob("*/status.json")):
+        for phase, s in json.loads(path.read_text()).get("phases", {}).items():
+            if s.get("machine"):
+                recorded += 1
+            if why := flagged(s.get("machine")):
+                busy.append(f"{path.parent.name} / {phase} ({why})")
+    if not recorded:
+        return "not recorded (a run from before metabench recorded it)"
+    if not busy:
+        return f"quiet: other processes used under {FLAG_CORES:g} cores in each of {recorded} phases"
+    more = f"; +{len(busy) - most} more (status.json, `machine`)" if len(busy) > most else ""
+    return (f"**BUSY** in {len(busy)} of {recorded} phases, their times inflated: {'; '.join(busy[:most])}"
+            f"{more}")
+
+
 def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str = "torch") -> str:
     """``summary.md``: the parity verdict, the generated comparison tables (two screens),
     then the detail sections, the failures and the plots."""
@@ -418,10 +453,11 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
 - command: `{manifest.get('command', '?')}`
 - profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {threads}
 - machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, Python {env.get('python')}
+- machine load: {machine_load_line(run_dir)}
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}
 
-## Parity against torch (same weights, same meta-batch of 4 tasks)
+## Parity against torch (same weights, same meta-batch)
 
 {_parity_verdict(run_dir)}
 ## Comparison

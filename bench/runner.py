@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import atomic, plan, preflight, registry
+from bench import atomic, machine_load, plan, preflight, registry
 from bench.cell import Cell
 from bench.errors import MetabenchError
 from bench.lock import RunLock
@@ -54,9 +54,10 @@ DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglo
 DEFAULT_ALGORITHMS = {"smoke": ("maml", "protonet"), "cpu": ("maml", "fomaml", "protonet"),
                       "paper": ("maml", "fomaml", "protonet")}
 PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
-# Parity (once per run, before the cells: is every adapter's maths torch's?) takes ~3 min
-# on 2 CPU cores, longer than a whole smoke run; the cpu and paper profiles run it.
-DEFAULT_PHASES = {"smoke": ("timing", "memory", "accuracy"), "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
+# Parity runs once per run, before the cells: is every adapter's maths torch's? Every
+# profile runs it; smoke runs the quick comparison (Profile.quick_parity), so a wrong
+# adapter is never timed without a warning.
+DEFAULT_PHASES = {"smoke": PHASE_GROUPS, "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
 LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
 POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
@@ -125,6 +126,7 @@ class ProcessOutcome:
     killed_by: str | None = None  # the signal that ended it, when not the harness's own kill
     log_tail: list[str] = field(default_factory=list)
     log_path: Path | None = None
+    machine: dict = field(default_factory=dict)  # what competed for the CPU (bench.machine_load)
 
 
 def _parent_death_signal():
@@ -167,6 +169,7 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
     progress lines to ``echo``. The watchdog does not wait for output: at ``limit`` seconds,
     or as soon as ``stop_now()`` is true, it kills the whole process group (a framework's
     helper processes too), however silent the cell is."""
+    before = machine_load.snapshot()
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     timed_out = interrupted = False
@@ -191,6 +194,7 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
         seconds = time.monotonic() - t0
         _kill_group(proc)  # also what a finished cell left behind
         proc.wait()
+        machine = machine_load.between(before, machine_load.snapshot())
         reader.join(timeout=10)
         if timed_out:
             note = f"metabench: killed after {int(seconds)} s: the time limit of this process is {limit:g} s"
@@ -200,7 +204,7 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
     killed_by_us = timed_out or interrupted
     killed = killed_by_us or rc < 0
     return ProcessOutcome(returncode=None if killed else rc, seconds=seconds, timed_out=timed_out,
-                          interrupted=interrupted, log_tail=list(tail), log_path=log_path,
+                          interrupted=interrupted, log_tail=list(tail), log_path=log_path, machine=machine,
                           killed_by=signal.Signals(-rc).name if rc < 0 and not killed_by_us else None)
 
 
@@ -234,7 +238,8 @@ def _failure_detail(phase: str, out: ProcessOutcome, cell_dir: Path) -> str:
 
 def _phase_record(phase: str, ok: bool, out: ProcessOutcome, limit: float | None, cell_dir: Path) -> dict:
     """A phase's entry in status.json: status ok | failed | timeout | diverged, the exit
-    code, the process's seconds, a one-line detail and the last lines of its log."""
+    code, the process's seconds, a one-line detail, the last lines of its log, and what
+    else used the CPU meanwhile (``machine``)."""
     status, detail = "ok", None
     if not ok:
         diverged = cell_dir / f"{phase}.diverged.json"
@@ -245,7 +250,8 @@ def _phase_record(phase: str, ok: bool, out: ProcessOutcome, limit: float | None
         else:
             status, detail = "failed", _failure_detail(phase, out, cell_dir)
     return {"status": status, "returncode": out.returncode, "seconds": round(out.seconds, 3),
-            "detail": " ".join(detail.split())[:300] if detail else None, "log_tail": out.log_tail}
+            "detail": " ".join(detail.split())[:300] if detail else None, "log_tail": out.log_tail,
+            "machine": out.machine}
 
 
 def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False) -> dict | None:
@@ -296,18 +302,20 @@ def _finished(cell_dir: Path, phases) -> bool:
     return all(done.get(p, {}).get("status") == "ok" for p in phases)
 
 
-def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_dir, cache_dir, echo) -> None:
+def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_dir, cache_dir, echo,
+                     quick: bool = False) -> None:
     """``metabench parity`` for the run's adapters, specs and algorithms, into
     ``parity.csv`` and ``parity.log``. A failure is reported, never fatal: the cells run."""
-    from bench.parity import REFERENCE, run_parity
+    from bench.parity import REFERENCE, reference_adapter, run_parity
 
-    adapters = sorted({c.adapter for c in cells if c.framework != REFERENCE})
+    adapters = sorted({c.adapter for c in cells if c.adapter != reference_adapter(c.algorithm)})
     if not adapters:
-        echo("[parity] only the reference framework in this run: nothing to compare")
+        echo("[parity] only the reference adapters in this run: nothing to compare")
         return
     specs = list(dict.fromkeys(c.spec for c in cells))
     algorithms = list(dict.fromkeys(c.algorithm for c in cells))
-    echo(f"[parity] {', '.join(adapters)} against {REFERENCE} on {', '.join(specs)} (float32 and float64)")
+    echo(f"[parity] {', '.join(adapters)} against {REFERENCE} on {', '.join(specs)} (float32 and float64"
+         f"{'; quick: smaller models and episodes' if quick else ''})")
     t0 = time.perf_counter()
     with open(run_dir / "parity.log", "w") as log:
         def write(line: str) -> None:
@@ -315,7 +323,8 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
         try:
             part = run_dir / f"{atomic.PART_PREFIX}parity.csv"
             rc = run_parity(specs=specs, algorithms=algorithms, adapters=adapters, data_dir=data_dir,
-                            cache_dir=cache_dir, device=device, threads=threads, out=part, echo=write)
+                            cache_dir=cache_dir, device=device, threads=threads, out=part, echo=write,
+                            quick=quick, batch_size=2 if quick else 4)
             if part.exists():  # whole: --resume keeps a parity.csv it finds
                 os.replace(part, run_dir / "parity.csv")
         except Exception as e:  # a broken plugin or a missing reference framework
@@ -581,7 +590,7 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
     write_manifest(run_dir, cells, **about)
     if "parity" in p.phases and not (p.resume and (run_dir / "parity.csv").exists()):
         run_parity_phase(run_dir, cells, device=p.device, threads=p.threads, data_dir=p.data_dir,
-                         cache_dir=cache_dir, echo=echo)
+                         cache_dir=cache_dir, echo=echo, quick=PROFILES[p.profile].quick_parity)
     limit = _time_limit(p.profile, timeout)
     done = 0
     with progress_bar(cells, p.phases, p.profile, echo) as (bar, say):

@@ -448,13 +448,24 @@ def parity_marks(parity: pd.DataFrame | None, cells: pd.DataFrame, reference: st
     ok = {}
     for r in parity.itertuples():
         ok[(r.adapter, r.spec, r.algorithm)] = bool(r.ok) if not is_missing(getattr(r, "ok", None)) else False
+    from bench.parity import reference_adapter
+
     marks = {}
     for r in cells.drop_duplicates(["adapter", "spec", "algorithm"]).itertuples():
-        if r.framework == reference:
+        if r.framework == reference and _is_reference(r.adapter, r.algorithm, reference_adapter):
             continue
         key = (r.adapter, r.spec, r.algorithm)
         marks[key] = UNCHECKED_PARITY if key not in ok else (None if ok[key] else FAILED_PARITY)
     return {k: v for k, v in marks.items() if v}
+
+
+def _is_reference(adapter: str, algorithm: str, reference_adapter) -> bool:
+    """Whether ``adapter`` is what parity compares the others with (a torch variant is
+    compared too). A registry that cannot say (a plugin gone) counts every torch adapter."""
+    try:
+        return adapter == reference_adapter(algorithm)
+    except Exception:
+        return True
 
 
 def marks_legend(marks: dict) -> str:

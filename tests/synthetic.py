@@ -59,6 +59,10 @@ def _stats(data: np.ndarray) -> dict:
             "iqr": float(q3 - q1), "q1": float(q1), "q3": float(q3), "iterations": 1, "data": data.tolist()}
 
 
+STEP_FLOPS = {"inner_step": 1e9, "outer_step": 4e9}          # what bench.flops would count
+GEMM_GFLOPS = {"torch": 120.0, "jax": 100.0, "tensorflow": 110.0}  # the measured matmul peaks
+
+
 def _benchmark_json(framework: str, spec: str, scale: float = 1.0, when: str = "2026-11-28T09:50:00+00:00") -> dict:
     adapter, compilation = ADAPTERS[framework]
     benchmarks = []
@@ -69,7 +73,9 @@ def _benchmark_json(framework: str, spec: str, scale: float = 1.0, when: str = "
             "extra_info": {"adapter": adapter, "framework": framework, "algorithm": "maml", "spec": spec,
                            "phase": phase, "device": "cpu", "compilation": "eager" if phase == "sample_episodes"
                            else compilation, "first_step_seconds": FIRST_STEP[framework] * scale,
-                           "recompilations_while_timed": 0, "meta_batch_size": 4},
+                           "recompilations_while_timed": 0, "meta_batch_size": 4,
+                           **({} if phase == "sample_episodes" else
+                              {"flops": STEP_FLOPS[phase], "gemm_gflops": GEMM_GFLOPS[framework]})},
             "stats": _stats(data)})
     return {"machine_info": {"node": "synthetic", "cpu": {"brand_raw": "Test CPU"}},
             "commit_info": {"id": "abc123", "dirty": False}, "benchmarks": benchmarks, "datetime": when,

@@ -239,8 +239,8 @@ def test_protonet_adapt_returns_prototypes_and_query_embeddings():
     j, t, jb, tb, _ = adapters("omniglot", "protonet")
     protos, query = j.adapt(jb)
     j.sync((protos, query))
-    shape = j.spec.train_shape("protonet")
-    d = j.spec.model.hidden
+    shape = j.config.train_shape
+    d = j.config.model.hidden
     assert protos.shape == (2, shape.n_way, d) and query.shape == (2, shape.n_way * shape.n_query, d)
     tp, tq = t.adapt(tb)
     assert rel_err(protos, tp.numpy()) < TOL and rel_err(query, tq.numpy()) < TOL

@@ -44,8 +44,10 @@ class World:
         return str(path)
 
     def run(self, *args: str, adapter: str = "fake-steady-b", spec: str = "sinusoid-10shot") -> list[str]:
+        # no parity phase: the fake adapters compute nothing parity could compare
         return ["run", "--profile", "smoke", "--device", "cpu", "--adapters", adapter, "--specs", spec,
-                "--results-dir", str(self.results), "--data-dir", str(self.data_dir), *args]
+                "--results-dir", str(self.results), "--data-dir", str(self.data_dir),
+                "--phases", "timing,memory,accuracy", *args]
 
     def old_run(self, plan: dict, run_id: str = "old") -> Path:
         """A run folder as ``metabench run`` leaves it (its plan; the rest does not matter here)."""

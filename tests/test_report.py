@@ -273,6 +273,22 @@ def test_summary_opens_with_parity_then_comparison_then_details(reported):
     assert "#### omni / maml / `outer_step`" in summary and "x fastest" in summary
 
 
+def test_steps_show_achieved_gflops_and_the_share_of_the_gemm_peak(reported, tabs):
+    """GFLOP/s = the step's analytic FLOPs over its median; the share is of the same
+    framework's measured matrix-multiply speed. Sampling (no FLOPs) shows neither."""
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")]
+            for line in (reported / "summary.md").read_text().splitlines() if line.startswith("|")]
+    steps = tabs["steps"]
+    checked = 0
+    for r in steps[steps["phase"].isin(list(syn.STEP_FLOPS))].itertuples():
+        rate = syn.STEP_FLOPS[r.phase] / r.median / 1e9
+        assert r.flops == syn.STEP_FLOPS[r.phase] and r.gemm_gflops == syn.GEMM_GFLOPS[r.framework]
+        want = [f"{rate:.1f}", f"{100 * rate / syn.GEMM_GFLOPS[r.framework]:.0f}%"]
+        assert any(row[0].startswith(r.adapter) and row[-2:] == want for row in rows), (r.adapter, want)
+        checked += 1
+    assert checked >= 6
+
+
 def test_failures_list_every_non_ok_phase_and_parity_comparison(reported):
     run = reported
     failures = (run / "summary.md").read_text().split("## Failures")[1].split("## Plots")[0]

@@ -58,7 +58,9 @@ def run_dir(tmp_path_factory, data_env, plugin_path) -> Path:
     adapters = "torch-maml,torch-protonet,jax-maml,jax-protonet,tensorflow-maml,tensorflow-protonet,fake-broken"
     cmd = [sys.executable, "-m", "bench.cli", "run", "--profile", "smoke", "--adapters", adapters,
            "--algorithms", "maml,protonet", "--specs", "sinusoid-10shot,omniglot-5w1s",
-           "--results-dir", str(results), "--run-id", RUN_ID, "--device", "cpu"]
+           "--results-dir", str(results), "--run-id", RUN_ID, "--device", "cpu",
+           # smoke's quick parity is tested with a run in tests/test_plugin.py
+           "--phases", "timing,memory,accuracy"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1500)
     # exit 1: the broken plugin's two cells failed; everything else must still be complete
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -185,8 +187,9 @@ def test_unknown_framework_is_a_one_line_error(data_env, tmp_path):
 
 
 def test_parity_phase_runs_before_the_cells_and_lands_in_the_summary(data_env, tmp_path):
-    """``--phases parity`` (on by default in the cpu and paper profiles) compares the run's
-    adapters with torch before any cell runs; the summary says whether their maths agree."""
+    """``--phases parity`` (on by default in every profile; smoke's is the quick comparison)
+    compares the run's adapters with torch before any cell runs; the summary says whether
+    their maths agree."""
     r = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--profile", "smoke", "--phases", "parity,timing",
                         "--adapters", "torch-maml,jax-maml", "--algorithms", "maml", "--specs", "sinusoid-10shot",
                         "--results-dir", str(tmp_path), "--run-id", "p", "--device", "cpu"],

@@ -48,7 +48,7 @@ def test_maml_contract_on_sinusoid(algorithm):
     batch = a.to_device(sinusoid_batch(spec))
     info = a.describe()
     assert info.framework == "torch" and info.device == "cpu" and info.compilation == "eager"
-    assert a.spec.maml.first_order == (algorithm == "fomaml")
+    assert a.config.inner.first_order == (algorithm == "fomaml")
     adapted = a.inner_step(batch)
     assert adapted["fc1.weight"].shape == (3, 40, 1)  # one adapted copy per task
     probe = a.probe(batch)

@@ -7,13 +7,13 @@ report ask an ``Algorithm`` what they need (``bench.algorithms.base``).
 from __future__ import annotations
 
 from bench.algorithms.anil import ANIL
-from bench.algorithms.base import Algorithm, MetaOptimizer
+from bench.algorithms.base import AdapterConfig, Algorithm, InnerLoop, MetaOptimizer, ModelConfig
 from bench.algorithms.maml import FOMAML, MAML
 from bench.algorithms.protonet import PROTONET
 
 ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (MAML, FOMAML, ANIL, PROTONET)}
 
-__all__ = ["ALGORITHMS", "Algorithm", "MetaOptimizer", "get", "names"]
+__all__ = ["ALGORITHMS", "AdapterConfig", "Algorithm", "InnerLoop", "MetaOptimizer", "ModelConfig", "get", "names"]
 
 
 def names() -> tuple[str, ...]:

@@ -38,6 +38,44 @@ class MetaOptimizer:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """The backbone an adapter builds; its parameters' names and shapes are
+    ``bench.models.param_shapes``."""
+
+    kind: str                       # "conv4" (images) or "mlp" (sinusoid)
+    hidden: int                     # Conv-4's filters or the MLP's units
+    batch_norm: bool                # Conv-4: BatchNorm with the batch's statistics (transductive)
+    bn_eps: float
+    image_size: int                 # Conv-4's input side; 0 for the MLP
+    feature_map: tuple[int, int, int] | None  # Conv-4's last (C, H, W), flattened in that order
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """The MAML family's adaptation: SGD on each task's support set."""
+
+    lr: float
+    steps: int                      # while meta-training
+    test_steps: int                 # at evaluation
+    first_order: bool               # the inner gradients are constants to the meta-gradient
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Everything an adapter reads, resolved by the harness from the spec: the model, the
+    episode shapes, the algorithm's hyperparameters and the meta-optimizer. Adapters never
+    see the spec itself, so what they may depend on is this list."""
+
+    algorithm: str
+    model: ModelConfig
+    regression: bool                # MSE on real-valued targets, else classification
+    train_shape: EpisodeShape       # a meta-training episode
+    test_shape: EpisodeShape        # an evaluation episode (the spec's ``[episode]``)
+    meta_optimizer: MetaOptimizer
+    inner: InnerLoop | None = None  # the MAML family's inner loop; None for ProtoNet
+
+
+@dataclass(frozen=True)
 class Algorithm:
     name: str                       # "maml", as in specs, cells and results
     section: str                    # the spec section holding its hyperparameters
@@ -70,6 +108,30 @@ class Algorithm:
     def train_shape(self, spec: EpisodeSpec) -> EpisodeShape:
         """The shape of a training episode (evaluation episodes are ``spec.episode``)."""
         raise NotImplementedError
+
+    def step_flops(self, phase: str, config: AdapterConfig, tasks: int) -> float | None:
+        """Analytic FLOPs of one timed ``phase`` on a meta-batch of ``tasks`` episodes
+        (``bench.flops``: convolutions and matrix products); None where not declared."""
+        return None
+
+    def inner_loop(self, spec: EpisodeSpec) -> InnerLoop | None:
+        """The inner loop's hyperparameters, for algorithms that adapt by gradient steps."""
+        return None
+
+    def adapter_config(self, spec: EpisodeSpec) -> AdapterConfig:
+        """What an adapter of this algorithm receives instead of the spec."""
+        from bench.models import CONV_BLOCKS
+
+        m, side = spec.model, spec.data.image_size
+        fmap = None
+        if not spec.is_regression:
+            for _ in range(CONV_BLOCKS):
+                side //= 2
+            fmap = (m.hidden, side, side)
+        model = ModelConfig("mlp" if spec.is_regression else "conv4", m.hidden, m.batch_norm != "none", m.bn_eps,
+                            0 if spec.is_regression else spec.data.image_size, fmap)
+        return AdapterConfig(self.name, model, spec.is_regression, self.train_shape(spec), spec.episode,
+                             self.meta_optimizer(spec), self.inner_loop(spec))
 
     # -- what the harness computes from an adapter's outputs -------------------------------
     @staticmethod

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bench.algorithms.base import Algorithm
 
 if TYPE_CHECKING:
+    from bench.algorithms.base import AdapterConfig
     from bench.spec import EpisodeShape, EpisodeSpec
 
 
@@ -19,6 +20,19 @@ class ProtoNetAlgorithm(Algorithm):
 
         e, p = spec.episode, spec.protonet
         return EpisodeShape(p.train_n_way or e.n_way, e.k_shot, p.train_n_query or e.n_query)
+
+    def step_flops(self, phase: str, config: AdapterConfig, tasks: int) -> float | None:
+        """Per episode: support and query embedded in one forward pass; the outer step adds
+        its backward pass. Prototypes and distances are not counted (no matrix product)."""
+        from bench.flops import BACKWARD, body_forward
+
+        shape = config.test_shape if phase == "adapt" else config.train_shape
+        embed = body_forward(config, shape.n_way * (shape.k_shot + shape.n_query))
+        if phase == "adapt":
+            return tasks * embed
+        if phase == "outer_step":
+            return tasks * (1 + BACKWARD) * embed
+        return None
 
 
 PROTONET = ProtoNetAlgorithm("protonet", "protonet", ("outer_step", "adapt"),

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench import atomic
+from bench.algorithms import get as get_algorithm
 from bench.episodes import sampler_for
 from bench.errors import Diverged
 from bench.profiles import PROFILES
@@ -33,6 +34,38 @@ def _check_finite(phase: str, step: str, out, cell_json: Path) -> None:
         error = Diverged("timing", step, value)
         atomic.write_json(cell_json.parent / "timing.diverged.json", error.record())
         raise error
+
+
+# The matrix product timed once per process, beside the steps: n x n float32, large
+# enough to run at the machine's matrix-multiply speed in this framework and thread count.
+GEMM_N = {"cpu": 1024, "cuda": 8192}
+GEMM_ROUNDS = 7
+_gemm: dict[str, float | None] = {}
+
+
+def gemm_gflops(adapter, device: str) -> float | None:
+    """This framework's float32 matrix-multiply speed here, GFLOP/s (median of
+    ``GEMM_ROUNDS`` after two warm-up products): the peak a step's GFLOP/s is set against.
+    None where the adapter offers no ``gemm`` (or it fails: an aside, never the cell's end)."""
+    if "value" not in _gemm:
+        n = GEMM_N.get(device, GEMM_N["cpu"])
+        try:
+            step = adapter.gemm(n)
+            if step is None:
+                _gemm["value"] = None
+            else:
+                for _ in range(2):
+                    step()
+                times = []
+                for _ in range(GEMM_ROUNDS):
+                    t0 = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - t0)
+                _gemm["value"] = 2.0 * n ** 3 / sorted(times)[GEMM_ROUNDS // 2] / 1e9
+        except Exception as e:  # report and go on: the steps are what this cell times
+            print(f"metabench: the GEMM peak measurement failed: {type(e).__name__}: {e}")
+            _gemm["value"] = None
+    return _gemm["value"]
 
 
 def test_step(benchmark, cell, built, phase, pytestconfig):
@@ -58,6 +91,9 @@ def test_step(benchmark, cell, built, phase, pytestconfig):
 
     info = adapter.describe()
     recompiled = (compiled_after - compiled_first) if compiled_after is not None else None
+    config = getattr(adapter, "config", None)  # an adapter that skipped Adapter.__init__ has none
+    flops = get_algorithm(cell.algorithm).step_flops(phase, config, spec.meta_batch_size(cell.algorithm)) \
+        if config is not None else None
     benchmark.extra_info.update({
         "cell_id": cell.cell_id, "adapter": cell.adapter, "framework": cell.framework,
         "algorithm": cell.algorithm, "spec": cell.spec_name, "phase": phase, "profile": cell.profile,
@@ -67,6 +103,8 @@ def test_step(benchmark, cell, built, phase, pytestconfig):
         "recompilations_while_timed": recompiled,
         "warmup_rounds": profile.warmup_rounds, "meta_batch_size": spec.meta_batch_size(cell.algorithm),
         "adapter_info": info.as_dict(), "options": adapter.options,
+        "flops": flops,  # analytic (bench.flops): convolutions and matrix products of the step
+        "gemm_gflops": gemm_gflops(adapter, info.device), "gemm_n": GEMM_N.get(info.device, GEMM_N["cpu"]),
     })
     # A recompilation inside the timed rounds would silently time the compiler: refuse it.
     assert not recompiled, f"{cell.adapter} recompiled {recompiled} time(s) while being timed"

@@ -240,13 +240,19 @@ class JaxAdapter(Adapter):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = jax_device(device)
         self._dtype = float_dtype(self.options)
-        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+        self._bn, self._eps = self.config.model.batch_norm, self.config.model.bn_eps
 
     def to_device(self, batch):
         return to_device(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
         sync(outputs, self.params, self.opt_state)
+
+    def gemm(self, n: int):
+        key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+        a, b = (jax.device_put(jax.random.uniform(k, (n, n), jnp.float32), self._dev) for k in (key_a, key_b))
+        matmul = jax.jit(jnp.matmul)
+        return lambda: jax.block_until_ready(matmul(a, b))
 
     def get_params(self):
         return params_to_numpy(self.params)

@@ -34,7 +34,7 @@ class JaxProtoNet(common.JaxAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        self._k_shot = self.spec.episode.k_shot
+        self._k_shot = self.config.test_shape.k_shot  # training episodes have the same shot
         self._optimizer = common.make_adam(self.meta_optimizer)
         self.set_params(params)
         # params and optimizer state are replaced by every outer step: donated (never the batch)

@@ -90,14 +90,6 @@ def to_canonical(name: str, value: np.ndarray, feature_map: tuple[int, int, int]
     return value.T if value.ndim == 2 else value
 
 
-def feature_map(spec) -> tuple[int, int, int]:
-    """(C, H, W) of Conv-4's last feature map."""
-    side = spec.data.image_size
-    for _ in range(CONV_BLOCKS):
-        side //= 2
-    return spec.model.hidden, side, side
-
-
 # -- backbones -------------------------------------------------------------------------
 def _mean_nhw(x):
     """Per-channel mean over N, H, W in three stages: along rows, down columns, over images.
@@ -320,7 +312,7 @@ class TFAdapter(Adapter):
         self._dev = tf_device(device)
         self._dtype = float_dtype(self.options)
         self._jit = self.options["jit_compile"]
-        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+        self._bn, self._eps = self.config.model.batch_norm, self.config.model.bn_eps
         self._fmap: tuple[int, int, int] | None = None
         self._traced: tuple = ()
 
@@ -347,6 +339,17 @@ class TFAdapter(Adapter):
 
     def sync(self, outputs=None) -> None:
         sync(outputs)
+
+    def gemm(self, n: int):
+        with tf.device(self._dev):
+            a, b = (tf.random.stateless_uniform((n, n), seed=(0, i), dtype=tf.float32) for i in range(2))
+
+        def step():
+            with tf.device(self._dev):
+                c = tf.linalg.matmul(a, b)
+            sync(c)
+            return c
+        return step
 
     def get_params(self):
         return {k: self._to_canonical(k, v.numpy()) for k, v in self.weights.items()}

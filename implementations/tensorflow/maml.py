@@ -35,13 +35,13 @@ class TFMAML(common.TFAdapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING[self._jit]
-        m = self.spec.maml
-        self.inner_lr, self.first_order = m.inner_lr, m.first_order
-        self.inner_steps, self.test_inner_steps = m.inner_steps, m.test_inner_steps
-        self.regression = self.spec.is_regression
+        m = self.config.inner
+        self.inner_lr, self.first_order = m.lr, m.first_order
+        self.inner_steps, self.test_inner_steps = m.steps, m.test_steps
+        self.regression = self.config.regression
         self._pool = common.max_pool_2x2_elementwise if self._jit else common.max_pool_2x2
         # the head reads NHWC-ordered features: its canonical rows are permuted on import/export
-        self._fmap = None if self.regression else common.feature_map(self.spec)
+        self._fmap = None if self.regression else self.config.model.feature_map
         self._make_weights(params)
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)

@@ -13,7 +13,6 @@ import numpy as np
 import tensorflow as tf
 
 from bench.adapter import AdapterInfo
-from bench.models import feature_size
 from implementations.tensorflow import common
 
 # ProtoNet's meta-batch is one episode in every built-in spec: a Python loop over it is just
@@ -38,8 +37,9 @@ class TFProtoNet(common.TFAdapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING
-        self._k_shot = self.spec.episode.k_shot
-        self._features = feature_size(self.spec)
+        self._k_shot = self.config.test_shape.k_shot  # training episodes have the same shot
+        c, h, w = self.config.model.feature_map
+        self._features = c * h * w
         self._make_weights(params)
         self._outer_fn = self._compile(self._outer)
         self._probe_fn = self._compile(self._probe)

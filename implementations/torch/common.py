@@ -99,6 +99,7 @@ class TorchBatch:
 
         self.support_x, self.support_y = move(batch.support_x), move(batch.support_y)
         self.query_x, self.query_y = move(batch.query_x), move(batch.query_y)
+        self.shape = batch.shape  # the episodes' EpisodeShape
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
@@ -167,7 +168,7 @@ class TorchAdapter(Adapter):
         super().__init__(spec, algorithm, params, device, options)
         self._dev = torch_device(device)
         self._dtype = dtype_option(self.options)
-        self._bn, self._eps = self.spec.model.batch_norm != "none", self.spec.model.bn_eps
+        self._bn, self._eps = self.config.model.batch_norm, self.config.model.bn_eps
 
     def to_device(self, batch):
         return TorchBatch(batch, self._dev, self._dtype)
@@ -189,6 +190,16 @@ class TorchAdapter(Adapter):
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
+
+    def gemm(self, n: int):
+        g = torch.Generator(device=self._dev).manual_seed(0)
+        a, b = (torch.rand(n, n, generator=g, device=self._dev) for _ in range(2))
+
+        def step():
+            c = a @ b
+            sync(self._dev)
+            return c
+        return step
 
     def reset_peak_memory(self) -> None:
         reset_peak_memory(self._dev)

@@ -47,7 +47,7 @@ class TorchProtoNet(common.TorchAdapter):
 
     @property
     def _k_shot(self) -> int:
-        return self.spec.episode.k_shot
+        return self.config.test_shape.k_shot  # training episodes have the same shot
 
     def describe(self) -> AdapterInfo:
         return common.describe(self._dev, "episodes vmapped; support and query embedded in one pass; "
