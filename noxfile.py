@@ -48,16 +48,15 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gpu(session: nox.Session) -> None:
-    """The GPU check, one command on a machine with an NVIDIA GPU: every framework's
-    maths against torch's on the GPU (float64 and float32, GPU tolerance), then the cpu
-    profile's timing and memory phases on the GPU, into results/<UTC time>-gpu-check/.
-    Extra arguments go to that run (e.g. ``-- --frameworks torch,jax``)."""
+    """The GPU check on a machine with an NVIDIA GPU (``bench/gpu_check.py``): dispatch
+    against synchronised step time and the sync check per adapter, quick parity with torch
+    on the GPU, and smoke timing and memory, into results/<UTC time>-gpu-check/. Extra
+    arguments go to the check (e.g. ``-- --frameworks torch,jax``)."""
     if not HAS_GPU:
         session.error("nox -s gpu needs an NVIDIA GPU: nvidia-smi was not found")
     install(session)
-    session.run("metabench", "parity", "--device", "cuda", env=env())
-    session.run("metabench", "run", "--profile", "cpu", "--device", "cuda", "--phases", "timing,memory",
-                "--run-id", f"{datetime.now(UTC):%Y%m%d-%H%M%S}-gpu-check", *session.posargs, env=env())
+    session.run("python", "-m", "bench.gpu_check", f"results/{datetime.now(UTC):%Y%m%d-%H%M%S}-gpu-check",
+                *session.posargs, env=env())
 
 
 @nox.session(python=PYTHON)

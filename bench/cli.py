@@ -79,7 +79,7 @@ def cmd_run(args) -> int:
         adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
         cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
         phases=args.phases, timeout=args.cell_timeout, resume=args.resume, command=args.command_line,
-        seeds=args.seeds, dry_run=args.dry_run)
+        seeds=args.seeds, dry_run=args.dry_run, overrides=args.set or (), sweeps=args.sweep or ())
     if run_dir is None:  # --dry-run: the plan was printed
         return 0
     failed = failures(run_dir)
@@ -233,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds per cell (initial weights and training-episode order; the test "
                         "episodes stay the same): accuracy at every seed, timing and memory at seed 0")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, phases, estimated duration) and exit")
+    p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
+                   help="change a field of every spec, validated like the file (repeatable): maml.inner_steps=5")
+    p.add_argument("--sweep", action="append", metavar="SECTION.FIELD=V1,V2,...",
+                   help="one spec per value, every combination when repeated: maml.inner_steps=1,2,5,10")
     data_flags(p)
     p.set_defaults(func=cmd_run)
 

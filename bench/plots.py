@@ -207,6 +207,11 @@ def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]
         figures.append(("step_times.png", step_time_figure(tabs["timings"], baseline)))
     if not tabs["curves"].empty:
         figures.append(("learning_curves.png", learning_curve_figure(tabs["curves"], tabs["accuracy"], baseline)))
+    from bench.sweeps import sweep_figure, sweep_points
+
+    sweep = sweep_figure(sweep_points(Path(run_dir), tabs["steps"], tabs["memory"]))
+    if sweep is not None:  # a --sweep run: step time and memory against each swept value
+        figures.append(("sweeps.png", sweep))
     for name, fig in figures:
         atomic.save_figure(Path(run_dir) / name, fig, dpi=110, bbox_inches="tight")
         plt.close(fig)

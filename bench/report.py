@@ -139,7 +139,8 @@ def _step_rows(data: dict, ident: dict) -> tuple[list[dict], list[dict]]:
                       "first_step_seconds": extra.get("first_step_seconds"),
                       "recompilations": extra.get("recompilations_while_timed"),
                       **{k: st.get(k) for k in STAT_KEYS}, "median_ci_low": lo, "median_ci_high": hi,
-                      "flops": extra.get("flops"), "gemm_gflops": extra.get("gemm_gflops")})
+                      "flops": extra.get("flops"), "gemm_gflops": extra.get("gemm_gflops"),
+                      "bare_median": extra.get("bare_loop_median_seconds")})
     return rounds, steps
 
 
@@ -415,6 +416,28 @@ def thread_mismatches(run_dir: Path, asked) -> list[str]:
     return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
 
 
+def _sweep_section(run_dir: Path, tabs: dict) -> str:
+    """``## How cost grows``, for a run with ``--sweep`` (``bench.sweeps``); else nothing."""
+    from bench.sweeps import sweep_markdown, sweep_points
+
+    text = sweep_markdown(sweep_points(run_dir, tabs["steps"], tabs["memory"]))
+    return f"## How cost grows (sweeps)\n\n{text}\n" if text else ""
+
+
+def overhead_line(steps: pd.DataFrame) -> str:
+    """The harness's cost: pytest-benchmark's median of each step over the median of the
+    same step timed by a bare loop in the same process, right after (``bench.suite``)."""
+    if steps.empty or "bare_median" not in steps or steps["bare_median"].isna().all():
+        return "Harness overhead: not measured (a run from before metabench measured it)."
+    t = steps[steps["bare_median"].notna() & (steps["phase"] != tables.SAMPLING)]
+    ratio = (t["median"] / t["bare_median"]).sort_values()
+    worst = t.loc[(ratio - 1).abs().idxmax()]
+    return (f"Harness overhead: pytest-benchmark's median over a bare loop's median of the same step in the "
+            f"same process is {ratio.median():.3f} (median of {len(ratio)} steps; range "
+            f"{ratio.iloc[0]:.3f} to {ratio.iloc[-1]:.3f}, the furthest from 1 {worst['adapter']} "
+            f"{worst['spec']} `{worst['phase']}`).")
+
+
 def machine_load_line(run_dir: Path, most: int = 6) -> str:
     """One line on what else used the CPU while the cells ran (``bench.machine_load``):
     quiet, or the phases whose numbers were taken on a busy machine."""
@@ -467,7 +490,9 @@ Step times are rounds of one step each, the device synchronised inside the timed
 `sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
 Memory is measured in a process apart from timing.
 
-## Step times
+{_sweep_section(run_dir, tabs)}## Step times
+
+{overhead_line(tabs['steps'])}
 
 {_detail_steps_table(tabs['steps'], marks)}{legend and chr(10) + legend + '.' + chr(10)}
 ## Peak memory (one outer step)

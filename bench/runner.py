@@ -63,6 +63,27 @@ POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 
+def expand_specs(refs: list[str], overrides=(), sweeps=()) -> list[str]:
+    """Each spec reference with the ``--set`` overrides, then one reference per combination
+    of the ``--sweep`` values (``omniglot-5w1s@maml.inner_steps=5``: ``bench.spec``)."""
+    import itertools
+
+    from bench.spec import parse_override, with_overrides
+
+    fixed = [parse_override(o, "--set") for o in overrides]
+    axes = []
+    for sweep in sweeps:
+        key, values = parse_override(sweep, "--sweep")
+        axes.append([(key, v.strip()) for v in values.split(",") if v.strip()])
+    out = []
+    for ref in refs:
+        for combo in itertools.product(*axes):
+            out.append(with_overrides(ref, fixed + list(combo)))
+    for ref in out:
+        load_spec(ref)  # every override validated now, like a spec file: one line naming the field
+    return out
+
+
 def load_specs(refs) -> dict[str, EpisodeSpec]:
     """Each ``--specs`` entry loaded; cells are named after the spec's name, so two entries
     with the same name would write into the same cells' folders: refused."""
@@ -513,13 +534,16 @@ class _StopRequests:
 def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
         threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
         phases=None, timeout: float | None = None, resume: bool = False, command: str | None = None,
-        seeds: int = 1, dry_run: bool = False, echo=print) -> Path | None:
+        seeds: int = 1, dry_run: bool = False, overrides=(), sweeps=(), echo=print) -> Path | None:
     """Run the benchmark; returns the run's results folder. ``phases`` defaults to the
     profile's. With ``resume``, cells of an existing run whose requested phases all
     succeeded are kept, not run again, and so is a parity table already written. ``command``
     is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed).
     ``seeds`` training seeds per cell (seeds > 0 run the accuracy phase only). With
     ``dry_run`` the plan is printed and nothing is run or written (returns None).
+    ``overrides`` (``--set``: ``"maml.inner_steps=5"``) change every spec of the run;
+    ``sweeps`` (``--sweep``: ``"maml.inner_steps=1,2,5"``) make one spec per value, their
+    combinations when there are several (``expand_specs``).
 
     Bad options and failed preflight checks raise ``MetabenchError`` before anything is
     written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
@@ -541,7 +565,7 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
     device = detect_device() if device == "auto" else device
     if threads is None:
         threads = _available_cores()
-    specs = list(specs or DEFAULT_SPECS[profile])
+    specs = expand_specs(list(specs or DEFAULT_SPECS[profile]), overrides, sweeps)
     cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
                        adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
                        seeds=seeds)

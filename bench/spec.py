@@ -427,9 +427,84 @@ def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
                             f"images per class; use at most {train_per_class - shape.k_shot}")
 
 
+# A spec reference may carry overrides of its fields: ``omniglot-5w1s@maml.inner_steps=5``
+# (``metabench run --set`` and ``--sweep`` write them). Every process that loads the
+# reference applies them the same way, validated like the file; the spec's name gets a
+# suffix saying what changed, so cells and tables of overridden specs never collide.
+OVERRIDE_SEP = "@"
+
+
+def with_overrides(ref: str, overrides: list[tuple[str, str]]) -> str:
+    """``ref`` with ``(section.field, value)`` overrides appended, in order."""
+    return ref + "".join(f"{OVERRIDE_SEP}{key}={value}" for key, value in overrides)
+
+
+def parse_override(text: str, flag: str = "--set") -> tuple[str, str]:
+    """``"maml.inner_steps=5"`` -> ``("maml.inner_steps", "5")``; a malformed one is a
+    one-line error naming the flag."""
+    key, eq, value = text.partition("=")
+    key, value = key.strip(), value.strip()
+    if not eq or not key or not value or OVERRIDE_SEP in text:
+        raise SpecError(flag, text, "must be section.field=value, e.g. maml.inner_steps=5")
+    return key, value
+
+
+def _override_value(text: str) -> Any:
+    """A value as TOML reads it (5, 0.4, true, [0.1, 5.0], "x"); a bare word is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _override_profiles(profiles: Any, section: str, field_name: str, value: Any) -> None:
+    """An override wins over the spec's profile tables too: ``[profiles.cpu.maml]``'s
+    ``meta_batch_size = 8`` would otherwise undo ``--set maml.meta_batch_size=16`` under
+    the cpu profile. Budget fields change in every profile table; an algorithm section's
+    field in the sub-tables of the algorithms that read that section."""
+    if not isinstance(profiles, dict) or field_name not in _PROFILE_KEYS | {"meta_batch_size"}:
+        return
+    readers = {a for a, alg in _ALGORITHMS.items() if alg.section == section}
+    for table in profiles.values():
+        if not isinstance(table, dict):
+            continue
+        if section == "budget" and field_name in table:
+            table[field_name] = value
+        for name, sub in table.items():
+            if isinstance(sub, dict) and field_name in sub and (section == "budget" or name in readers):
+                sub[field_name] = value
+
+
+def _apply_overrides(raw: dict, overrides: list[tuple[str, str]], source: str) -> dict:
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for key, text in overrides:
+        section, dot, field_name = key.partition(".")
+        if not dot:
+            if key not in _TOP_LEVEL or key == "name":
+                raise SpecError(source, key, f"--set: not a field; give section.field (sections: "
+                                f"{', '.join(_SECTIONS)}) or one of: seed, description")
+            raw[key] = _override_value(text)
+            continue
+        if section not in _SECTIONS:
+            raise SpecError(source, key, f"--set: unknown section [{section}]; sections: {', '.join(_SECTIONS)}")
+        if section not in raw:
+            if section in ("maml", "protonet"):
+                raise SpecError(source, key, f"--set: this spec has no [{section}] section to change")
+            raw[section] = {}
+        value = raw[section][field_name] = _override_value(text)
+        _override_profiles(raw.get("profiles"), section, field_name, value)
+    suffix = "_".join(f"{key}-{re.sub(r'[^A-Za-z0-9._-]', '-', text)}" for key, text in overrides)
+    if isinstance(raw.get("name"), str):
+        raw["name"] = f"{raw['name']}_{suffix}"
+    return raw
+
+
 def load_spec(path_or_name: str | Path) -> EpisodeSpec:
-    """Load a spec from a TOML file, or a built-in spec by name (``omniglot-5w1s``)."""
-    path = Path(path_or_name)
+    """Load a spec from a TOML file, or a built-in spec by name (``omniglot-5w1s``), with
+    the overrides its reference carries (``OVERRIDE_SEP``)."""
+    base, *extra = str(path_or_name).split(OVERRIDE_SEP)
+    overrides = [parse_override(o, "spec reference") for o in extra]
+    path = Path(base) if extra else Path(path_or_name)
     if path.suffix == ".toml" or path.exists():
         source = str(path)
         try:
@@ -441,7 +516,7 @@ def load_spec(path_or_name: str | Path) -> EpisodeSpec:
             raise SpecError(source, "file", f"not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset "
                             f"{e.start}); TOML files are UTF-8: save it as UTF-8") from None
     else:
-        name = str(path_or_name)
+        name = str(path)
         if name not in builtin_spec_names():
             raise SpecError(name, "spec", f"no such file or built-in spec; built-in: "
                             f"{', '.join(builtin_spec_names())}")
@@ -451,6 +526,9 @@ def load_spec(path_or_name: str | Path) -> EpisodeSpec:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(source, "toml", f"not valid TOML ({e})") from None
+    if overrides:
+        raw = _apply_overrides(raw, overrides, source)
+        source = f"{source} with {', '.join(f'{k}={v}' for k, v in overrides)}"
     return spec_from_dict(raw, source)
 
 

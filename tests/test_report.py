@@ -289,6 +289,13 @@ def test_steps_show_achieved_gflops_and_the_share_of_the_gemm_peak(reported, tab
     assert checked >= 6
 
 
+def test_the_summary_gives_the_harness_overhead_against_a_bare_loop(reported):
+    summary = (reported / "summary.md").read_text()
+    line = next(x for x in summary.splitlines() if x.startswith("Harness overhead:"))
+    assert f"same process is {syn.HARNESS_OVERHEAD:.3f} (median of" in line
+    assert f"range {syn.HARNESS_OVERHEAD:.3f} to {syn.HARNESS_OVERHEAD:.3f}" in line
+
+
 def test_failures_list_every_non_ok_phase_and_parity_comparison(reported):
     run = reported
     failures = (run / "summary.md").read_text().split("## Failures")[1].split("## Plots")[0]

@@ -13,6 +13,7 @@ device-resident batch, so host-to-device copies are outside the timed region eve
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -68,6 +69,21 @@ def gemm_gflops(adapter, device: str) -> float | None:
     return _gemm["value"]
 
 
+# The harness's own cost, measured in every cell: the same step, right after its timed
+# rounds, timed by a bare perf_counter loop in the same process. The report sets
+# pytest-benchmark's median against this one (it should be within 2%).
+BARE_ROUNDS = 20
+
+
+def bare_loop_median(step, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def test_step(benchmark, cell, built, phase, pytestconfig):
     adapter, spec = built
     role = "test" if phase == "adapt" else "train"
@@ -88,6 +104,7 @@ def test_step(benchmark, cell, built, phase, pytestconfig):
     out = benchmark.pedantic(step, rounds=profile.rounds, iterations=1, warmup_rounds=profile.warmup_rounds)
     _check_finite(phase, f"{2 + profile.warmup_rounds + profile.rounds - 1} (last timed round)", out, cell_json)
     compiled_after = adapter.compilation_count()
+    bare = bare_loop_median(step, min(profile.rounds, BARE_ROUNDS))
 
     info = adapter.describe()
     recompiled = (compiled_after - compiled_first) if compiled_after is not None else None
@@ -105,6 +122,7 @@ def test_step(benchmark, cell, built, phase, pytestconfig):
         "adapter_info": info.as_dict(), "options": adapter.options,
         "flops": flops,  # analytic (bench.flops): convolutions and matrix products of the step
         "gemm_gflops": gemm_gflops(adapter, info.device), "gemm_n": GEMM_N.get(info.device, GEMM_N["cpu"]),
+        "bare_loop_median_seconds": bare,
     })
     # A recompilation inside the timed rounds would silently time the compiler: refuse it.
     assert not recompiled, f"{cell.adapter} recompiled {recompiled} time(s) while being timed"

@@ -1,0 +1,133 @@
+"""How cost grows with the work: a ``--sweep`` run's step times and peak memory against
+each swept value, with the fitted growth exponent.
+
+``metabench run --sweep maml.inner_steps=1,2,5`` makes one spec per value
+(``omniglot-5w1s@maml.inner_steps=2``: ``bench.spec``). Here the cells' spec references are
+read back: a key whose value differs between cells of one base spec and algorithm is swept;
+the other keys' values fix a series. For each series, framework and step phase (and peak
+memory), the growth exponent ``b`` of ``y ~ x^b`` is the least-squares slope of
+``log y`` on ``log x``: 1 is linear growth (second-order MAML's memory in inner steps), 0
+flat (first-order's), below 1 a per-step cost that shrinks with the work (dispatch-bound
+steps of small ops).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.spec import OVERRIDE_SEP, parse_override
+
+POINT_COLUMNS = ["base", "algorithm", "framework", "adapter", "key", "fixed", "value", "quantity", "y"]
+
+
+def _number(text: str) -> float | None:
+    try:
+        x = float(text)
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _refs(run_dir: Path) -> dict[str, tuple[str, dict[str, str]]]:
+    """spec name -> (base reference, its overrides) for every cell of the run."""
+    out = {}
+    for path in sorted(Path(run_dir).glob("cells/*/cell.json")):
+        cell = json.loads(path.read_text())
+        base, *extra = str(cell["spec"]).split(OVERRIDE_SEP)
+        out[cell["spec_name"]] = (base, dict(parse_override(o, "spec reference") for o in extra))
+    return out
+
+
+def sweep_points(run_dir: Path, steps: pd.DataFrame, memory: pd.DataFrame) -> pd.DataFrame:
+    """One row per (cell, quantity) of a swept key: ``quantity`` is a step phase (``y``
+    its median seconds) or ``peak memory`` (``y`` in MiB)."""
+    refs = _refs(run_dir)
+    ys = []
+    if not steps.empty:
+        s = steps[steps["phase"] != "sample_episodes"]
+        ys += [(r.spec, r.algorithm, r.framework, r.adapter, r.phase, r.median) for r in s.itertuples()]
+    if not memory.empty:
+        ys += [(r.spec, r.algorithm, r.framework, r.adapter, "peak memory", r.peak_mib) for r in memory.itertuples()]
+    rows = []
+    for spec, algorithm, framework, adapter, quantity, y in ys:
+        if spec not in refs or not refs[spec][1]:
+            continue
+        base, over = refs[spec]
+        siblings = [o for b, o in refs.values() if b == base]
+        for key, text in over.items():
+            x = _number(text)
+            if x is None or x <= 0 or len({o.get(key) for o in siblings}) < 2:
+                continue  # not swept (a --set), or not a positive number
+            fixed = ", ".join(f"{k}={v}" for k, v in sorted(over.items()) if k != key)
+            rows.append((base, algorithm, framework, adapter, key, fixed, x, quantity, float(y)))
+    return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def exponents(points: pd.DataFrame) -> pd.DataFrame:
+    """The fitted exponent of each series (two or more distinct values), with its ends."""
+    rows = []
+    for key, g in points.groupby(["base", "algorithm", "key", "fixed", "quantity", "framework"], sort=True):
+        g = g.groupby("value", as_index=False)["y"].median().sort_values("value")
+        if len(g) < 2 or (g["y"] <= 0).any():
+            continue
+        slope = float(np.polyfit(np.log(g["value"]), np.log(g["y"]), 1)[0])
+        rows.append((*key, g["value"].iloc[0], g["y"].iloc[0], g["value"].iloc[-1], g["y"].iloc[-1], slope))
+    return pd.DataFrame(rows, columns=["base", "algorithm", "key", "fixed", "quantity", "framework", "x_low", "y_low",
+                                       "x_high", "y_high", "exponent"])
+
+
+def _fmt(quantity: str, y: float) -> str:
+    from bench.tables import format_seconds
+
+    return f"{y:.1f} MiB" if quantity == "peak memory" else format_seconds(y)
+
+
+def sweep_markdown(points: pd.DataFrame) -> str:
+    """One table: a row per base spec / algorithm / swept key / quantity (and fixed
+    values), a column per framework: its value at the sweep's ends and the exponent."""
+    fits = exponents(points)
+    if fits.empty:
+        return ""
+    table = {}
+    for r in fits.itertuples():
+        row = (f"{r.base} / {r.algorithm} / {r.key}" + (f" ({r.fixed})" if r.fixed else ""), r.quantity)
+        table.setdefault(row, {})[r.framework] = (f"{_fmt(r.quantity, r.y_low)} -> {_fmt(r.quantity, r.y_high)}, "
+                                                  f"b = {r.exponent:.2f}")
+    frameworks = sorted(fits["framework"].unique())
+    out = pd.DataFrame([{"workload / swept key": k[0], "quantity": k[1], **{f: v.get(f, "") for f in frameworks}}
+                        for k, v in table.items()])
+    lo, hi = fits["x_low"].min(), fits["x_high"].max()
+    return (f"Each cell: the value at the lowest and highest swept value ({lo:g} and {hi:g} where the sweep spans "
+            f"them), and b, the growth exponent of y ~ x^b (least squares on log-log).\n\n"
+            f"{out.to_markdown(index=False)}\n")
+
+
+def sweep_figure(points: pd.DataFrame):
+    """A panel per swept key and quantity, log-log, a line per framework (and fixed
+    values); None without a sweep."""
+    from bench.plots import _plt
+
+    if points.empty:
+        return None
+    plt = _plt()
+    panels = sorted(points.groupby(["key", "quantity"]).groups)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (key, quantity) in zip(axes[0], panels):
+        g = points[(points["key"] == key) & (points["quantity"] == quantity)]
+        for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
+            s = s.groupby("value", as_index=False)["y"].median().sort_values("value")
+            label = f"{framework} {base}/{algorithm}" + (f" ({fixed})" if fixed else "")
+            ax.plot(s["value"], s["y"], marker="o", label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("peak memory (MiB)" if quantity == "peak memory" else f"{quantity} median (s)")
+        ax.set_title(quantity)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

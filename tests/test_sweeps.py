@@ -1,0 +1,109 @@
+"""``--set`` / ``--sweep``: spec references with overrides (validated like the file, the
+profile's tables overridden too), and the report's growth exponents and sweep figure, from a
+synthetic sweep run whose step times and memory follow planted power laws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.errors import SpecError
+from bench.report import write_report
+from bench.runner import expand_specs
+from bench.spec import load_spec
+from bench.sweeps import exponents, sweep_points
+from tests import synthetic as syn
+
+# planted: outer_step time ~ steps^1 (torch) and ~ steps^0.5 (jax); memory ~ steps^1 and flat
+LAWS = {"torch": (0.010, 1.0, 100.0, 1.0), "jax": (0.004, 0.5, 80.0, 0.0)}
+STEPS = (1, 2, 5, 10)
+
+
+def test_set_and_sweep_expand_to_validated_references():
+    refs = expand_specs(["omniglot-5w1s"], ["budget.val_every=50"],
+                        ["maml.inner_steps=1,5", "maml.meta_batch_size=2,16"])
+    assert len(refs) == 4
+    assert refs[0] == "omniglot-5w1s@budget.val_every=50@maml.inner_steps=1@maml.meta_batch_size=2"
+    spec = load_spec(refs[-1])
+    assert spec.name == "omniglot-5w1s_budget.val_every-50_maml.inner_steps-5_maml.meta_batch_size-16"
+    assert (spec.maml.inner_steps, spec.budget.val_every) == (5, 50)
+    # the cpu profile's own meta-batch (8 for MAML) does not undo the override; ProtoNet keeps its own
+    assert spec.for_algorithm("maml").with_profile("cpu", "maml").meta_batch_size("maml") == 16
+    assert spec.for_algorithm("protonet").with_profile("cpu", "protonet").meta_batch_size("protonet") == 1
+
+
+@pytest.mark.parametrize("flag, bad, says", [
+    ("set", "maml.inner_step=5", "maml.inner_step: unknown field"),
+    ("set", "maml.inner_steps=x", "maml.inner_steps: must be an integer"),
+    ("set", "mam.inner_steps=5", "unknown section [mam]"),
+    ("set", "maml.inner_steps", "must be section.field=value"),
+    ("sweep", "protonet.train_n_way=5,20", "no [protonet] section"),
+])
+def test_bad_overrides_are_one_line_errors_naming_the_field(flag, bad, says):
+    spec = "sinusoid-10shot" if "protonet" in bad else "omniglot-5w1s"
+    with pytest.raises(SpecError) as e:
+        expand_specs([spec], [bad] if flag == "set" else [], [bad] if flag == "sweep" else [])
+    assert says in str(e.value) and "\n" not in str(e.value)
+
+
+def _sweep_run(root: Path) -> Path:
+    run = root / "sweep"
+    for framework, (t1, b_time, m1, b_mem) in LAWS.items():
+        adapter = f"{framework}-maml"
+        for steps in STEPS:
+            ref = f"omniglot-5w1s@maml.inner_steps={steps}"
+            name = f"omniglot-5w1s_maml.inner_steps-{steps}"
+            d = run / "cells" / f"{adapter}__maml__{name}"
+            d.mkdir(parents=True)
+            cell = {"adapter": adapter, "framework": framework, "algorithm": "maml", "spec": ref,
+                    "spec_name": name, "profile": "cpu", "device": "cpu", "threads": 2, "seed": 0}
+            (d / "cell.json").write_text(json.dumps(cell))
+            data = np.full(5, t1 * steps ** b_time) * np.array([0.98, 0.99, 1.0, 1.01, 1.02])
+            bench = {"benchmarks": [{"name": f"{adapter}[outer_step]", "stats": syn._stats(data), "extra_info": {
+                "phase": "outer_step", "device": "cpu", "compilation": "eager", "first_step_seconds": 0.1}}],
+                     "machine_info": {}, "commit_info": {}, "datetime": "2026-12-01T10:00:00+00:00"}
+            (d / "benchmark.json").write_text(json.dumps(bench))
+            peak = int(m1 * steps ** b_mem * 2**20)
+            (d / "memory.json").write_text(json.dumps({"phase": "outer_step", "steps": 2, "peak_bytes": peak,
+                                                       "source": "rss", "framework_api": False}))
+            ok = {"status": "ok", "returncode": 0, "seconds": 1.0, "detail": None, "log_tail": []}
+            (d / "status.json").write_text(json.dumps({**cell, "phases": {"timing": ok, "memory": ok}}))
+    (run / "manifest.json").write_text(json.dumps({"run_id": "sweep", "threads": 2, "cells": []}))
+    return run
+
+
+def test_growth_exponents_recover_the_planted_laws(tmp_path):
+    from bench.report import collect
+
+    run = _sweep_run(tmp_path)
+    tabs = collect(run)
+    fits = exponents(sweep_points(run, tabs["steps"], tabs["memory"])).set_index(["quantity", "framework"])
+    for framework, (_, b_time, _, b_mem) in LAWS.items():
+        assert fits.loc[("outer_step", framework), "exponent"] == pytest.approx(b_time, abs=1e-9)
+        assert fits.loc[("peak memory", framework), "exponent"] == pytest.approx(b_mem, abs=1e-3)
+    assert set(fits["key"]) == {"maml.inner_steps"} and (fits["x_low"] == 1).all() and (fits["x_high"] == 10).all()
+
+
+def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
+    run = _sweep_run(tmp_path)
+    write_report(run)
+    summary = (run / "summary.md").read_text()
+    section = summary.split("## How cost grows (sweeps)")[1].split("## Step times")[0]
+    assert "omniglot-5w1s / maml / maml.inner_steps" in section
+    assert "b = 1.00" in section and "b = 0.50" in section and "b = 0.00" in section
+    assert (run / "sweeps.png").stat().st_size > 0
+    from bench.plots import _plt
+    from bench.report import collect
+    from bench.sweeps import sweep_figure
+
+    tabs = collect(run)
+    fig = sweep_figure(sweep_points(run, tabs["steps"], tabs["memory"]))
+    axes = fig.axes
+    assert [a.get_title() for a in axes] == ["outer_step", "peak memory"]
+    assert all(a.get_xscale() == "log" and a.get_yscale() == "log" and a.get_xlabel() == "maml.inner_steps"
+               for a in axes)
+    assert all(len(a.get_lines()) == 2 for a in axes)   # one line per framework
+    _plt().close(fig)
