@@ -16,10 +16,10 @@ within ``max(tolerance, FLOOR_FACTOR x max(floor, sensitivity))`` (``float32_lim
 floor is torch's own float32-vs-float64 error for that quantity, the sensitivity how far
 torch's float64 result moves when every weight and input is moved by one float32 rounding
 (``perturbed``): the batch's conditioning, which no framework can do better than. Each
-framework's own float32-vs-float64 error is reported beside them. The parent compares each quantity with PyTorch's as one max
-relative error, ``max|x - x_torch| / max|x_torch|`` over the whole quantity (all
-parameters together for the last two; per-element relative error is meaningless for
-entries that are zero up to rounding). ``params_after`` leaves out the entries whose
+framework's own float32-vs-float64 error is reported beside them. The parent compares
+each quantity with PyTorch's as one max relative error, ``max|x - x_torch| /
+max|x_torch|`` over the whole quantity (all parameters together for the last two;
+per-element relative error is meaningless for entries that are zero up to rounding). ``params_after`` leaves out the entries whose
 gradient is rounding noise, which Adam's normalised first step moves by +-lr in any
 framework (``params_after_error``).
 
