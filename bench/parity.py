@@ -19,9 +19,9 @@ torch's float64 result moves when every weight and input is moved by one float32
 framework's own float32-vs-float64 error is reported beside them. The parent compares
 each quantity with PyTorch's as one max relative error, ``max|x - x_torch| /
 max|x_torch|`` over the whole quantity (all parameters together for the last two;
-per-element relative error is meaningless for entries that are zero up to rounding). ``params_after`` leaves out the entries whose
-gradient is rounding noise, which Adam's normalised first step moves by +-lr in any
-framework (``params_after_error``).
+per-element relative error is meaningless for entries that are zero up to rounding).
+``params_after`` leaves out the entries whose gradient is rounding noise, which Adam's
+normalised first step moves by +-lr in any framework (``params_after_error``).
 
 The reference's results are cached (``<cache dir>/parity/``), keyed by everything they
 depend on: the spec as resolved, the algorithm, the episodes' fingerprint, the batch size,
