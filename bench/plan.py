@@ -45,20 +45,27 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1) -> str:
-    """The plan as a few lines of text: what runs, for how long, and a quicker first try."""
+def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1,
+             done: frozenset = frozenset(), parity_done: bool = False) -> str:
+    """The plan as a few lines of text: what runs, for how long, and a quicker first try.
+    ``done``: ids of cells a resumed run keeps (finished before); the estimate is of the rest."""
     frameworks = Counter(c.framework for c in cells)
     workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
-    est = estimate_seconds(cells, phases, profile)
+    todo = [c for c in cells if c.cell_id not in done]
+    est = estimate_seconds(todo, [p for p in phases if not (p == "parity" and parity_done)], profile)
     lines = [
         f"metabench: {len(cells)} cells ({', '.join(f'{n} {fw}' for fw, n in frameworks.items())}), "
         f"profile {profile}, device {device}, {threads} threads per framework -> {run_dir}",
         f"  workloads: {', '.join(workloads)}",
         f"  phases: {', '.join(phases)}" + (f"; {seeds} training seeds (seeds > 0: accuracy only)"
                                             if seeds > 1 else ""),
-        f"  estimated duration: about {_duration(est)}"
+        (f"  resumed: {len(cells) - len(todo)} of {len(cells)} cells finished before, kept; "
+         f"{len(todo)} to run" if done else "")
+        + ("; the parity table kept" if done and parity_done else ""),
+        f"  estimated duration{' of the rest' if done else ''}: about {_duration(est)}"
         + (" (from 2-core CPU runs; a GPU's is unmeasured)" if device == "cuda" else " on a 2-core CPU"),
     ]
+    lines = [line for line in lines if line]
     if profile != "smoke":
         lines.append("  a first try in minutes: metabench run --profile smoke  (or nox -s bench -- --profile smoke)")
     return "\n".join(lines)

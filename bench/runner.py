@@ -579,8 +579,10 @@ def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=
                        threads=threads, results_dir=Path(results_dir), run_id=run_id or new_run_id(profile),
                        resume=resume, data_dir=data_dir, command=command)
     run_dir = run_plan.run_dir
+    done = frozenset(c.cell_id for c in cells if resume and _finished(run_dir / "cells" / c.cell_id,
+                                                                       plan.cell_phases(c, phases)))
     echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
-                       seeds=seeds))
+                       seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists()))
     if dry_run:
         return None
     preflight.check(run_plan)  # nothing is written before this passes

@@ -103,6 +103,20 @@ def test_seeds_plan_accuracy_only_cells_after_the_seed_zero_cells():
     assert Cell.from_json(cells[2].to_json()) == cells[2]
 
 
+def test_a_resumed_plan_estimates_only_the_cells_left():
+    cells = plan_cells(profile="cpu", frameworks=["torch"], algorithms=["maml"], specs=["sinusoid-10shot"],
+                       adapters=None, device="cpu", threads=1, data_dir=None, cache_dir=None, seeds=3)
+    phases = ("parity", "timing", "memory", "accuracy")
+    fresh = plan.describe(cells, phases, profile="cpu", device="cpu", threads=1, run_dir="r", seeds=3)
+    typical = plan.TYPICAL_SECONDS["cpu"]
+    assert f"about {plan._duration(plan.estimate_seconds(cells, phases, 'cpu'))}" in fresh
+    assert "resumed" not in fresh
+    resumed = plan.describe(cells, phases, profile="cpu", device="cpu", threads=1, run_dir="r", seeds=3,
+                            done=frozenset({cells[0].cell_id}), parity_done=True)
+    assert "resumed: 1 of 3 cells finished before, kept; 2 to run; the parity table kept" in resumed
+    assert f"estimated duration of the rest: about {plan._duration(2 * typical['accuracy'])}" in resumed
+
+
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--dry-run", "--profile", "cpu",
                            "--frameworks", "torch", "--specs", "sinusoid-10shot", "--seeds", "2",
