@@ -199,6 +199,15 @@ class Adapter(abc.ABC):
         adaptation: MAML's adapted logits, ProtoNet's negative squared distances), and
         ``meta_grad/<param>`` (the meta-gradient the outer step would apply, canonical layout)."""
 
+    def activations(self, batch: Any) -> dict[str, np.ndarray]:
+        """Optional, for ``metabench parity``'s diagnosis: the body's output after each
+        block (``block1``, ``block2``, ... in order; Conv-4 in NCHW, the MLP [n, units]) on
+        the first episode's training-time input (MAML: its support set; ProtoNet: support
+        and query, one pass), from the current parameters. When a float64 comparison fails
+        at the loss, the first block that differs says where the maths parts. ``{}``: not
+        offered (the torch adapters offer it)."""
+        return {}
+
     # -- memory --------------------------------------------------------------------------
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory window (no-op where the framework cannot)."""

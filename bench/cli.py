@@ -73,13 +73,9 @@ def cmd_episodes(args) -> int:
 
 def cmd_run(args) -> int:
     """Exit 1 when any cell failed or any adapter failed parity (the report is written anyway)."""
-    from bench.runner import failures, run
+    from bench.runner import RunRequest, failures, run
 
-    run_dir = run(profile=args.profile, frameworks=args.frameworks, algorithms=args.algorithms, specs=args.specs,
-        adapters=args.adapters, device=args.device, threads=args.threads, data_dir=args.data_dir,
-        cache_dir=args.cache_dir, results_dir=args.results_dir, run_id=args.run_id,
-        phases=args.phases, timeout=args.cell_timeout, resume=args.resume, command=args.command_line,
-        seeds=args.seeds, dry_run=args.dry_run, overrides=args.set or (), sweeps=args.sweep or ())
+    run_dir = run(RunRequest.from_args(args))
     if run_dir is None:  # --dry-run: the plan was printed
         return 0
     failed = failures(run_dir)

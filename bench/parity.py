@@ -212,6 +212,8 @@ def _quantities(adapter, batch, params, prefix: str, out: dict) -> None:
     probe = adapter.probe(batch)
     out[f"{prefix}support_loss"] = np.asarray(probe["support_loss"])
     out[f"{prefix}query_logits"] = np.asarray(probe["query_logits"])
+    for name, value in (getattr(adapter, "activations", lambda b: {})(batch) or {}).items():
+        out[f"{prefix}activation/{name}"] = np.asarray(value)  # for the diagnosis only
     adapter.sync(adapter.outer_step(batch))
     after = adapter.get_params()
     for name in params:
@@ -474,6 +476,20 @@ def float32_limit(tolerance: float, floor: float, sensitivity: float) -> float:
     return max(tolerance, FLOOR_FACTOR * max(floor, sensitivity))
 
 
+def _by_block(res: dict, ref: dict, prefix: str, ref_prefix: str) -> str:
+    """Where a forward pass parts, block by block (``Adapter.activations``), or ''."""
+    names = [k[len(ref_prefix) + len("activation/"):] for k in ref if k.startswith(ref_prefix + "activation/")]
+    if not names or not all(f"{prefix}activation/{n}" in res for n in names):
+        return ""
+    for i, n in enumerate(names):
+        e = relative_error(res[f"{prefix}activation/{n}"], ref[f"{ref_prefix}activation/{n}"])
+        if not e <= TOLERANCE_64:
+            agree = f"agree through {names[i - 1]}, " if i else ""
+            return f"; the body's activations {agree}first differ at {n} ({e:.1e})"
+    return (f"; the body's activations agree at every block ({', '.join(names)}): the difference is after "
+            f"the body")
+
+
 def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floors: dict, own: dict,
              limits: dict, algorithm: str, placeholder: bool = False) -> str:
     """One line for a failed comparison: which tier failed, the first quantity (in the
@@ -491,10 +507,11 @@ def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floor
         cause = ("an error of float32 size: more likely an op of this framework that computes in float32 "
                  "(or with float32 constants) when asked for float64 than different maths"
                  if near_f32 else where.get(first, _WHERE_ADAM))
+        blocks = _by_block(res, ref, p64, r64) if first == "support_loss" else ""
         return (f"{head}float64 differs from {REFERENCE} first at {first} ({errors64[first]:.1e} > "
                 f"{TOLERANCE_64:g}{'; ' + ', '.join(agree) if agree else ''}): {cause}. Either the maths "
                 f"differs or the framework's float64 is not float64 for some op (docs/fairness.md)"
-                + _by_parameter(res, ref, p64, r64, TOLERANCE_64))
+                + blocks + _by_parameter(res, ref, p64, r64, TOLERANCE_64))
     bad32 = [q for q in QUANTITIES if not errors[q] <= limits[q]]
     q = bad32[0]
     cause = (f"this framework's own float32 is {own[q]:.1e} from its float64, {REFERENCE}'s {floors[q]:.1e}: its "

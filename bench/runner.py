@@ -531,22 +531,63 @@ class _StopRequests:
         return self.count >= 2
 
 
-def run(*, profile: str, frameworks=None, algorithms=None, specs=None, adapters=None, device="auto",
-        threads: int | None = None, data_dir=None, cache_dir=None, results_dir="results", run_id=None,
-        phases=None, timeout: float | None = None, resume: bool = False, command: str | None = None,
-        seeds: int = 1, dry_run: bool = False, overrides=(), sweeps=(), echo=print) -> Path | None:
-    """Run the benchmark; returns the run's results folder. ``phases`` defaults to the
-    profile's. With ``resume``, cells of an existing run whose requested phases all
-    succeeded are kept, not run again, and so is a parity table already written. ``command``
-    is recorded in the manifest (the CLI passes the ``metabench ...`` line the user typed).
-    ``seeds`` training seeds per cell (seeds > 0 run the accuracy phase only). With
-    ``dry_run`` the plan is printed and nothing is run or written (returns None).
-    ``overrides`` (``--set``: ``"maml.inner_steps=5"``) change every spec of the run;
-    ``sweeps`` (``--sweep``: ``"maml.inner_steps=1,2,5"``) make one spec per value, their
-    combinations when there are several (``expand_specs``).
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked ``metabench run`` for, before anything is resolved: one frozen
+    object from the command line (``from_args``) to ``run``, which resolves it into a
+    ``RunPlan`` (cells, specs, device, threads). ``None``: the profile's default."""
+
+    profile: str
+    frameworks: tuple[str, ...] | None = None
+    algorithms: tuple[str, ...] | None = None
+    specs: tuple[str, ...] | None = None
+    adapters: tuple[str, ...] | None = None
+    device: str = "auto"
+    threads: int | None = None
+    data_dir: str | None = None
+    cache_dir: str | None = None
+    results_dir: str = "results"
+    run_id: str | None = None
+    phases: tuple[str, ...] | None = None
+    timeout: float | None = None        # --cell-timeout
+    resume: bool = False
+    command: str | None = None          # recorded in the manifest: the line the user typed
+    seeds: int = 1
+    dry_run: bool = False
+    overrides: tuple[str, ...] = ()     # --set
+    sweeps: tuple[str, ...] = ()        # --sweep
+
+    @classmethod
+    def from_args(cls, args) -> RunRequest:
+        """From ``metabench run``'s parsed arguments."""
+        tup = lambda v: tuple(v) if v is not None else None
+        return cls(profile=args.profile, frameworks=tup(args.frameworks), algorithms=tup(args.algorithms),
+                   specs=tup(args.specs), adapters=tup(args.adapters), device=args.device, threads=args.threads,
+                   data_dir=args.data_dir, cache_dir=args.cache_dir, results_dir=args.results_dir,
+                   run_id=args.run_id, phases=tup(args.phases), timeout=args.cell_timeout, resume=args.resume,
+                   command=args.command_line, seeds=args.seeds, dry_run=args.dry_run,
+                   overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()))
+
+
+def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | None:
+    """Run the benchmark; returns the run's results folder. ``request`` (or its fields as
+    keywords) says what to run: ``phases`` defaults to the profile's. With ``resume``,
+    cells of an existing run whose requested phases all succeeded are kept, not run again,
+    and so is a parity table already written. ``command`` is recorded in the manifest (the
+    CLI passes the ``metabench ...`` line the user typed). ``seeds`` training seeds per
+    cell (seeds > 0 run the accuracy phase only). With ``dry_run`` the plan is printed and
+    nothing is run or written (returns None). ``overrides`` (``--set``:
+    ``"maml.inner_steps=5"``) change every spec of the run; ``sweeps`` (``--sweep``:
+    ``"maml.inner_steps=1,2,5"``) make one spec per value, their combinations when there
+    are several (``expand_specs``).
 
     Bad options and failed preflight checks raise ``MetabenchError`` before anything is
     written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
+    r = request or RunRequest(**options)
+    profile, frameworks, algorithms, specs, adapters = r.profile, r.frameworks, r.algorithms, r.specs, r.adapters
+    device, threads, data_dir, cache_dir, results_dir = r.device, r.threads, r.data_dir, r.cache_dir, r.results_dir
+    run_id, phases, timeout, resume, command = r.run_id, r.phases, r.timeout, r.resume, r.command
+    seeds, dry_run, overrides, sweeps = r.seeds, r.dry_run, r.overrides, r.sweeps
     if seeds < 1:
         raise MetabenchError(f"--seeds: must be at least 1, got {seeds}")
     command = command or "bench.runner.run() (called from Python, not the command line)"

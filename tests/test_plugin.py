@@ -1,10 +1,11 @@
 """A throwaway plugin package, built in a temporary folder and installed by pip (an entry
 point only: nothing in this project is edited), used through ``metabench list``, ``check``,
-``parity`` and ``run``. Three planted bugs must be caught, each by the tool whose job it
+``parity`` and ``run``. Four planted bugs must be caught, each by the tool whose job it
 is, with a message that says what differs:
 
 - a wrong sign in MAML's inner update: parity, at the adapted query outputs;
-- a ProtoNet whose distance is not squared: parity, at the episode loss;
+- a ProtoNet whose distance is not squared: parity, at the episode loss, after the body;
+- BatchNorm's epsilon wrong: parity, at the episode loss, in the body's first block;
 - a sync that does not wait (JAX's asynchronous dispatch): ``check``'s sync check.
 """
 
@@ -50,6 +51,13 @@ class UnsquaredProtoNet(TorchProtoNet):
         return -((z[n_support:, None, :] - protos[None]) ** 2).sum(-1).sqrt()
 
 
+class WrongEpsProtoNet(TorchProtoNet):
+    """BatchNorm's epsilon 100x the spec's."""
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._eps *= 100
+
+
 class NoSyncProtoNet(JaxProtoNet):
     """Returns before JAX has computed the step."""
     def sync(self, outputs=None):
@@ -64,6 +72,7 @@ ENTRIES = [
     AdapterEntry("throwaway-sign", "torch", ("maml",), "metabench_throwaway:SignFlippedMAML", default=False),
     AdapterEntry("throwaway-unsquared", "torch", ("protonet",), "metabench_throwaway:UnsquaredProtoNet",
                  default=False),
+    AdapterEntry("throwaway-eps", "torch", ("protonet",), "metabench_throwaway:WrongEpsProtoNet", default=False),
     AdapterEntry("throwaway-nosync", "jax", ("protonet",), "metabench_throwaway:NoSyncProtoNet", default=False),
     AdapterEntry("throwaway-faithful", "torch", ("protonet",), "metabench_throwaway:FaithfulProtoNet",
                  default=False),
@@ -124,12 +133,13 @@ def test_parity_finds_where_each_planted_bug_starts(plugin_env):
     """Torch variants are compared with torch's reference adapter like any framework;
     the diagnosis names the first quantity that differs in float64."""
     proc = metabench(plugin_env, "parity", "--quick", "--adapters", "throwaway-sign,throwaway-unsquared,"
-                     "throwaway-faithful", "--specs", "sinusoid-10shot,omniglot-5w1s", "--algorithms",
+                     "throwaway-eps,throwaway-faithful", "--specs", "sinusoid-10shot,omniglot-5w1s", "--algorithms",
                      "maml,protonet", "--batch-size", "2")
     out = proc.stdout
     assert proc.returncode == 1, out + proc.stderr
-    assert ("FAILED for 3 of 4 comparisons: throwaway-sign on sinusoid-10shot / maml, throwaway-sign on "
-            "omniglot-5w1s / maml, throwaway-unsquared on omniglot-5w1s / protonet") in out
+    assert ("FAILED for 4 of 5 comparisons: throwaway-sign on sinusoid-10shot / maml, throwaway-sign on "
+            "omniglot-5w1s / maml, throwaway-unsquared on omniglot-5w1s / protonet, throwaway-eps on "
+            "omniglot-5w1s / protonet") in out
     signs = [line for line in out.splitlines() if line.startswith("FAILED throwaway-sign")]
     assert len(signs) == 2
     for sign in signs:
@@ -138,6 +148,10 @@ def test_parity_finds_where_each_planted_bug_starts(plugin_env):
     unsquared = next(line for line in out.splitlines() if line.startswith("FAILED throwaway-unsquared"))
     assert "first at support_loss" in unsquared and "distance (squared Euclidean)" in unsquared
     assert "meta-gradient by parameter: conv1.weight" in unsquared
+    # the body's blocks, compared one by one, say whether the forward pass parts inside the body
+    assert "the body's activations agree at every block (block1, block2, block3, block4)" in unsquared
+    eps = next(line for line in out.splitlines() if line.startswith("FAILED throwaway-eps"))
+    assert "first at support_loss" in eps and "the body's activations first differ at block1" in eps
     assert not any(line.startswith("FAILED throwaway-faithful") for line in out.splitlines())
 
 

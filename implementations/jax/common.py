@@ -92,6 +92,13 @@ def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla")
     BatchNorm uses this batch's statistics (biased variance) and no running statistics:
     under ``vmap`` over tasks the statistics are per task. ``conv``: "xla"
     (``lax.conv_general_dilated``) or "im2col" (``conv3x3_im2col``), the same maths."""
+    x = conv4_blocks(params, x, batch_norm, eps, conv)[-1]
+    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+
+
+def conv4_blocks(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla") -> list[jax.Array]:
+    """NHWC images -> each block's output (conv, BatchNorm, ReLU, 2x2 max-pool), NHWC."""
+    out = []
     for i in range(1, CONV_BLOCKS + 1):
         w = params[f"conv{i}.weight"]
         if conv == "im2col":
@@ -106,17 +113,29 @@ def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla")
         else:
             x = x + params[f"conv{i}.bias"]
         x = lax.reduce_window(jax.nn.relu(x), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
-    return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+        out.append(x)
+    return out
+
+
+def block_activations(blocks) -> dict[str, np.ndarray]:
+    """``Adapter.activations``' layout: ``block1``.. in order; NHWC blocks as NCHW."""
+    return {f"block{i}": (np.asarray(b).transpose(0, 3, 1, 2) if b.ndim == 4 else np.asarray(b))
+            for i, b in enumerate(blocks, 1)}
 
 
 def linear(params, name: str, x: jax.Array) -> jax.Array:
     return x @ params[f"{name}.weight"].T + params[f"{name}.bias"]
 
 
+def mlp_blocks(params, x: jax.Array) -> list[jax.Array]:
+    """The MLP's body, layer by layer: each hidden layer after its ReLU."""
+    h1 = jax.nn.relu(linear(params, "fc1", x))
+    return [h1, jax.nn.relu(linear(params, "fc2", h1))]
+
+
 def mlp_features(params, x: jax.Array) -> jax.Array:
     """The MLP's body: its last hidden layer, which the head reads."""
-    x = jax.nn.relu(linear(params, "fc1", x))
-    return jax.nn.relu(linear(params, "fc2", x))
+    return mlp_blocks(params, x)[-1]
 
 
 def mlp(params, x: jax.Array) -> jax.Array:

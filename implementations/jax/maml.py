@@ -67,6 +67,13 @@ class JaxMAML(common.JaxAdapter):
             return common.mlp_features(params, x)
         return common.conv4(params, x, self._bn, self._eps, self.conv)
 
+    def activations(self, batch):
+        """The body's blocks on the first task's support set, from the current parameters."""
+        x = batch.support_x[0]
+        blocks = (common.mlp_blocks(self.params, x) if self.regression
+                  else common.conv4_blocks(self.params, x, self._bn, self._eps, self.conv))
+        return common.block_activations(blocks)
+
     def forward(self, params, x):
         """One task's inputs -> outputs: the body's features, then the linear head."""
         return common.linear(params, "head", self.features(params, x))

@@ -137,9 +137,9 @@ def max_pool_2x2(x):
     return tf.nn.max_pool2d(x, ksize=2, strides=2, padding="VALID")
 
 
-def conv4(params, x, batch_norm_on: bool, eps: float, canonical_order: bool = True, pool=max_pool_2x2):
-    """NHWC images -> [n, features], in the canonical (C, H, W) order, or in NHWC's
-    (H, W, C) order for a consumer whose weights are permuted to match (MAML's head)."""
+def conv4_blocks(params, x, batch_norm_on: bool, eps: float, pool=max_pool_2x2) -> list:
+    """NHWC images -> each block's output (conv, BatchNorm, ReLU, 2x2 max-pool), NHWC."""
+    out = []
     for i in range(1, CONV_BLOCKS + 1):
         x = tf.nn.conv2d(x, params[f"conv{i}.weight"], strides=1, padding="SAME")  # = torch padding 1 for 3x3
         if batch_norm_on:
@@ -147,6 +147,20 @@ def conv4(params, x, batch_norm_on: bool, eps: float, canonical_order: bool = Tr
         else:
             x = x + params[f"conv{i}.bias"]
         x = pool(tf.nn.relu(x))
+        out.append(x)
+    return out
+
+
+def block_activations(blocks) -> dict[str, np.ndarray]:
+    """``Adapter.activations``' layout: ``block1``.. in order; NHWC blocks as NCHW."""
+    return {f"block{i}": (b.numpy().transpose(0, 3, 1, 2) if len(b.shape) == 4 else b.numpy())
+            for i, b in enumerate(blocks, 1)}
+
+
+def conv4(params, x, batch_norm_on: bool, eps: float, canonical_order: bool = True, pool=max_pool_2x2):
+    """NHWC images -> [n, features], in the canonical (C, H, W) order, or in NHWC's
+    (H, W, C) order for a consumer whose weights are permuted to match (MAML's head)."""
+    x = conv4_blocks(params, x, batch_norm_on, eps, pool)[-1]
     if canonical_order:
         x = tf.transpose(x, [0, 3, 1, 2])  # NHWC -> NCHW before flattening, so features match torch's
     return tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])  # static feature size: one reshape, no Shape op
@@ -156,10 +170,15 @@ def linear(params, name: str, x):
     return tf.matmul(x, params[f"{name}.weight"]) + params[f"{name}.bias"]
 
 
+def mlp_blocks(params, x) -> list:
+    """The MLP's body, layer by layer: each hidden layer after its ReLU."""
+    h1 = tf.nn.relu(linear(params, "fc1", x))
+    return [h1, tf.nn.relu(linear(params, "fc2", h1))]
+
+
 def mlp_features(params, x):
     """The MLP's body: its last hidden layer, which the head reads."""
-    x = tf.nn.relu(linear(params, "fc1", x))
-    return tf.nn.relu(linear(params, "fc2", x))
+    return mlp_blocks(params, x)[-1]
 
 
 def mlp(params, x):

@@ -55,6 +55,15 @@ class TFMAML(common.TFAdapter):
             return common.mlp_features(params, x)
         return common.conv4(params, x, self._bn, self._eps, canonical_order=False, pool=self._pool)
 
+    def activations(self, batch):
+        """The body's blocks on the first task's support set, from the current parameters."""
+        params = {k: tf.convert_to_tensor(v) for k, v in self.weights.items()}
+        x = batch.support_x[0]
+        with tf.device(self._dev):
+            blocks = (common.mlp_blocks(params, x) if self.regression
+                      else common.conv4_blocks(params, x, self._bn, self._eps, pool=self._pool))
+        return common.block_activations(blocks)
+
     def forward(self, params, x):
         return common.linear(params, "head", self.features(params, x))
 

@@ -47,6 +47,12 @@ class TFProtoNet(common.TFAdapter):
         self._predict_fn = self._compile(self._logits)
 
     # -- the maths -------------------------------------------------------------------------
+    def activations(self, batch):
+        """The body's blocks on the first episode's support and query sets (one pass)."""
+        with tf.device(self._dev):
+            x = tf.concat([batch.support_x[0], batch.query_x[0]], axis=0)
+            return common.block_activations(common.conv4_blocks(self.weights, x, self._bn, self._eps))
+
     def _embed_episode(self, sx, qx):
         """One forward over support + query -> (prototypes [n_way, d], query embeddings)."""
         n_support = sx.shape[0]

@@ -54,22 +54,40 @@ def fused_batch_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, 
     return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
 
 
-def conv4(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float, norm=batch_norm) -> torch.Tensor:
-    """NCHW images -> [n, features]. BatchNorm uses the batch's statistics (biased
-    variance), never running statistics: MAML's transductive setting. ``norm`` is
-    ``batch_norm`` (vmap-safe to second order) or ``fused_batch_norm``."""
+def conv4_blocks(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float,
+                 norm=batch_norm) -> list[torch.Tensor]:
+    """NCHW images -> each block's output (conv, BatchNorm, ReLU, 2x2 max-pool), NCHW."""
+    out = []
     for i in range(1, CONV_BLOCKS + 1):
         x = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
         if use_batch_norm:
             x = norm(x, params[f"bn{i}.weight"], params[f"bn{i}.bias"], eps)
         x = F.max_pool2d(F.relu(x), 2)
-    return x.flatten(1)  # (C, H, W) order: the canonical feature order
+        out.append(x)
+    return out
+
+
+def conv4(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float, norm=batch_norm) -> torch.Tensor:
+    """NCHW images -> [n, features]. BatchNorm uses the batch's statistics (biased
+    variance), never running statistics: MAML's transductive setting. ``norm`` is
+    ``batch_norm`` (vmap-safe to second order) or ``fused_batch_norm``."""
+    return conv4_blocks(params, x, use_batch_norm, eps, norm)[-1].flatten(1)  # (C, H, W): the canonical order
+
+
+def block_activations(blocks: list[torch.Tensor]) -> dict[str, np.ndarray]:
+    """``Adapter.activations``' layout: ``block1``.. in order, canonical (NCHW, or [n, units])."""
+    return {f"block{i}": b.detach().cpu().numpy() for i, b in enumerate(blocks, 1)}
+
+
+def mlp_blocks(params: Params, x: torch.Tensor) -> list[torch.Tensor]:
+    """The MLP's body, layer by layer: each hidden layer after its ReLU."""
+    h1 = F.relu(F.linear(x, params["fc1.weight"], params["fc1.bias"]))
+    return [h1, F.relu(F.linear(h1, params["fc2.weight"], params["fc2.bias"]))]
 
 
 def mlp_features(params: Params, x: torch.Tensor) -> torch.Tensor:
     """The MLP's body: its last hidden layer, which the head reads."""
-    x = F.relu(F.linear(x, params["fc1.weight"], params["fc1.bias"]))
-    return F.relu(F.linear(x, params["fc2.weight"], params["fc2.bias"]))
+    return mlp_blocks(params, x)[-1]
 
 
 def mlp(params: Params, x: torch.Tensor) -> torch.Tensor:

@@ -101,6 +101,14 @@ class TorchMAML(common.TorchAdapter):
         with torch.no_grad():
             return vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x).cpu().numpy()
 
+    def activations(self, batch):
+        """The body's blocks on the first task's support set, from the current parameters."""
+        with torch.no_grad():
+            x = batch.support_x[0]
+            blocks = (common.mlp_blocks(self.params, x) if self.regression
+                      else common.conv4_blocks(self.params, x, self._bn, self._eps))
+        return common.block_activations(blocks)
+
     def probe(self, batch):
         with torch.no_grad():
             support_loss = vmap(self.loss, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.support_y)

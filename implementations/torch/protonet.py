@@ -79,6 +79,13 @@ class TorchProtoNet(common.TorchAdapter):
         with torch.no_grad():
             return vmap(neg_sq_distances)(query, protos).cpu().numpy()
 
+    def activations(self, batch):
+        """The body's blocks on the first episode's support and query sets (one pass)."""
+        with torch.no_grad():
+            x = torch.cat([batch.support_x[0], batch.query_x[0]])
+            blocks = common.conv4_blocks(self.params, x, self._bn, self._eps, norm=common.fused_batch_norm)
+        return common.block_activations(blocks)
+
     def probe(self, batch):
         with torch.no_grad():
             logits = vmap(self._episode_logits, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.query_x)
