@@ -74,6 +74,8 @@ SYNC_TASKS = 16
 SYNC_ROUNDS = 3
 # Fraction of a step's time that reading its results may take after sync returned.
 SYNC_READ_FRACTION = 0.5
+# Below this (seconds, step and read together) the check cannot judge: numpy placeholders.
+SYNC_MIN_STEP = 2e-3
 
 
 class CheckFailed(AssertionError):
@@ -190,7 +192,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         a = build()
         b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
         a.sync(a.outer_step(b))  # compiles
-        fractions = []
+        fractions, totals = [], []
         for _ in range(SYNC_ROUNDS):
             t0 = time.perf_counter()
             loss = a.outer_step(b)
@@ -200,6 +202,9 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
             a.get_params()
             t2 = time.perf_counter()
             fractions.append((t2 - t1) / (t2 - t0))
+            totals.append(t2 - t0)
+        if float(np.median(totals)) < SYNC_MIN_STEP:
+            return  # a step this short is mostly the copy itself: no sync could be told from none
         f = float(np.median(fractions))
         _expect(f <= SYNC_READ_FRACTION,
                 f"reading the results after sync() took {f:.0%} of the step ({(t2 - t0) * 1e3:.1f} ms): "

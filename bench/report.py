@@ -443,20 +443,20 @@ def machine_load_line(run_dir: Path, most: int = 6) -> str:
     quiet, or the phases whose numbers were taken on a busy machine."""
     from bench.machine_load import FLAG_CORES, flagged
 
-    busy, recorded = [], 0
+    busy, recorded, unrecorded = [], 0, 0
     for path in sorted((run_dir / "cells").glob("*/status.json")):
         for phase, s in json.loads(path.read_text()).get("phases", {}).items():
-            if s.get("machine"):
-                recorded += 1
+            recorded, unrecorded = (recorded + 1, unrecorded) if s.get("machine") else (recorded, unrecorded + 1)
             if why := flagged(s.get("machine")):
                 busy.append(f"{path.parent.name} / {phase} ({why})")
     if not recorded:
         return "not recorded (a run from before metabench recorded it)"
+    older = f"; not recorded for {unrecorded} phases run before metabench recorded it" if unrecorded else ""
     if not busy:
-        return f"quiet: other processes used under {FLAG_CORES:g} cores in each of {recorded} phases"
+        return f"quiet: other processes used under {FLAG_CORES:g} cores in each of {recorded} phases{older}"
     more = f"; +{len(busy) - most} more (status.json, `machine`)" if len(busy) > most else ""
     return (f"**BUSY** in {len(busy)} of {recorded} phases, their times inflated: {'; '.join(busy[:most])}"
-            f"{more}")
+            f"{more}{older}")
 
 
 def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str = "torch") -> str:
