@@ -34,8 +34,9 @@ def env() -> dict[str, str]:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The full unit suite, parity across frameworks included. autograd: the fourth-framework
-    example plugin (docs/examples/metabench-autograd-protonet), installed and tested."""
-    install(session, "autograd>=1.7")
+    example plugin (docs/examples/metabench-autograd-protonet), installed and tested;
+    submitit and ray: the cluster executors, run through their local modes."""
+    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9")
     session.run("pytest", *session.posargs, env=env())
 
 

@@ -34,6 +34,11 @@ class Cell:
         base = f"{self.adapter}__{self.algorithm}__{self.spec_name}"
         return f"{base}__seed{self.seed}" if self.seed else base
 
+    @property
+    def label(self) -> str:
+        """Its name in progress lines: ``torch-maml maml omniglot-5w1s seed 1``."""
+        return f"{self.adapter} {self.algorithm} {self.spec_name}" + (f" seed {self.seed}" if self.seed else "")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 

@@ -233,6 +233,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a field of every spec, validated like the file (repeatable): maml.inner_steps=5")
     p.add_argument("--sweep", action="append", metavar="SECTION.FIELD=V1,V2,...",
                    help="one spec per value, every combination when repeated: maml.inner_steps=1,2,5,10")
+    cluster = p.add_argument_group("where the cells run (README: Running on a cluster)")
+    cluster.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                         help="local: here, one cell at a time (default); slurm: Slurm jobs through submitit; "
+                              "ray: Ray tasks")
+    cluster.add_argument("--group-by", choices=["cell", "framework"], default="cell",
+                         help="one job per cell (default), or per framework (its cells in sequence)")
+    cluster.add_argument("--slurm-partition", help="sbatch --partition")
+    cluster.add_argument("--slurm-gpus", type=int, help="GPUs per job (default: 1 with --device cuda, else 0)")
+    cluster.add_argument("--slurm-cpus", type=int,
+                         help="CPUs per job (default: --threads; --threads defaults to it, else 4)")
+    cluster.add_argument("--slurm-mem-gb", type=float, help="memory per job (default: the profile's, 8-32 GB)")
+    cluster.add_argument("--slurm-time-min", type=int,
+                         help="time limit per job (default: its cells' watchdog limits summed, +10%%)")
+    cluster.add_argument("--slurm-account", help="sbatch --account")
+    cluster.add_argument("--slurm-constraint", help="sbatch --constraint (e.g. one GPU model: comparable timings)")
+    cluster.add_argument("--slurm-exclusive", action="store_true",
+                         help="sbatch --exclusive: no other job on a cell's node (CPU timing)")
+    cluster.add_argument("--slurm-cluster", choices=["slurm", "local"], default=None,
+                         help="local: submitit's local executor runs the jobs here (the same code path up to "
+                              "sbatch), to try a Slurm run without a cluster")
+    cluster.add_argument("--ray-address", help="an existing Ray cluster (auto, ray://HOST:10001); "
+                                               "default: a Ray instance started here for the run")
     data_flags(p)
     p.set_defaults(func=cmd_run)
 

@@ -46,9 +46,11 @@ def _duration(seconds: float) -> str:
 
 
 def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1,
-             done: frozenset = frozenset(), parity_done: bool = False) -> str:
+             done: frozenset = frozenset(), parity_done: bool = False, executor: str = "local",
+             group_by: str = "cell") -> str:
     """The plan as a few lines of text: what runs, for how long, and a quicker first try.
-    ``done``: ids of cells a resumed run keeps (finished before); the estimate is of the rest."""
+    ``done``: ids of cells a resumed run keeps (finished before); the estimate is of the rest.
+    Cells that run elsewhere (``executor``) are said so; the estimate stays the serial one."""
     frameworks = Counter(c.framework for c in cells)
     workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
     todo = [c for c in cells if c.cell_id not in done]
@@ -63,7 +65,9 @@ def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir,
          f"{len(todo)} to run" if done else "")
         + ("; the parity table kept" if done and parity_done else ""),
         f"  estimated duration{' of the rest' if done else ''}: about {_duration(est)}"
-        + (" (from 2-core CPU runs; a GPU's is unmeasured)" if device == "cuda" else " on a 2-core CPU"),
+        + (" (from 2-core CPU runs; a GPU's is unmeasured)" if device == "cuda" else " on a 2-core CPU")
+        + (" if the jobs ran one after another" if executor != "local" else ""),
+        (f"  executor: {executor}, one job per {group_by}" if executor != "local" else ""),
     ]
     lines = [line for line in lines if line]
     if profile != "smoke":

@@ -27,6 +27,7 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from bench import executors
 from bench.errors import DataError, MetabenchError
 
 PROBE_TIMEOUT = 300  # seconds for one framework's import (TF on a loaded 2-core machine: ~20 s)
@@ -56,9 +57,34 @@ def check(plan) -> None:
     if not problems:
         problems += check_run_id(plan)
     problems += check_data(plan.specs.values(), plan.data_dir)
-    problems += check_frameworks(plan.cells, plan.device)
+    problems += check_executor(plan)
+    # Cells that run elsewhere see their nodes' GPUs, not this machine's: here only the
+    # imports are checked (the same installation on a shared filesystem); a node without
+    # the device fails its cells, each with the framework's message.
+    here = executors.runs_here(plan.executor, plan.cluster)
+    problems += check_frameworks(plan.cells, plan.device if here else "cpu")
     if problems:
         raise PreflightError(problems)
+
+
+def check_executor(plan) -> list[str]:
+    """The engine ``--executor`` drives is installed."""
+    module = {"slurm": "submitit", "ray": "ray"}.get(plan.executor)
+    if module is None:
+        return []
+    try:
+        __import__(module)
+    except ImportError:
+        return [f"--executor {plan.executor} needs the {module} package: pip install 'metabench[cluster]' "
+                f"(or pip install {module})"]
+    if plan.executor == "slurm" and plan.cluster.slurm_cluster != "local":
+        import shutil
+
+        missing = [tool for tool in ("sbatch", "srun", "sacct") if shutil.which(tool) is None]
+        if missing:
+            return [f"--executor slurm: {', '.join(missing)} not found on PATH; run metabench on a Slurm login "
+                    f"node, or add --slurm-cluster local to try the jobs on this machine"]
+    return []
 
 
 # -- the results folder and the run id -------------------------------------------------------

@@ -34,6 +34,10 @@ class Profile:
     # The parity phase's comparisons on smaller models and episodes (bench.parity.quick_spec):
     # the same maths checked in seconds, where a profile's whole run takes minutes.
     quick_parity: bool = False
+    # Memory a cluster job asks for (--executor slurm; --slurm-mem-gb overrides): one cell's
+    # process, with ample room (in results/20261129-cpu-seeds the memory probes' peak
+    # resident set was at most 1.5 GB; paper-size episodes and GPUs' host buffers need more)
+    job_memory_gb: float = 16.0
 
     def time_limit(self, phases) -> float:
         """The limit of one process running ``phases`` one after the other, in seconds."""
@@ -62,7 +66,8 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", "seconds per cell: proves every phase runs (CI)", _smoke,
                      warmup_rounds=1, rounds=3, memory_steps=1,
                      # a smoke cell takes 5-60 s per phase (JAX and TF compile on 2 cores)
-                     time_limits={"timing": 600, "memory": 300, "accuracy": 600}, quick_parity=True),
+                     time_limits={"timing": 600, "memory": 300, "accuracy": 600}, quick_parity=True,
+                     job_memory_gb=8.0),
     "cpu": Profile("cpu", "minutes per cell on a laptop-class CPU: reaches the accuracy targets",
                    _cpu, warmup_rounds=3, rounds=20, memory_steps=2,
                    # cpu-all on 2 cores (README): timing up to ~5 min, accuracy up to ~25 min a cell
@@ -70,5 +75,6 @@ PROFILES: dict[str, Profile] = {
     "paper": Profile("paper", "the papers' budgets (60k meta-iterations): GPU hours", _paper,
                      warmup_rounds=10, rounds=100, memory_steps=3,
                      # 60k second-order MAML iterations: GPU hours, a day at most
-                     time_limits={"timing": 2 * HOUR, "memory": 1 * HOUR, "accuracy": 48 * HOUR}),
+                     time_limits={"timing": 2 * HOUR, "memory": 1 * HOUR, "accuracy": 48 * HOUR},
+                     job_memory_gb=32.0),
 }

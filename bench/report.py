@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench import tables
+from bench import hardware, tables
 from bench.stats import bootstrap_median_ci
 
 CELL_COLUMNS = ["framework", "algorithm", "adapter", "spec"]
@@ -469,6 +469,7 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     marks = tables.parity_marks(parity, cells)
     legend = tables.marks_legend(marks)
     unequal = thread_mismatches(run_dir, manifest.get("threads"))
+    mixed = hardware.mixed_hardware_note(run_dir)
     threads = f"{manifest.get('threads')}" + (f" (**UNEQUAL**: {'; '.join(unequal)}: their step times are not "
                                               "comparable)" if unequal else "")
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
@@ -477,6 +478,7 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
 - profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {threads}
 - machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, Python {env.get('python')}
 - machine load: {machine_load_line(run_dir)}
+- cells ran by: {hardware.placement_line(run_dir)}{mixed and chr(10) + '- ' + mixed}
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}
 
@@ -485,7 +487,7 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
 {_parity_verdict(run_dir)}
 ## Comparison
 
-{tables.headline_sections(tabs, baseline, parity)}
+{mixed and mixed + chr(10) + chr(10)}{tables.headline_sections(tabs, baseline, parity)}
 Step times are rounds of one step each, the device synchronised inside the timed region;
 `sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
 Memory is measured in a process apart from timing.

@@ -14,6 +14,9 @@ frameworks and the results folder. While a run writes, it holds ``<run>/.lock``
 any moment is completed by ``--resume``: finished cells are kept, the others run again
 from scratch. Ctrl-C stops after the current cell (twice: at once) and prints the resume
 command.
+
+Where the cells run is the executor's business (``bench.executors``: here one at a time,
+as Slurm jobs, or as Ray tasks); everything above holds for each.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import atomic, machine_load, plan, preflight, registry
+from bench import atomic, executors, machine_load, plan, preflight, registry
 from bench.cell import Cell
 from bench.errors import MetabenchError
 from bench.lock import RunLock
@@ -275,17 +278,20 @@ def _phase_record(phase: str, ok: bool, out: ProcessOutcome, limit: float | None
             "machine": out.machine}
 
 
-def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False) -> dict | None:
+def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False,
+             placement: dict | None = None) -> dict | None:
     """Run one cell's processes; returns its status record, written last (and atomically)
     to status.json: a cell with a status.json is complete. ``limit(phases)`` is the time
     limit of a process running ``phases``. Returns None, writing no status, when the run is
-    stopping now (``stop_now()``): ``--resume`` runs that cell again."""
+    stopping now (``stop_now()``): ``--resume`` runs that cell again. ``placement`` says
+    where it ran (``bench.executors.placement``; default: here, by the local executor)."""
     if cell_dir.exists():  # an earlier, unfinished attempt: its files must not mix with these
         shutil.rmtree(cell_dir)
     cell_dir.mkdir(parents=True)
     cell_json = cell_dir / "cell.json"
     atomic.write_text(cell_json, cell.to_json())
-    status = {"cell_id": cell.cell_id, **asdict(cell), "phases": {}}
+    status = {"cell_id": cell.cell_id, **asdict(cell), "placement": placement or executors.placement("local"),
+              "phases": {}}
     if "timing" in phases:
         # pytest-benchmark writes its JSON in place: it goes to a part file, renamed when whole
         part = cell_dir / f"{atomic.PART_PREFIX}benchmark.json"
@@ -439,6 +445,10 @@ class RunPlan:
     resume: bool
     data_dir: str | None
     command: str
+    # where the cells run (bench.executors); not part of plan.json: a run started here may be
+    # finished on a cluster, and the reverse
+    executor: str = "local"
+    cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)
 
     @property
     def run_dir(self) -> Path:
@@ -460,11 +470,12 @@ def _available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def check_options(*, threads, timeout, run_id, resume, frameworks, adapters) -> None:
-    """The command-line values that no plan can satisfy, each refused in one line."""
+def check_options(*, threads, timeout, run_id, resume, frameworks, adapters, here: bool = True) -> None:
+    """The command-line values that no plan can satisfy, each refused in one line. ``here``:
+    the cells run on this machine (its cores bound ``--threads``)."""
     if threads is not None and threads < 1:
         raise MetabenchError(f"--threads: must be at least 1, got {threads}")
-    if threads is not None and threads > _available_cores():
+    if here and threads is not None and threads > _available_cores():
         raise MetabenchError(f"--threads: {threads} exceeds the {_available_cores()} cores this process may "
                              f"use (every framework is pinned to that many); use at most {_available_cores()}")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
@@ -485,7 +496,7 @@ def check_options(*, threads, timeout, run_id, resume, frameworks, adapters) -> 
                                  f"(known adapters: metabench list)")
 
 
-def _time_limit(profile: str, timeout: float | None):
+def time_limit(profile: str, timeout: float | None):
     """``limit(phases)``: seconds one process running ``phases`` may take before the watchdog
     kills it: ``--cell-timeout`` when given, else the profile's limits summed."""
     return lambda phases: timeout if timeout is not None else PROFILES[profile].time_limit(phases)
@@ -556,6 +567,8 @@ class RunRequest:
     dry_run: bool = False
     overrides: tuple[str, ...] = ()     # --set
     sweeps: tuple[str, ...] = ()        # --sweep
+    executor: str = "local"             # --executor: local | slurm | ray (bench.executors)
+    cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)  # --slurm-*, --ray-*
 
     @classmethod
     def from_args(cls, args) -> RunRequest:
@@ -566,7 +579,13 @@ class RunRequest:
                    data_dir=args.data_dir, cache_dir=args.cache_dir, results_dir=args.results_dir,
                    run_id=args.run_id, phases=tup(args.phases), timeout=args.cell_timeout, resume=args.resume,
                    command=args.command_line, seeds=args.seeds, dry_run=args.dry_run,
-                   overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()))
+                   overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()), executor=args.executor,
+                   cluster=executors.ClusterOptions(
+                       group_by=args.group_by, slurm_partition=args.slurm_partition, slurm_gpus=args.slurm_gpus,
+                       slurm_cpus=args.slurm_cpus, slurm_mem_gb=args.slurm_mem_gb,
+                       slurm_time_min=args.slurm_time_min, slurm_account=args.slurm_account,
+                       slurm_constraint=args.slurm_constraint, slurm_exclusive=args.slurm_exclusive,
+                       slurm_cluster=args.slurm_cluster, ray_address=args.ray_address))
 
 
 def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | None:
@@ -601,11 +620,19 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
         unknown = [a for a in algorithms if a not in ALGORITHMS]
         if unknown:
             raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(ALGORITHMS)}")
+    if r.executor not in executors.EXECUTORS:
+        raise MetabenchError(f"--executor: unknown {r.executor!r}; allowed: {', '.join(executors.EXECUTORS)}")
+    r.cluster.check()
+    here = executors.runs_here(r.executor, r.cluster)
     check_options(threads=threads, timeout=timeout, run_id=run_id, resume=resume, frameworks=frameworks,
-                  adapters=adapters)
-    device = detect_device() if device == "auto" else device
+                  adapters=adapters, here=here)
+    if device == "auto":
+        device = detect_device() if here else executors.cluster_device(r.executor, r.cluster)
     if threads is None:
-        threads = _available_cores()
+        threads = _available_cores() if here else executors.cluster_threads(r.cluster)
+    if r.executor == "slurm" and r.cluster.slurm_cpus is not None and threads > r.cluster.slurm_cpus:
+        raise MetabenchError(f"--threads: {threads} exceeds the {r.cluster.slurm_cpus} CPUs a job asks for "
+                             f"(--slurm-cpus); raise --slurm-cpus or lower --threads")
     specs = expand_specs(list(specs or DEFAULT_SPECS[profile]), overrides, sweeps)
     cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
                        adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
@@ -618,12 +645,13 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
                              f"against `metabench list`")
     run_plan = RunPlan(profile=profile, phases=phases, cells=tuple(cells), specs=load_specs(specs), device=device,
                        threads=threads, results_dir=Path(results_dir), run_id=run_id or new_run_id(profile),
-                       resume=resume, data_dir=data_dir, command=command)
+                       resume=resume, data_dir=data_dir, command=command, executor=r.executor, cluster=r.cluster)
     run_dir = run_plan.run_dir
     done = frozenset(c.cell_id for c in cells if resume and _finished(run_dir / "cells" / c.cell_id,
                                                                        plan.cell_phases(c, phases)))
     echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
-                       seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists()))
+                       seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists(),
+                       executor=r.executor, group_by=r.cluster.group_by))
     if dry_run:
         return None
     preflight.check(run_plan)  # nothing is written before this passes
@@ -655,32 +683,22 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
     about = dict(profile=p.profile, device=p.device, threads=p.threads, started=started, command=p.command,
                  data_dir=p.data_dir, cache_dir=cache_dir)
     write_manifest(run_dir, cells, **about)
+    position = {c.cell_id: i for i, c in enumerate(cells, 1)}
+    todo = []
+    for cell in cells:
+        if p.resume and _finished(run_dir / "cells" / cell.cell_id, plan.cell_phases(cell, p.phases)):
+            echo(f"[{position[cell.cell_id]}/{len(cells)}] {cell.label}: done before, kept")
+        else:
+            todo.append(cell)
+    jobs = []
     if "parity" in p.phases and not (p.resume and (run_dir / "parity.csv").exists()):
-        run_parity_phase(run_dir, cells, device=p.device, threads=p.threads, data_dir=p.data_dir,
-                         cache_dir=cache_dir, echo=echo, quick=PROFILES[p.profile].quick_parity)
-    limit = _time_limit(p.profile, timeout)
-    done = 0
-    with progress_bar(cells, p.phases, p.profile, echo) as (bar, say):
-        for i, cell in enumerate(cells, 1):
-            if stops.stopping:
-                break
-            cell_dir = run_dir / "cells" / cell.cell_id
-            todo = plan.cell_phases(cell, p.phases)
-            name = f"{cell.adapter} {cell.algorithm} {cell.spec_name}" + (f" seed {cell.seed}" if cell.seed else "")
-            if p.resume and _finished(cell_dir, todo):
-                say(f"[{i}/{len(cells)}] {name}: done before, kept")
-                bar.update(cell, todo)
-                done += 1
-                continue
-            say(f"[{i}/{len(cells)}] {name}")
-            status = run_cell(cell, cell_dir, todo, say, limit, stops.stop_now)
-            if status is None:
-                break
-            done += 1
-            bar.update(cell, todo)
-            bad = [f"{ph} {s['status']}" for ph, s in status["phases"].items() if s["status"] != "ok"]
-            if bad:
-                say(f"[{cell.cell_id}] {', '.join(bad)} (other cells go on)")
+        jobs.append(executors.parity_job(cells, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
+                                         quick=PROFILES[p.profile].quick_parity))
+    jobs += executors.group_jobs(todo, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
+                                 group_by=p.cluster.group_by)
+    context = executors.RunContext(run_dir=run_dir, threads=p.threads, device=p.device, echo=echo, stops=stops,
+                                   options=p.cluster, position=position)
+    done = len(cells) - len(todo) + executors.make_executor(p.executor, p.cluster).run(jobs, context)
     if done < len(cells):  # stopped by Ctrl-C or SIGTERM: the statuses so far go into the manifest
         write_manifest(run_dir, cells, **about)
         echo(f"metabench: stopped by {stops.by} after {done} of {len(cells)} cells; {len(cells) - done} to run")

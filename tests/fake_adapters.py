@@ -63,8 +63,22 @@ class Diverging(Fake):
         return np.float32(1.0 if self.steps < 2 else np.nan)
 
 
+class Killer(Fake):
+    """The first time it is built (a marker file named by $FAKE_KILL_MARKER records it), it
+    SIGKILLs the process that runs its cell: the Slurm job or the Ray worker, as a
+    preemption or an out-of-memory kill would. Built again (``--resume``), it is Fake."""
+    def __init__(self, *args, **kwargs):
+        marker = os.environ.get("FAKE_KILL_MARKER")
+        if marker and not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getppid(), 9)
+            time.sleep(60)  # the kernel kills this process too (the harness's parent-death signal)
+        super().__init__(*args, **kwargs)
+
+
 ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_reliability_plugin:Steady"),
            AdapterEntry("fake-steady-b", "fake", ("maml",), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-killer", "fake", ("maml",), "metabench_reliability_plugin:Killer"),
            AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
            AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),
            AdapterEntry("fake-diverge", "fake", ("maml",), "metabench_reliability_plugin:Diverging"),

@@ -329,12 +329,12 @@ def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tm
 
 
 def test_profiles_give_each_phase_a_time_limit_that_cell_timeout_overrides():
-    from bench.runner import _time_limit
+    from bench.runner import time_limit
 
-    smoke = _time_limit("smoke", None)
+    smoke = time_limit("smoke", None)
     assert smoke(["timing"]) == 600 and smoke(["memory", "accuracy"]) == 300 + 600  # one worker process
-    assert _time_limit("paper", None)(["accuracy"]) > _time_limit("cpu", None)(["accuracy"]) > 600
-    assert _time_limit("cpu", 25.0)(["memory", "accuracy"]) == 25.0
+    assert time_limit("paper", None)(["accuracy"]) > time_limit("cpu", None)(["accuracy"]) > 600
+    assert time_limit("cpu", 25.0)(["memory", "accuracy"]) == 25.0
     assert all(set(p.time_limits) == {"timing", "memory", "accuracy"} for p in PROFILES.values())
 
 
