@@ -72,7 +72,8 @@ def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0, tasks: int = BATCH)
 # wait takes most of the step, while reading after a real sync is a copy of a few kB.
 SYNC_TASKS = 16
 SYNC_ROUNDS = 3
-# Fraction of a step's time that reading its results may take after sync returned.
+# Fraction of a step's time that reading its results right after sync may exceed the same
+# read once the device is idle.
 SYNC_READ_FRACTION = 0.5
 # Below this (seconds, step and read together) the check cannot judge: numpy placeholders.
 SYNC_MIN_STEP = 2e-3
@@ -187,29 +188,44 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         """After ``sync(out)`` returns, the step is computed: reading its loss and the new
         parameters then costs a copy. A sync that does not wait (asynchronous dispatch:
         JAX, CUDA) leaves the compute to whoever reads next, and the harness would time the
-        dispatch only. On a device that runs every op synchronously (torch and TF on a
-        CPU) a missing sync cannot be seen, and there it costs nothing either."""
+        dispatch only. So each round reads a step's results twice over: right after
+        ``sync`` returned, and, for a second identical step, after ``sync`` and a pause long
+        enough for any device to have finished. The reads should cost the same (the copy
+        alone, which on a GPU can exceed a small step: so the copy is never what is judged);
+        the first one's extra time is compute that ``sync`` left behind. On a device that
+        runs every op synchronously (torch and TF on a CPU) a missing sync cannot be seen,
+        and there it costs nothing either."""
         a = build()
         b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
         a.sync(a.outer_step(b))  # compiles
-        fractions, totals = [], []
+
+        def read(loss) -> float:
+            t = time.perf_counter()
+            float(loss)  # a 0-d tensor of any framework, on any device (np.asarray fails on CUDA)
+            a.get_params()
+            return time.perf_counter() - t
+
+        left, steps = [], []
         for _ in range(SYNC_ROUNDS):
             t0 = time.perf_counter()
             loss = a.outer_step(b)
             a.sync(loss)
-            t1 = time.perf_counter()
-            float(np.asarray(loss))
-            a.get_params()
-            t2 = time.perf_counter()
-            fractions.append((t2 - t1) / (t2 - t0))
-            totals.append(t2 - t0)
-        if float(np.median(totals)) < SYNC_MIN_STEP:
+            synced = time.perf_counter() - t0
+            after_sync = read(loss)
+            loss = a.outer_step(b)
+            a.sync(loss)
+            time.sleep(2 * (synced + after_sync) + 0.01)  # whatever was dispatched is done by now
+            settled = read(loss)
+            left.append(max(0.0, after_sync - settled))
+            steps.append(synced + left[-1])
+        step, extra = float(np.median(steps)), float(np.median(left))
+        if step < SYNC_MIN_STEP:
             return  # a step this short is mostly the copy itself: no sync could be told from none
-        f = float(np.median(fractions))
-        _expect(f <= SYNC_READ_FRACTION,
-                f"reading the results after sync() took {f:.0%} of the step ({(t2 - t0) * 1e3:.1f} ms): "
-                f"sync must block until the returned loss and the updated parameters are computed "
-                f"(e.g. jax.block_until_ready, torch.cuda.synchronize)")
+        _expect(extra <= SYNC_READ_FRACTION * step,
+                f"reading the results right after sync() took {extra * 1e3:.1f} ms longer than once the device "
+                f"was idle, {extra / step:.0%} of the step ({step * 1e3:.1f} ms): sync must block until the "
+                f"returned loss and the updated parameters are computed (e.g. jax.block_until_ready, "
+                f"torch.cuda.synchronize)")
 
     checks = [("parameters round-trip in the canonical layout", params_round_trip),
             ("probe: support loss, query outputs, meta-gradient per parameter", probe_layout),

@@ -178,6 +178,8 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
         params = init_params(spec, algorithm)
         sampler = sampler_for(spec, "train", algorithm, data_dir=req["data_dir"], cache_dir=req["cache_dir"])
         episodes = sampler.batch(0, req["batch_size"])
+        if req.get("jitter"):
+            episodes = jittered(episodes, req["jitter"])
         adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
         out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
     # float32 first: the float64 diagnostic may switch a process-wide setting (JAX's x64)
@@ -205,6 +207,18 @@ def perturbed(params: dict, episodes, seed: int = 0):
     floats = {name: nudge(getattr(episodes, name)) for name in ("support_x", "support_y", "query_x", "query_y")
               if np.asarray(getattr(episodes, name)).dtype.kind == "f"}
     return {k: nudge(v) for k, v in params.items()}, replace(episodes, **floats)
+
+
+def jittered(episodes, scale: float, seed: int = 0):
+    """The episodes' inputs plus Gaussian noise of standard deviation ``scale``, in float64
+    (float32 would round many noisy 1.0 pixels back together): no two pixels equal, so no
+    max-pool window has tied maxima in the float64 tier (Omniglot's binary images have
+    many). A diagnostic: a difference that vanishes here is a choice among tied maxima."""
+    from dataclasses import replace
+
+    rng = np.random.default_rng(seed)
+    noisy = lambda x: np.asarray(x, np.float64) + scale * rng.standard_normal(np.shape(x))
+    return replace(episodes, support_x=noisy(episodes.support_x), query_x=noisy(episodes.query_x))
 
 
 def _quantities(adapter, batch, params, prefix: str, out: dict) -> None:

@@ -126,7 +126,8 @@ def test_check_names_the_sync_that_does_not_wait(plugin_env):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     failed = [line for line in proc.stdout.splitlines() if line.strip().startswith("FAIL")]
     assert len(failed) == 1 and "sync waits for the step's results" in failed[0], proc.stdout
-    assert "reading the results after sync() took" in failed[0]
+    assert "reading the results right after sync() took" in failed[0]
+    assert "longer than once the device was idle" in failed[0]
 
 
 def test_parity_finds_where_each_planted_bug_starts(plugin_env):
