@@ -28,8 +28,6 @@ from bench.executors.slurm import PREEMPTED_GRACE_SECONDS, SlurmExecutor, left_p
 from bench.hardware import mixed_hardware_note, odd_cells, placement_line
 from tests.fake_adapters import install_plugin
 
-submitit = pytest.importorskip("submitit", reason="nox -s tests installs submitit (metabench[cluster])")
-
 
 @pytest.fixture(scope="module")
 def plugin_env(tmp_path_factory, data_env) -> dict[str, str]:
