@@ -36,3 +36,13 @@ def data_env(data_dir, cache_dir) -> dict[str, str]:
     """Environment for a subprocess of the CLI."""
     return {**os.environ, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
             "PYTHONPATH": str(REPO)}
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory, data_env) -> dict[str, str]:
+    """``data_env`` with the fake adapters of ``tests/fake_adapters.py`` installed as a plugin
+    (a module may define its own ``plugin_env``, as tests/test_plugin.py does)."""
+    from tests.fake_adapters import install_plugin
+
+    site = install_plugin(tmp_path_factory.mktemp("site"))
+    return {**data_env, "PYTHONPATH": f"{data_env['PYTHONPATH']}{os.pathsep}{site}"}

@@ -4,6 +4,8 @@ a ``metabench.adapters`` entry point) into a folder that goes on ``PYTHONPATH``.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 PLUGIN = '''
@@ -97,3 +99,9 @@ def install_plugin(site: Path) -> Path:
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: metabench-reliability-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[metabench.adapters]\nfake = metabench_reliability_plugin:ENTRIES\n")
     return site
+
+
+def metabench(*args, env, timeout=600) -> subprocess.CompletedProcess:
+    """``metabench ARGS`` in a subprocess with ``env`` (``plugin_env``: the plugin importable)."""
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)

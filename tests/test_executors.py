@@ -15,7 +15,6 @@ import json
 import os
 import pickle
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -26,18 +25,7 @@ from bench.executors import FORWARDED_ENV, ClusterOptions, Job, RunContext, grou
 from bench.executors.ray_cluster import write_back
 from bench.executors.slurm import PREEMPTED_GRACE_SECONDS, SlurmExecutor, left_preempted
 from bench.hardware import mixed_hardware_note, odd_cells, placement_line
-from tests.fake_adapters import install_plugin
-
-
-@pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory, data_env) -> dict[str, str]:
-    site = install_plugin(tmp_path_factory.mktemp("site"))
-    return {**data_env, "PYTHONPATH": f"{data_env['PYTHONPATH']}{os.pathsep}{site}"}
-
-
-def metabench(*args, env, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+from tests.fake_adapters import metabench
 
 
 def fake_run(results: Path, run_id: str, adapters: str, *extra: str) -> list[str]:

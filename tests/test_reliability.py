@@ -28,21 +28,10 @@ from bench.errors import Diverged
 from bench.lock import RunLock, RunLocked, holder
 from bench.profiles import PROFILES
 from bench.runner import _run_process
-from tests.fake_adapters import install_plugin
+from tests.fake_adapters import metabench
 
 SMOKE = PROFILES["smoke"]
 SMOKE_MEMORY = "ok" if SMOKE.memory_steps < 2 else "diverged"  # the fake diverges at its second step
-
-
-@pytest.fixture(scope="module")
-def plugin_env(tmp_path_factory, data_env) -> dict[str, str]:
-    site = install_plugin(tmp_path_factory.mktemp("site"))
-    return {**data_env, "PYTHONPATH": f"{data_env['PYTHONPATH']}{os.pathsep}{site}"}
-
-
-def metabench(*args, env, timeout=600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
 
 
 def smoke_run(results: Path, run_id: str, adapters: str, *extra: str) -> list[str]:
