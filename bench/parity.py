@@ -31,6 +31,11 @@ module. Iterating on a new adapter then reruns only that adapter's process; ``--
 small episodes. A torch adapter other than the reference (a variant, a plugin) is compared
 like any framework, in a process of its own.
 
+A float32 failure whose float64 agrees, on a batch where torch's process found a max-pool
+window that float32 cannot decide (``bench.near_ties``: its top two closer than float32
+rounding moves them), is compared again on the first tie-free training episodes; it
+passes if it agrees there, with a note naming the window, and fails otherwise.
+
 A failed comparison is diagnosed in one line (``diagnose``): the tier, the first quantity
 that differs in the order the maths computes them (support loss, adapted query outputs,
 meta-gradient, parameters after Adam), what that part of the maths is, and the
@@ -49,7 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import registry
+from bench import near_ties, registry
 from bench.algorithms import get as get_algorithm
 from bench.cell import pin_threads
 from bench.errors import AdapterError
@@ -177,11 +182,17 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
         spec = request_spec(req)
         params = init_params(spec, algorithm)
         sampler = sampler_for(spec, "train", algorithm, data_dir=req["data_dir"], cache_dir=req["cache_dir"])
-        episodes = sampler.batch(0, req["batch_size"])
+        episodes = stacked([sampler.episode(e) for e in compared_episodes(req)])
         if req.get("jitter"):
             episodes = jittered(episodes, req["jitter"])
         adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
         out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
+        if req.get("ties"):  # the reference's: max-pool windows float32 cannot decide (bench.near_ties)
+            make = lambda dtype, c=cls, s=spec, a=algorithm, p=params, o=entry.options: c(
+                s, a, p, device=device, options={**o, "dtype": dtype})
+            section = "protonet" if get_algorithm(algorithm).section == "protonet" else "maml"
+            out[f"{i}/ties"], out[f"{i}/tie_free"] = near_ties.scan(make, sampler, section, compared_episodes(req),
+                                                                    req["batch_size"])
     # float32 first: the float64 diagnostic may switch a process-wide setting (JAX's x64)
     for tag, dtype in (("", "float32"), (F64, "float64")):
         for i, cls, spec, algorithm, params, options, episodes in adapters:
@@ -193,6 +204,21 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
             adapter = cls(spec, algorithm, p, device=device, options={**options, "dtype": "float64"})
             _quantities(adapter, adapter.to_device(e), p, f"{i}/{SENS}", out)
     return out
+
+
+def compared_episodes(request: dict) -> list[int]:
+    """The training episodes a request compares: ``request["episodes"]`` (the tie-free
+    retry's), else the first ``batch_size``."""
+    return list(request.get("episodes") or range(request["batch_size"]))
+
+
+def stacked(batches):
+    """Single-episode batches as one meta-batch (``EpisodeSampler.batch`` of listed episodes)."""
+    from dataclasses import replace
+
+    first = batches[0]
+    return replace(first, **{name: np.concatenate([getattr(b, name) for b in batches])
+                             for name in ("support_x", "support_y", "query_x", "query_y", "provenance")})
 
 
 def perturbed(params: dict, episodes, seed: int = 0):
@@ -254,7 +280,7 @@ def _source_digest() -> str:
     its inputs and read its outputs. Any edit there invalidates the cache."""
     here = Path(__file__).resolve().parent
     files = sorted((here.parent / "implementations" / REFERENCE).glob("*.py"))
-    files += [here / name for name in ("parity.py", "models.py", "episodes.py", "spec.py")]
+    files += [here / name for name in ("parity.py", "near_ties.py", "models.py", "episodes.py", "spec.py")]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -273,7 +299,8 @@ def reference_key(request: dict, device: str) -> str:
     except metadata.PackageNotFoundError:
         version = "absent"
     key = {"adapter": request["adapter"], "algorithm": request["algorithm"], "spec": spec.to_dict(),
-           "episodes": sampler.fingerprint(request["batch_size"]), "batch_size": request["batch_size"],
+           "episodes": [sampler.fingerprint(1, start=e) for e in compared_episodes(request)],
+           "batch_size": request["batch_size"], "ties": bool(request.get("ties")),
            "threads": request["threads"], "device": device, "version": version, "source": _source_digest()}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -332,6 +359,110 @@ def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
             if registry.select(frameworks=[f], algorithms=[a])]
 
 
+def _compute_all(plan: dict, requests_for, device: str, cache_dir, use_cache: bool, echo, episodes=None) -> dict:
+    """Every process of ``plan`` ({framework: [(combo, adapter)]}): the reference from its
+    cache where it can, each other framework in a process of its own."""
+    from bench import paths
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
+        for framework, pairs in plan.items():
+            requests = requests_for(framework, pairs, episodes)
+            if framework == REFERENCE:
+                cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
+                results[framework] = _reference_results(requests, device, Path(tmp), cache, echo)
+            else:
+                results[framework] = _run_framework(framework, requests, device, Path(tmp))
+    return results
+
+
+class _Comparison:
+    """One adapter's quantities against the reference's, both tiers (request ``k`` of its
+    process against the reference's request ``ci``)."""
+
+    def __init__(self, res: dict, ref: dict, k: int, ci: int, lr: float, tolerance: float):
+        self.res, self.ref = res, ref
+        self.prefixes = p32, r32, p64, r64 = f"{k}/", f"{ci}/", f"{k}/{F64}", f"{ci}/{F64}"
+        self.errors = _errors(res, ref, p32, r32, lr, tolerance)
+        self.errors64 = _errors(res, ref, p64, r64, lr, TOLERANCE_64)
+        self.floors = _errors(ref, ref, r32, r64, lr, tolerance)
+        self.own = _errors(res, res, p32, p64, lr, tolerance)
+        self.sens = _errors(ref, ref, f"{ci}/{SENS}", r64, lr, tolerance)
+        self.limits = {q: float32_limit(tolerance, self.floors[q], self.sens[q]) for q in QUANTITIES}
+        self.ok64 = all(self.errors64[q] <= TOLERANCE_64 for q in QUANTITIES)
+        self.ok32 = all(self.errors[q] <= self.limits[q] for q in QUANTITIES)
+        self.placeholder = bool(res.get(f"{k}/placeholder", False))
+
+    def columns(self) -> dict:
+        row = {"ok64": self.ok64, "ok32": self.ok32, "ok": self.ok64 and self.ok32}
+        for q in QUANTITIES:
+            row[q], row[f"{q}_64"] = self.errors[q], self.errors64[q]
+            row[f"{q}_floor"], row[f"{q}_own_floor"] = self.floors[q], self.own[q]
+            row[f"{q}_sensitivity"] = self.sens[q]
+        return row
+
+    def diagnose(self, algorithm: str) -> str:
+        return diagnose(self.res, self.ref, self.prefixes, self.errors, self.errors64, self.floors, self.own,
+                        self.limits, algorithm, self.placeholder)
+
+    def first_float32_failure(self) -> str:
+        q = next(q for q in QUANTITIES if not self.errors[q] <= self.limits[q])
+        return f"float32 {q} {self.errors[q]:.1e} (limit {self.limits[q]:.1e})"
+
+
+def _retry_without_ties(rows, plan, results, combos, requests_for, tolerance, device, cache_dir, use_cache, echo):
+    """Compare again, on tie-free episodes, every adapter whose float64 agreed and whose
+    float32 failed on a batch with near-tied max-pool windows (``bench.near_ties``). A row
+    that passes there passes, saying which window was tied; one that fails there fails with
+    both batches named. One more process per framework concerned."""
+    from bench.spec import load_spec
+
+    ref = results[REFERENCE]
+    retry: dict[tuple, list] = {}
+    for row, (framework, k, ci, name) in _row_sources(rows, plan):
+        if row.get("ok64") and not row.get("ok32") and len(ref.get(f"{ci}/ties", ())):
+            free = tuple(int(e) for e in ref[f"{ci}/tie_free"])
+            batch = len(ref[f"{ci}/support_loss"])
+            if len(free) == batch:
+                retry.setdefault(free, []).append((row, framework, k, ci, name))
+    for free, items in retry.items():
+        sub = {REFERENCE: sorted({(ci, reference_adapter(combos[ci][2])) for _, _, _, ci, _ in items})}
+        for _, framework, _, ci, name in items:
+            sub.setdefault(framework, []).append((ci, name))
+        echo(f"metabench parity: float32 differs on a batch with near-tied max-pool windows; comparing "
+             f"{', '.join(sorted({name for *_, name in items}))} again on tie-free episodes {list(free)}")
+        again = _compute_all(sub, requests_for, device, cache_dir, use_cache, echo, episodes=list(free))
+        ref2 = again[REFERENCE]
+        for row, framework, _, ci, name in items:
+            res2 = again.get(framework)
+            tied = near_ties.describe(ref[f"{ci}/ties"], list(range(len(ref[f"{ci}/support_loss"]))))
+            if not isinstance(res2, dict) or isinstance(ref2, str):
+                why = res2 if isinstance(res2, str) else ref2
+                row["diagnosis"] += f"; {tied}; the tie-free comparison did not run: {why}"
+                continue
+            ci2 = [c for c, _ in sub[REFERENCE]].index(ci)
+            k2 = [n for _, n in sub[framework]].index(name)
+            spec = load_spec(combos[ci][0]).for_algorithm(combos[ci][2])
+            after = _Comparison(res2, ref2, k2, ci2, get_algorithm(combos[ci][2]).meta_optimizer(spec).lr, tolerance)
+            if after.ok64 and after.ok32:
+                row["ok32"] = row["ok"] = True
+                row.pop("diagnosis", None)
+                row["note"] = (f"near-tie: {row['float32_failure']} on episodes 0-{len(free) - 1}, where {tied}; "
+                               f"on tie-free episodes {list(free)} both tiers pass (float32 meta_grad "
+                               f"{after.errors['meta_grad']:.1e}, limit {after.limits['meta_grad']:.1e})")
+            else:
+                row["diagnosis"] += (f"; {tied}, but on tie-free episodes {list(free)} it fails too ("
+                                     f"{after.first_float32_failure() if after.ok64 else 'float64 differs'}): "
+                                     f"not the tie")
+
+
+def _row_sources(rows, plan):
+    """Each compared row with (framework process, its request index, combo, adapter)."""
+    sources = [(framework, k, ci, name) for framework, pairs in plan.items() if framework != REFERENCE
+               for k, (ci, name) in enumerate(pairs)]
+    return zip(rows, sources)
+
+
 def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=None, cache_dir=None,
                tolerance=None, batch_size=4, device="cpu", threads=None, out=None, echo=print,
                use_cache: bool = True, quick: bool = False) -> int:
@@ -342,7 +473,6 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
 
     import pandas as pd
 
-    from bench import paths
     from bench.spec import load_spec
 
     tolerance = tolerance or DEFAULT_TOLERANCE[device]
@@ -359,19 +489,16 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
         for framework, name, a in targets:
             if a == algorithm:
                 plan.setdefault(_process(framework), []).append((ci, name))
-    results = {}
-    with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
-        for framework, pairs in plan.items():
-            requests = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2],
-                         "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
-                         "cache_dir": cache_dir, "quick": quick} for ci, name in pairs]
-            if framework == REFERENCE:
-                for r in requests:
-                    r["sensitivity"] = True
-                cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
-                results[framework] = _reference_results(requests, device, Path(tmp), cache, echo)
-            else:
-                results[framework] = _run_framework(framework, requests, device, Path(tmp))
+    def requests_for(framework, pairs, episodes=None):
+        reqs = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2], "batch_size": batch_size,
+                 "threads": threads, "data_dir": data_dir, "cache_dir": cache_dir, "quick": quick,
+                 "episodes": episodes} for ci, name in pairs]
+        if framework == REFERENCE:  # the reference also measures the batch's conditioning and near-ties
+            for r in reqs:
+                r["sensitivity"] = r["ties"] = True
+        return reqs
+
+    results = _compute_all(plan, requests_for, device, cache_dir, use_cache, echo)
     ref = results[REFERENCE]
     if isinstance(ref, str):
         echo(f"metabench parity: reference failed: {ref}")
@@ -388,28 +515,17 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
             if isinstance(res, dict):
                 spec = load_spec(spec_ref).for_algorithm(algorithm)
                 lr = get_algorithm(algorithm).meta_optimizer(spec).lr
-                p32, p64 = f"{k}/", f"{k}/{F64}"
-                r32, r64 = f"{ci}/", f"{ci}/{F64}"
-                errors = _errors(res, ref, p32, r32, lr, tolerance)
-                errors64 = _errors(res, ref, p64, r64, lr, TOLERANCE_64)
-                floors = _errors(ref, ref, r32, r64, lr, tolerance)
-                own = _errors(res, res, p32, p64, lr, tolerance)
-                sens = _errors(ref, ref, f"{ci}/{SENS}", r64, lr, tolerance)
-                for q in QUANTITIES:
-                    row[q], row[f"{q}_64"] = errors[q], errors64[q]
-                    row[f"{q}_floor"], row[f"{q}_own_floor"] = floors[q], own[q]
-                    row[f"{q}_sensitivity"] = sens[q]
-                limits = {q: float32_limit(tolerance, floors[q], sens[q]) for q in QUANTITIES}
-                row["ok64"] = all(errors64[q] <= TOLERANCE_64 for q in QUANTITIES)
-                row["ok32"] = all(errors[q] <= limits[q] for q in QUANTITIES)
-                row["ok"] = row["ok64"] and row["ok32"]
+                cmp = _Comparison(res, ref, k, ci, lr, tolerance)
+                row.update(cmp.columns())
                 if not row["ok"]:
-                    row["diagnosis"] = diagnose(res, ref, (p32, r32, p64, r64), errors, errors64, floors, own,
-                                                limits, algorithm, bool(res.get(f"{k}/placeholder", False)))
+                    row["diagnosis"] = cmp.diagnose(algorithm)
+                    if cmp.ok64:  # for the tie-free retry's note
+                        row["float32_failure"] = cmp.first_float32_failure()
             else:
                 row.update({q: float("nan") for q in QUANTITIES})
                 row["ok"], row["error"] = False, res
             rows.append(row)
+    _retry_without_ties(rows, plan, results, combos, requests_for, tolerance, device, cache_dir, use_cache, echo)
     table = pd.DataFrame(rows)
     if table.empty:
         echo("metabench parity: nothing to compare")
@@ -421,7 +537,7 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
                          "quantity": q, "float32": _fmt(r[q]), f"{REFERENCE} f32 floor": _fmt(r.get(f"{q}_floor")),
                          "own f32 floor": _fmt(r.get(f"{q}_own_floor")),
                          "sensitivity": _fmt(r.get(f"{q}_sensitivity")), "float64": _fmt(r.get(f"{q}_64")),
-                         "ok": bool(r["ok"]) if q == QUANTITIES[0] else ""})
+                         "ok": _ok_text(r) if q == QUANTITIES[0] else ""})
     size = f"quick: {QUICK_HIDDEN} filters or units, ProtoNet at the test shape; " if quick else ""
     echo(f"max relative error against {REFERENCE} ({size}device {device}, {batch_size} tasks). Pass: float64 error "
          f"<= {TOLERANCE_64:g} (the same function) and float32 error <= max({tolerance:g}, {FLOOR_FACTOR:g} x "
@@ -434,6 +550,9 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
             echo(f"{r['adapter']} {r['spec']} {r['algorithm']}: {r['error']}")
     if out:
         table.to_csv(out, index=False)
+    for _, r in table.iterrows():
+        if isinstance(r.get("note"), str):
+            echo(f"passed {r['adapter']} on {r['spec']} / {r['algorithm']}: {r['note']}")
     failed = table[~table["ok"]]
     if len(failed):
         for _, r in failed.iterrows():
@@ -537,6 +656,12 @@ def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floor
             f"above its limit {limits[q]:.1e} ({FLOOR_FACTOR:g} x the larger of {REFERENCE}'s own float32 error "
             f"and the batch's sensitivity to float32 rounding, at least the tolerance): {cause} "
             f"(docs/fairness.md)" + _by_parameter(res, ref, p32, r32, limits["meta_grad"]))
+
+
+def _ok_text(row) -> str:
+    """The table's verdict: a pass that needed the tie-free retry says so (its float32
+    columns are the first batch's)."""
+    return "True (tie-free)" if row["ok"] and isinstance(row.get("note"), str) else str(bool(row["ok"]))
 
 
 def _fmt(x) -> str:

@@ -357,7 +357,10 @@ def _parity_details(run_dir: Path) -> str:
         return "_no parity table_\n"
     # the diagnoses of failed comparisons are under Failures, one line each
     rows = pd.DataFrame(_parity_rows(t)).drop(columns="diagnosis", errors="ignore")
-    return f"{rows.to_markdown(index=False)}\n"
+    # a pass that needed the tie-free retry says so: the first batch's float32 did not agree
+    notes = [f"- {r.adapter} on {r.spec} / {r.algorithm}: {r.note}" for r in t.itertuples()
+             if isinstance(getattr(r, "note", None), str)]
+    return f"{rows.to_markdown(index=False)}\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def _detail(cell_dir: Path, phase: str, s: dict) -> str | None:

@@ -86,19 +86,20 @@ def test_the_cache_key_changes_with_what_the_reference_depends_on():
 
 
 def test_anil_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path):
-    """ANIL, the fourth algorithm, through the same parity path as the others. float64 (the
-    same function) holds everywhere; float32 holds on the sinusoid. On Omniglot the compared
-    batch is ill-conditioned at float32 resolution (docs/fairness.md): JAX's and TF's float32
-    differ from their own float64 as much as from torch's, so only float64 is asserted there."""
+    """ANIL, the fourth algorithm, through the same parity path as the others: both tiers
+    pass. On Omniglot the first batch's float32 meta-gradient misses torch's by 1.7e-2 in JAX
+    and TF (as far as their own float64): one max-pool window of episode 2 is tied at
+    float32 resolution (bench.near_ties, docs/fairness.md); on tie-free episodes both pass."""
     out = tmp_path / "parity.csv"
     r = _parity(data_env, "--adapters", "jax-anil,tensorflow-anil", "--specs", "omniglot-5w1s,sinusoid-10shot",
                 "--algorithms", "anil", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
     table = pd.read_csv(out)
-    assert len(table) == 4 and set(table["algorithm"]) == {"anil"}, r.stdout[-2000:]
-    assert table["ok64"].all()
+    assert len(table) == 4 and set(table["algorithm"]) == {"anil"} and table["ok"].all(), r.stdout[-2000:]
     for q in QUANTITIES:
         assert (table[f"{q}_64"] <= TOLERANCE_64).all()
-    assert table.loc[table["spec"] == "sinusoid-10shot", "ok"].all()
     omniglot = table[table["spec"] == "omniglot-5w1s"]
-    # where float32 misses torch, it misses the framework's own float64 by as much
-    assert ((omniglot["meta_grad"] <= 1e-4) | (omniglot["meta_grad"] <= 1.5 * omniglot["meta_grad_own_floor"])).all()
+    for note in omniglot["note"]:
+        assert note.startswith("near-tie: float32 meta_grad") and "episode 2's query image" in note, note
+        assert "both tiers pass" in note
+    assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()  # no pooling, nothing to excuse
