@@ -439,8 +439,9 @@ def probe(framework: str, device: str, adapters: dict[str, dict]) -> list[str]:
         try:
             cls = getattr(importlib.import_module(module), name)
         except ImportError as e:
-            problems.append(f"adapter {adapter}: cannot import {module} ({e}); "
-                            f"{_install_hint(framework, getattr(e, 'name', None))}")
+            # an adapter whose import error already names its fix (torch-maml-higher) is not told twice
+            hint = "" if "pip install" in str(e) else f"; {_install_hint(framework, getattr(e, 'name', None))}"
+            problems.append(f"adapter {adapter}: cannot import {module} ({e}){hint}")
             continue
         except Exception as e:  # a plugin broken beyond a missing package, or no such class
             problems.append(f"adapter {adapter}: loading {entry['target']} fails ({type(e).__name__}: {e}); "

@@ -1,0 +1,100 @@
+"""Second-order MAML written plainly in TensorFlow, as TF MAML tutorials write it: the
+meta-parameters are ``tf.Variable``s, each task's adapted weights are tensors
+``w - inner_lr * grad`` from an inner ``tf.GradientTape`` nested in the outer one, a
+Python loop over the tasks, ``tf.keras.optimizers.Adam``, the whole outer step in one
+``tf.function`` (``jit_compile=True``: XLA). BatchNorm from ``tf.nn.moments`` and
+``tf.nn.batch_normalization``, ``tf.nn.max_pool2d``, images NHWC with HWIO kernels.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def dense(p, name, x):
+    return tf.matmul(x, p[f"{name}.weight"]) + p[f"{name}.bias"]
+
+
+def mlp(p, x):
+    return dense(p, "head", tf.nn.relu(dense(p, "fc2", tf.nn.relu(dense(p, "fc1", x)))))
+
+
+def conv4(p, x, eps):
+    for i in range(1, 5):
+        x = tf.nn.conv2d(x, p[f"conv{i}.weight"], strides=1, padding="SAME")
+        mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+        x = tf.nn.batch_normalization(x, mean, var, p[f"bn{i}.bias"], p[f"bn{i}.weight"], eps)
+        x = tf.nn.max_pool2d(tf.nn.relu(x), ksize=2, strides=2, padding="VALID")
+    features = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [x.shape[0], -1])  # (C, H, W): the head's order
+    return dense(p, "head", features)
+
+
+# canonical (PyTorch) layout <-> this module's: conv OIHW <-> HWIO, linear (out, in) <-> (in, out)
+def _to_tf(a):
+    return a.transpose(2, 3, 1, 0) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+def _to_canonical(a):
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else (a.T if a.ndim == 2 else a)
+
+
+class PlainTFMAML:
+    def __init__(self, config, params: dict[str, np.ndarray], jit_compile: bool = False):
+        self.name = "plain-tf-xla" if jit_compile else "plain-tf"
+        inner, meta = config.inner, config.meta_optimizer
+        self.inner_lr, self.inner_steps = inner.lr, inner.steps
+        self.regression, self.eps = config.regression, config.model.bn_eps
+        self.weights = {k: tf.Variable(_to_tf(np.asarray(v))) for k, v in params.items()}
+        self.opt = tf.keras.optimizers.Adam(learning_rate=meta.lr, beta_1=meta.b1, beta_2=meta.b2,
+                                            epsilon=meta.eps)
+        self._step = tf.function(self._outer_step, jit_compile=jit_compile)
+        self._grads = tf.function(self._meta_grad, jit_compile=jit_compile)
+
+    def loss(self, p, x, y):
+        if self.regression:
+            return tf.reduce_mean(tf.square(mlp(p, x) - y))
+        logits = conv4(p, x, self.eps)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
+
+    def task_query_loss(self, sx, sy, qx, qy):
+        p = self.weights
+        for _ in range(self.inner_steps):
+            with tf.GradientTape() as tape:
+                loss = self.loss(p, sx, sy)
+            g = tape.gradient(loss, p)
+            p = {k: p[k] - self.inner_lr * g[k] for k in p}
+        return self.loss(p, qx, qy)
+
+    def _meta_grad(self, sx, sy, qx, qy):
+        with tf.GradientTape() as tape:
+            losses = [self.task_query_loss(sx[i], sy[i], qx[i], qy[i]) for i in range(sx.shape[0])]
+            loss = tf.add_n(losses) / len(losses)
+        return tape.gradient(loss, list(self.weights.values())), loss
+
+    def _outer_step(self, sx, sy, qx, qy):
+        grads, loss = self._meta_grad(sx, sy, qx, qy)
+        self.opt.apply_gradients(zip(grads, self.weights.values()))
+        return loss
+
+    @staticmethod
+    def to_device(batch):
+        def move(a):
+            return tf.constant(a.astype(np.int32) if a.dtype.kind == "i" else a)
+        return tuple(move(a) for a in (batch.support_x, batch.support_y, batch.query_x, batch.query_y))
+
+    def step(self, batch):
+        return self._step(*batch)
+
+    def sync(self, out) -> None:
+        out.numpy()  # a host read: the step (its variable updates included) has run
+
+    def meta_grad(self, batch) -> dict[str, np.ndarray]:
+        grads, _ = self._grads(*batch)
+        return {k: _to_canonical(g.numpy()) for k, g in zip(self.weights, grads)}
+
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {k: np.array(_to_canonical(v.numpy())) for k, v in self.weights.items()}
+
+    def compilation_count(self):
+        return self._step.experimental_get_tracing_count()

@@ -1,0 +1,266 @@
+"""``python -m bench.baselines OUT_DIR``: metabench's default MAML adapters against MAML
+written plainly in each framework (issue 12), on the same shapes, weights and episodes.
+
+Each framework runs in a process of its own (``bench.baselines.worker``), pinned to the
+same cores and thread count as the harness pins a cell, one after another. Writes
+``baselines.csv`` (one row per framework x workload x implementation), ``baselines.md``
+(the ratios metabench / plain with their CIs, the verdict, the agreement of the maths),
+``baselines.json`` (raw round times) and each process's log into OUT_DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from bench import atomic
+from bench.baselines.worker import PAIRS, TOLERANCE
+from bench.baselines.workloads import WORKLOADS
+
+FRAMEWORKS = tuple(PAIRS)
+COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_with", "median_ms", "iqr_ms",
+           "q1_ms", "q3_ms", "compile_s", "rounds", "warmup", "threads", "ratio", "ratio_ci_low",
+           "ratio_ci_high", "max_rel_diff", "grad_rel_diff", "params_rel_diff", "loss_rel_diff", "agrees",
+           "recompiled_while_timed", "batch_digest")
+
+# Why a plain version's meta-gradient differs from metabench's, where it does (Omniglot's
+# BatchNorm): what the md says. Checked once on the Omniglot batch (graph mode, 1 thread):
+# the plain torch version with metabench's written-out BatchNorm instead of F.batch_norm
+# matches torch-maml exactly (2.3e-2 -> 0); the plain TF version with the variance written
+# out instead of tf.nn.moments falls from 2.9e-1 to 3.8e-4 (TF's float32 reductions).
+KNOWN_DIFFERENCES = {
+    "plain-torch": "torch 2.13's vmapped second derivative through `F.batch_norm` is wrong (metabench writes "
+                   "BatchNorm out from mean and variance for that reason, `implementations/torch/common.py`; "
+                   "with that BatchNorm this plain version matches metabench exactly)",
+    "plain-tf": "`tf.nn.moments` stops the gradient through the mean inside the variance: exact to first "
+                "order, not for second-order MAML's Hessian term (metabench writes the variance out); the rest "
+                "is float32 rounding of TF's long reductions, and Keras' Adam, which puts epsilon before the "
+                "bias correction",
+    "plain-tf-xla": "as plain-tf; under XLA, `tf.nn.max_pool2d`'s second derivative (MaxPoolGradGrad) may "
+                    "add to it: XLA picks each window's maximum from bfloat16-rounded inputs (metabench's XLA "
+                    "variant takes elementwise maxima, `implementations/tensorflow/common.py`)",
+}
+
+
+def _available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _tee(stream, log, framework: str) -> None:
+    for line in stream:
+        log.write(line)
+        if line.startswith(f"[{framework}]"):
+            print(line.rstrip(), flush=True)
+
+
+def run_framework(framework: str, out_dir: Path, args) -> tuple[dict | None, str | None]:
+    """One framework's worker process, its output teed to ``<framework>.log``; its whole
+    process group killed after ``--timeout`` seconds. Returns (its results, why it failed)."""
+    result_path = out_dir / f"{framework}.json"
+    result_path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "bench.baselines.worker", framework, str(result_path),
+           "--workloads", ",".join(args.workloads), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+           "--threads", str(args.threads)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if args.data_dir:
+        env["METABENCH_DATA_DIR"] = args.data_dir
+    with open(out_dir / f"{framework}.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+        reader = threading.Thread(target=_tee, args=(proc.stdout, log, framework), daemon=True)
+        reader.start()
+        try:
+            proc.wait(timeout=args.timeout)  # a silent, hung process is killed all the same
+        except (subprocess.TimeoutExpired, KeyboardInterrupt) as e:
+            os.killpg(proc.pid, signal.SIGKILL)  # its group: whatever the framework started too
+            proc.wait()
+            if isinstance(e, KeyboardInterrupt):
+                raise
+            return None, f"killed after {args.timeout:g} s"
+        finally:
+            reader.join(timeout=10)
+    why = None if proc.returncode == 0 else f"exit code {proc.returncode} (see {framework}.log)"
+    if not result_path.exists():
+        return None, why or "wrote no results"
+    return json.loads(result_path.read_text()), why
+
+
+def _stats(times: list[float]):
+    from pytest_benchmark.stats import Stats  # the harness's median and quartile conventions
+
+    s = Stats()
+    for t in times:
+        s.update(t)
+    return s
+
+
+def pair_rows(framework: str, workload: str, record: dict, pair: dict, args) -> list[dict]:
+    from bench.stats import ratio_of_medians_ci
+
+    ratio, low, high = ratio_of_medians_ci(pair["adapter_times"], pair["plain_times"])
+    worst = max(pair["grad_rel_diff"], pair["params_rel_diff"], pair["loss_rel_diff"])
+    shared = {"workload": workload, "spec": record["spec"], "framework": framework, "rounds": args.rounds,
+              "warmup": args.warmup, "threads": args.threads, "ratio": ratio, "ratio_ci_low": low,
+              "ratio_ci_high": high, "max_rel_diff": worst, "grad_rel_diff": pair["grad_rel_diff"],
+              "params_rel_diff": pair["params_rel_diff"], "loss_rel_diff": pair["loss_rel_diff"],
+              "agrees": worst <= TOLERANCE, "batch_digest": record["batch_digest"]}
+    rows = []
+    for kind, name, other, times, compile_s, recompiled in (
+            ("metabench", pair["adapter"], pair["plain"], pair["adapter_times"], pair["compile_adapter"],
+             pair["recompiled_adapter"]),
+            ("plain", pair["plain"], pair["adapter"], pair["plain_times"], pair["compile_plain"],
+             pair["recompiled_plain"])):
+        s = _stats(times)
+        rows.append({**shared, "implementation": name, "kind": kind, "compared_with": other,
+                     "median_ms": 1e3 * s.median, "iqr_ms": 1e3 * s.iqr, "q1_ms": 1e3 * s.q1, "q3_ms": 1e3 * s.q3,
+                     "compile_s": compile_s, "recompiled_while_timed": recompiled})
+    return rows
+
+
+def _ms(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+def verdict(ratio: float) -> str:
+    return "<= 1.0" if ratio <= 1.0 else "**> 1.0**"
+
+
+def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[str]) -> str:
+    lines = ["# metabench's default MAML adapters against plain MAML in each framework", "",
+             "Second-order MAML's outer step (meta-gradient and the Adam update of the meta-parameters), "
+             "timed per round with the step's outputs synchronised; metabench's adapter and the plain "
+             f"version alternate round by round in one process per framework ({args.warmup} warm-up "
+             f"rounds, then {args.rounds} timed rounds each). Ratio: metabench median / plain median, "
+             "95% percentile-bootstrap CI (`bench.stats.ratio_of_medians_ci`); at or below 1.0, "
+             "metabench is at least as fast as the plain version.", ""]
+    workloads = {}
+    for res in results.values():
+        for name, rec in res["workloads"].items():
+            workloads.setdefault(name, rec)
+    for name, rec in workloads.items():
+        lines.append(f"- **{name}**: {rec['description']}; meta-batch digest `{rec['batch_digest']}`")
+    lines += ["", "| workload | framework | metabench adapter | metabench median ms (IQR) | plain | "
+              "plain median ms (IQR) | ratio [95% CI] | verdict | max rel diff |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    by_pair = {}
+    for r in rows:
+        by_pair.setdefault((r["workload"], r["framework"], r["compared_with"] if r["kind"] == "plain"
+                            else r["implementation"]), {})[r["kind"]] = r
+    for (workload, framework, adapter), pair in by_pair.items():
+        m, p = pair["metabench"], pair["plain"]
+        agree = f"{m['max_rel_diff']:.1e}" + ("" if m["agrees"] else " (differs)")
+        lines.append(f"| {workload} | {framework} | {adapter} | {_ms(m['median_ms'])} ({_ms(m['iqr_ms'])}) | "
+                     f"{p['implementation']} | {_ms(p['median_ms'])} ({_ms(p['iqr_ms'])}) | "
+                     f"{m['ratio']:.3f} [{m['ratio_ci_low']:.3f}, {m['ratio_ci_high']:.3f}] | "
+                     f"{verdict(m['ratio'])} | {agree} |")
+    lines += ["", "First call (compile or trace, and the first step), seconds:", "",
+              "| workload | implementation | first call s | recompiled while timed |", "|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['implementation']} | {r['compile_s']:.2f} | "
+              f"{'n/a (eager)' if r['recompiled_while_timed'] is None else r['recompiled_while_timed']} |"
+              for r in rows]
+    lines += ["", "## Do they compute the same thing?", "",
+              "From the same initial weights on the same meta-batch (float32), the plain version against "
+              "metabench's adapter as `metabench parity` compares frameworks: max |x - x_metabench| / "
+              "max |x_metabench| of the meta-gradient (all parameters together), of the parameters after "
+              "one Adam step (leaving out entries whose gradient is float32 noise) and of the first loss. "
+              f"Agreement: all within {TOLERANCE:g}.", "",
+              "| workload | plain | meta-gradient | params after Adam | loss | worst parameter (meta-gradient) |",
+              "|---|---|---|---|---|---|"]
+    differ = set()
+    for res in results.values():
+        for workload, rec in res["workloads"].items():
+            for pair in rec["pairs"]:
+                worst = max(pair["grad_rel_diff_by_param"].items(), key=lambda kv: kv[1])
+                lines.append(f"| {workload} | {pair['plain']} | {pair['grad_rel_diff']:.1e} | "
+                             f"{pair['params_rel_diff']:.1e} | {pair['loss_rel_diff']:.1e} | "
+                             f"{worst[0]} {worst[1]:.1e} |")
+                if max(pair["grad_rel_diff"], pair["params_rel_diff"], pair["loss_rel_diff"]) > TOLERANCE:
+                    differ.add((workload, pair["plain"]))
+    if differ:
+        lines += ["", "Where a plain version computes something else (timed all the same, as written in its "
+                      "framework's tutorials; its ratio then compares different maths):", ""]
+        for workload, plain in sorted(differ):
+            lines.append(f"- {workload}, {plain}: {KNOWN_DIFFERENCES.get(plain, 'not explained')}")
+    digests = {rec["batch_digest"] for res in results.values() for rec in res["workloads"].values()}
+    if len(digests) != len(workloads):
+        lines += ["", "**The frameworks' processes sampled different meta-batches** (digests differ)."]
+    if failures:
+        lines += ["", "## Failures", ""] + [f"- {fw}: {why}" for fw, why in failures.items()]
+        for res in results.values():
+            lines += [f"- {res['framework']} {e.get('workload')} {e.get('adapter', '')}: "
+                      f"{e['error'].strip().splitlines()[-1]}" for e in res["errors"]]
+    lines += ["", "## Where", ""]
+    for fw, res in results.items():
+        env = res["environment"]
+        packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
+        lines.append(f"- {fw}: {env['cpu']} ({env['cpu_count']} cores), pinned to cores {env['pinned_cores']}, "
+                     f"{env['threads']} threads; {env['platform']}, Python {env['python']}; {packages}; "
+                     f"git {str(env['git'].get('sha'))[:12]}{' (dirty)' if env['git'].get('dirty') else ''}")
+    lines += ["", "Command:", "", "    " + shlex.join(argv), ""]
+    return "\n".join(lines)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__.split("\n\n")[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--rounds", type=int, default=30, help="timed rounds of each implementation (default 30)")
+    ap.add_argument("--warmup", type=int, default=3, help="warm-up rounds after the first call (default 3)")
+    ap.add_argument("--threads", type=int, default=_available_cores(),
+                    help="CPU threads (and cores) per framework process (default: all available cores)")
+    ap.add_argument("--data-dir", help="Omniglot's folder (default: $METABENCH_DATA_DIR)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds one framework's process may run")
+    args = ap.parse_args(argv)
+    args.frameworks = [f for f in args.frameworks.split(",") if f]
+    args.workloads = [w for w in args.workloads.split(",") if w]
+    for flag, values, known in (("--frameworks", args.frameworks, FRAMEWORKS),
+                                ("--workloads", args.workloads, tuple(WORKLOADS))):
+        unknown = [v for v in values if v not in known]
+        if unknown or not values:
+            ap.error(f"{flag}: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    if args.rounds < 2:
+        ap.error("--rounds: at least 2 (a median and its interval)")
+    if args.warmup < 0:
+        ap.error("--warmup: at least 0")
+    if not 1 <= args.threads <= _available_cores():
+        ap.error(f"--threads: between 1 and the {_available_cores()} cores this process may use")
+    return args
+
+
+def main(argv=None) -> int:
+    """Run the comparison; 0 when every framework's process ran every pair, else 1 (the
+    files are written either way). The verdicts are in baselines.md, not in the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results, failures, rows = {}, {}, []
+    for framework in args.frameworks:
+        result, why = run_framework(framework, out_dir, args)
+        if why:
+            failures[framework] = why
+        if result is None:
+            continue
+        results[framework] = result
+        for workload, record in result["workloads"].items():
+            for pair in record["pairs"]:
+                rows.extend(pair_rows(framework, workload, record, pair, args))
+    with atomic.atomic_open(out_dir / "baselines.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic.write_json(out_dir / "baselines.json", results, default=str)
+    command = ["python", "-m", "bench.baselines", *argv]
+    atomic.write_text(out_dir / "baselines.md", markdown(rows, results, failures, args, command))
+    print(f"wrote {out_dir / 'baselines.md'}")
+    return 1 if failures or any(not math.isfinite(r["median_ms"]) for r in rows) else 0

@@ -1,0 +1,187 @@
+"""One framework's process of the baseline comparison.
+
+``python -m bench.baselines.worker FRAMEWORK OUT_JSON --workloads sinusoid,omniglot
+--rounds N --warmup W --threads T`` pins the threads as the harness does, then for each
+workload and each (metabench adapter, plain version) pair of the framework: checks that
+both compute the same meta-gradient and updated parameters from the same weights on the
+same meta-batch, times each one's first outer step apart ("compile"), then ``W`` warm-up
+rounds and ``N`` timed rounds, interleaved (adapter, plain, adapter, plain, ...) so that
+both see the same machine. Writes everything, raw round times included, to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import math
+import sys
+import time
+import traceback
+
+import numpy as np
+
+from bench import atomic
+from bench.cell import pin_threads
+
+DEVICE = "cpu"
+TOLERANCE = 1e-4  # float32 agreement, as metabench parity's CPU tolerance
+
+# framework -> (metabench adapter, plain class, its options): what each process times
+PAIRS = {
+    "torch": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {})],
+    "jax": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})],
+    "tensorflow": [("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": False}),
+                   ("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": True})],
+}
+
+
+def _load(target: str):
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def build_adapter(name: str, spec, params, threads: int):
+    from bench import registry
+
+    entry = registry.get(name)
+    cls = registry.load_adapter_class(entry)
+    cls.configure(threads, DEVICE)
+    return cls(spec, "maml", params, device=DEVICE, options={**entry.options, "dtype": "float32"})
+
+
+def agreement(adapter_grad, plain_grad, params, adapter_after, plain_after, lr) -> dict:
+    """The plain version against the adapter (the reference here), as ``metabench parity``
+    measures two frameworks: max |x - x_ref| / max |x_ref| over all meta-gradients together,
+    and over the parameters after one Adam step, leaving out the entries whose gradient is
+    float32 noise (Adam's first step moves those by +-lr in any framework)."""
+    from bench.parity import params_after_error, relative_error
+
+    names = sorted(adapter_grad)
+    per_param = {k: relative_error(plain_grad[k], adapter_grad[k]) for k in names}
+    ref = {**{f"meta_grad/{k}": adapter_grad[k] for k in names}, **{f"init/{k}": params[k] for k in names},
+           **{f"params_after/{k}": adapter_after[k] for k in names}}
+    res = {f"params_after/{k}": plain_after[k] for k in names}
+    return {
+        "grad_rel_diff": relative_error(np.concatenate([plain_grad[k].ravel() for k in names]),
+                                        np.concatenate([adapter_grad[k].ravel() for k in names])),
+        "params_rel_diff": params_after_error(res, ref, "", lr, TOLERANCE),
+        "grad_rel_diff_by_param": per_param,
+    }
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int) -> dict:
+    from bench.timing import timed_step
+
+    a_batch, p_batch = adapter.to_device(batch), plain.to_device(batch)
+    # agreement of the meta-gradient at the initial weights (neither changes them)
+    probe = adapter.probe(a_batch)
+    adapter_grad = {k.split("/", 1)[1]: v for k, v in probe.items() if k.startswith("meta_grad/")}
+    plain_grad = plain.meta_grad(p_batch)
+
+    run_adapter = timed_step(adapter, adapter.outer_step, a_batch)
+
+    def run_plain():
+        out = plain.step(p_batch)
+        plain.sync(out)
+        return out
+
+    # the first outer step of each, from the initial weights: compile or trace, timed apart
+    t0 = time.perf_counter()
+    adapter_loss = float(run_adapter())
+    compile_adapter = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    plain_loss = float(run_plain())
+    compile_plain = time.perf_counter() - t0
+    agree = agreement(adapter_grad, plain_grad, params, adapter.get_params(), plain.get_params(),
+                      config.meta_optimizer.lr)
+    agree["loss_rel_diff"] = abs(plain_loss - adapter_loss) / abs(adapter_loss)
+
+    for _ in range(warmup):
+        run_adapter()
+        run_plain()
+    counts_before = adapter.compilation_count(), plain.compilation_count()
+    adapter_times, plain_times = [], []
+    gc.collect()
+    gc.disable()  # as the timing suite runs (--benchmark-disable-gc)
+    try:
+        for _ in range(rounds):
+            adapter_times.append(_timed(run_adapter))
+            plain_times.append(_timed(run_plain))
+    finally:
+        gc.enable()
+    counts_after = adapter.compilation_count(), plain.compilation_count()
+    recompiled = [None if b is None else a - b for a, b in zip(counts_after, counts_before)]
+    last = float(run_adapter()), float(run_plain())
+    return {
+        "adapter_info": adapter.describe().as_dict(),
+        "adapter_times": adapter_times, "plain_times": plain_times,
+        "compile_adapter": compile_adapter, "compile_plain": compile_plain,
+        "first_loss_adapter": adapter_loss, "first_loss_plain": plain_loss,
+        "finite": all(math.isfinite(v) for v in (adapter_loss, plain_loss, *last)),
+        "recompiled_adapter": recompiled[0], "recompiled_plain": recompiled[1],
+        **agree,
+    }
+
+
+def run(framework: str, workloads: list[str], rounds: int, warmup: int, threads: int, log) -> dict:
+    from bench.baselines.workloads import WORKLOADS, batch_digest, describe
+
+    out = {"framework": framework, "workloads": {}, "errors": []}
+    for name in workloads:
+        try:
+            spec, config, params, batch = WORKLOADS[name].build()
+        except Exception:
+            out["errors"].append({"workload": name, "error": traceback.format_exc()})
+            log(f"{name}: building the workload failed")
+            continue
+        record = out["workloads"][name] = {"spec": spec.name, "description": describe(spec, config),
+                                           "batch_digest": batch_digest(batch), "pairs": []}
+        for adapter_name, target, options in PAIRS[framework]:
+            try:
+                adapter = build_adapter(adapter_name, spec, params, threads)
+                plain = _load(target)(config, params, **options)
+                log(f"{name}: {adapter_name} against {plain.name} ...")
+                pair = measure_pair(adapter, plain, batch, params, config, rounds, warmup)
+            except Exception:
+                out["errors"].append({"workload": name, "adapter": adapter_name, "error": traceback.format_exc()})
+                log(f"{name}: {adapter_name} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
+                continue
+            pair.update(adapter=adapter_name, plain=plain.name)
+            record["pairs"].append(pair)
+            med = lambda xs: 1e3 * float(np.median(xs))
+            log(f"{name}: {adapter_name} {med(pair['adapter_times']):.2f} ms, {plain.name} "
+                f"{med(pair['plain_times']):.2f} ms; meta-gradient rel diff {pair['grad_rel_diff']:.2e}")
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.baselines.worker")
+    ap.add_argument("framework", choices=sorted(PAIRS))
+    ap.add_argument("out")
+    ap.add_argument("--workloads", default="sinusoid,omniglot")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--threads", type=int, required=True)
+    args = ap.parse_args(argv)
+    cores = pin_threads(args.threads)  # before the framework is imported
+
+    def log(msg: str) -> None:
+        print(f"[{args.framework}] {msg}", flush=True)
+
+    from bench.environment import collect_environment
+
+    result = run(args.framework, args.workloads.split(","), args.rounds, args.warmup, args.threads, log)
+    result["environment"] = {**collect_environment(args.framework, DEVICE, args.threads), "pinned_cores": cores}
+    atomic.write_json(args.out, result, default=str)
+    return 1 if result["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
