@@ -1,5 +1,6 @@
-"""Sessions: ``nox -s tests`` (unit suite), ``nox -s bench`` (the benchmark), ``nox -s gpu``
-(the GPU check), ``nox -s lint``.
+"""Sessions: ``nox -s tests`` (unit suite), ``nox -s bench`` (the benchmark), ``nox -s
+baselines`` (metabench against plain per-framework MAML), ``nox -s gpu`` (the GPU check),
+``nox -s lint``.
 
 Every session installs the project with all three frameworks. On a machine without an
 NVIDIA GPU, TensorFlow comes as ``tensorflow-cpu`` and torch is pinned to the CPU build
@@ -45,6 +46,16 @@ def bench(session: nox.Session) -> None:
     """The benchmark: ``nox -s bench -- --profile smoke --frameworks torch``."""
     install(session)
     session.run("metabench", "run", *session.posargs, env=env())
+
+
+@nox.session(python=PYTHON)
+def baselines(session: nox.Session) -> None:
+    """metabench's default MAML adapters against plain torch.func / JAX / TF MAML on the same
+    shapes, weights and episodes (``bench/baselines``), into results/<UTC time>-baselines/.
+    Extra arguments go to it (e.g. ``-- --rounds 50 --frameworks torch``)."""
+    install(session)
+    session.run("metabench", "baselines", f"results/{datetime.now(UTC):%Y%m%d-%H%M%S}-baselines",
+                *session.posargs, env=env())
 
 
 @nox.session(python=PYTHON)

@@ -1,4 +1,4 @@
-"""The ``metabench`` command: validate, list, episodes, run, parity, report, compare, index, readme.
+"""The ``metabench`` command: validate, list, episodes, run, parity, report, compare, index, baselines, readme.
 
 User errors (a bad spec, missing data, an unknown adapter) print one line on stderr and exit
 with code 2, without a traceback.
@@ -181,6 +181,13 @@ def cmd_new_adapter(args) -> int:
     return 0
 
 
+def cmd_baselines(args) -> int:
+    """``bench.baselines`` (one process per framework; its flags are its own)."""
+    from bench.baselines.run import main as baselines_main
+
+    return baselines_main(args.args, prog="metabench baselines")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="metabench", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -311,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default=".", help="where the package folder metabench-NAME goes (default: here)")
     p.set_defaults(func=cmd_new_adapter)
 
+    # listed here; main() hands every argument after "baselines" to bench.baselines' own parser
+    p = sub.add_parser("baselines", add_help=False, help="metabench's default MAML adapters against plain "
+                                                         "torch.func / JAX / TF MAML, ratios in one run")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_baselines)
+
     p = sub.add_parser("readme", help="regenerate the Markdown blocks whose numbers come from a committed run")
     p.add_argument("files", nargs="*", default=["README.md"], metavar="FILE")
     p.add_argument("--check", action="store_true", help="change nothing; exit 1 when a block is stale")
@@ -329,6 +342,8 @@ def command_line(argv: list[str]) -> str:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["baselines"]:  # its flags, --help included, are bench.baselines' own
+        return cmd_baselines(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     args.command_line = command_line(argv)
     if getattr(args, "profile", "x") is None:

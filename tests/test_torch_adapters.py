@@ -233,3 +233,24 @@ def test_anil_meta_gradient_matches_finite_differences_and_reaches_the_body():
     adapted = a.inner_step(a.to_device(batch))
     assert torch.equal(adapted["conv1.weight"][0], a.params["conv1.weight"])
     assert not torch.equal(adapted["head.weight"][0], a.params["head.weight"])
+
+
+def test_compiled_maml_matches_eager_and_a_second_adapter_reuses_its_compiled_code():
+    """``options["compile"]``: the compiled second-order outer step computes eager's step, and
+    a second adapter of the same shapes compiles nothing (dynamo's cache is per code object:
+    the harness builds several adapters per cell and would otherwise compile each). The
+    contract's tiny sinusoid and batch: one small compile."""
+    from bench import check
+    from bench.algorithms import get as get_algorithm
+
+    algo = get_algorithm("maml")
+    spec = algo.resolve(check.small_specs("maml")[0])
+    init = init_params(spec, "maml")
+    batch = check.synthetic_batch(spec, algo.train_shape(spec))
+    eager, first, second = (TorchMAML(spec, "maml", init, options={"compile": c}) for c in (False, True, True))
+    losses = [float(a.outer_step(a.to_device(batch))) for a in (eager, first, second)]
+    assert losses[1] == losses[2] and abs(losses[0] - losses[1]) <= 1e-6 * abs(losses[0])
+    for k, v in eager.get_params().items():
+        np.testing.assert_allclose(first.get_params()[k], v, rtol=1e-5, atol=1e-7)
+    assert second.compilation_count() == 0 and eager.compilation_count() is None
+    assert second.describe().compilation == "torch.compile"

@@ -209,8 +209,8 @@ def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[s
     return "\n".join(lines)
 
 
-def parse_args(argv):
-    ap = argparse.ArgumentParser(prog="python -m bench.baselines", description=__doc__.split("\n\n")[0])
+def parse_args(argv, prog: str = "python -m bench.baselines"):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
@@ -237,11 +237,11 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "python -m bench.baselines") -> int:
     """Run the comparison; 0 when every framework's process ran every pair, else 1 (the
     files are written either way). The verdicts are in baselines.md, not in the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
+    args = parse_args(argv, prog)
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, failures, rows = {}, {}, []
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         writer.writeheader()
         writer.writerows(rows)
     atomic.write_json(out_dir / "baselines.json", results, default=str)
-    command = ["python", "-m", "bench.baselines", *argv]
+    command = [*prog.split(), *argv]
     atomic.write_text(out_dir / "baselines.md", markdown(rows, results, failures, args, command))
     print(f"wrote {out_dir / 'baselines.md'}")
     return 1 if failures or any(not math.isfinite(r["median_ms"]) for r in rows) else 0

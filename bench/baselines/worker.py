@@ -29,7 +29,9 @@ TOLERANCE = 1e-4  # float32 agreement, as metabench parity's CPU tolerance
 
 # framework -> (metabench adapter, plain class, its options): what each process times
 PAIRS = {
-    "torch": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {})],
+    # "+compile": the registered adapter with its torch.compile option (not registered on its own yet)
+    "torch": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {}),
+              ("torch-maml+compile", "bench.baselines.plain_torch:PlainTorchMAML", {})],
     "jax": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})],
     "tensorflow": [("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": False}),
                    ("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": True})],
@@ -44,10 +46,12 @@ def _load(target: str):
 def build_adapter(name: str, spec, params, threads: int):
     from bench import registry
 
-    entry = registry.get(name)
+    registered, *flags = name.split("+")  # "torch-maml+compile": torch-maml, options["compile"] = True
+    entry = registry.get(registered)
     cls = registry.load_adapter_class(entry)
     cls.configure(threads, DEVICE)
-    return cls(spec, "maml", params, device=DEVICE, options={**entry.options, "dtype": "float32"})
+    options = {**entry.options, **dict.fromkeys(flags, True), "dtype": "float32"}
+    return cls(spec, "maml", params, device=DEVICE, options=options)
 
 
 def agreement(adapter_grad, plain_grad, params, adapter_after, plain_after, lr) -> dict:

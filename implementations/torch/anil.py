@@ -7,7 +7,6 @@ from __future__ import annotations
 from torch.func import grad
 
 from bench.adapter import AdapterInfo
-from implementations.torch import common
 from implementations.torch.maml import TorchMAML
 
 HEAD = ("head.weight", "head.bias")
@@ -30,5 +29,5 @@ class TorchANIL(TorchMAML):
         return adapt
 
     def describe(self) -> AdapterInfo:
-        return common.describe(self._dev, "torch.func; inner loop on the head over features computed once "
-                                          "per set; every step vmapped over tasks; Adam from torch.optim")
+        return self.describe_as("torch.func; inner loop on the head over features computed once per set; "
+                                "every step vmapped over tasks; Adam from torch.optim")

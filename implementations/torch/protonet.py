@@ -3,6 +3,15 @@ embeddings, logits are negative squared Euclidean distances, loss is cross-entro
 
 Support and query are embedded in one forward pass, as in the reference implementation,
 so BatchNorm's batch statistics cover the whole episode.
+
+``options["compile"]`` (not registered: no ``torch-protonet-compile`` until float32 parity
+holds): the meta-gradient and ``adapt`` are each one ``torch.compile`` graph (Inductor,
+``dynamic=False``, ``fullgraph``), Adam fused. It compiles, and float64 parity holds
+(meta-gradient 5.7e-12 from eager's), but float32
+parity on omniglot-5w1s fails (2 tasks): meta-gradient 6.3e-3 from torch's, its own
+float32-vs-float64 error 6.4e-3 against eager's 2.9e-4. Not yet found where Inductor loses
+it; the first suspect is its decomposition of ``F.batch_norm`` (``common.batch_norm``'s
+two-pass form is the thing to try).
 """
 
 from __future__ import annotations
@@ -32,6 +41,9 @@ class TorchProtoNet(common.TorchAdapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self.set_params(params)
+        # the step functions, compiled under options["compile"]
+        self._meta_grad_step = self.step_function(self._meta_grad)
+        self._adapt_step = self.step_function(self._adapt)
 
     def _episode_logits(self, params, sx, qx):
         n_support = sx.shape[0]
@@ -50,29 +62,31 @@ class TorchProtoNet(common.TorchAdapter):
         return self.config.test_shape.k_shot  # training episodes have the same shot
 
     def describe(self) -> AdapterInfo:
-        return common.describe(self._dev, "episodes vmapped; support and query embedded in one pass; "
-                                          "Adam from torch.optim, step size halved on schedule")
+        return self.describe_as("episodes vmapped; support and query embedded in one pass; "
+                                "Adam from torch.optim, step size halved on schedule")
 
 
     def _meta_grad(self, batch):
         return grad_and_value(self._loss)(self.params, batch)
 
     def outer_step(self, batch):
-        grads, loss = self._meta_grad(batch)
+        grads, loss = self._meta_grad_step(batch)
         self.apply_meta_grad(grads)
         return loss
 
-    def adapt(self, batch):
-        """The episode's embeddings and class prototypes: [B, n_way, d], [B, n_query_total, d]."""
-        with torch.no_grad():
-            n_support = batch.support_x.shape[1]
-            n_way = n_support // self._k_shot
+    def _adapt(self, params, sx, qx):
+        n_support = sx.shape[1]
+        n_way = n_support // self._k_shot
 
-            def one(sx, qx):
-                z = common.conv4(self.params, torch.cat([sx, qx]), self._bn, self._eps,
-                                 norm=common.fused_batch_norm)
-                return prototypes(z[:n_support], n_way), z[n_support:]
-            return vmap(one)(batch.support_x, batch.query_x)
+        def one(sx, qx):
+            z = common.conv4(params, torch.cat([sx, qx]), self._bn, self._eps, norm=common.fused_batch_norm)
+            return prototypes(z[:n_support], n_way), z[n_support:]
+        return vmap(one)(sx, qx)
+
+    def adapt(self, batch):
+        """The episode's class prototypes and query embeddings: [B, n_way, d], [B, n_query_total, d]."""
+        with torch.no_grad():
+            return self._adapt_step(self.params, batch.support_x, batch.query_x)
 
     def predict(self, batch) -> np.ndarray:
         protos, query = self.adapt(batch)
@@ -92,4 +106,4 @@ class TorchProtoNet(common.TorchAdapter):
             loss = vmap(self._episode_loss, in_dims=(None, 0, 0, 0))(
                 self.params, batch.support_x, batch.query_x, batch.query_y)
         # ProtoNet has no inner loop: its "support loss" is the episode loss itself.
-        return self.probe_result(loss, logits, self._meta_grad(batch)[0])
+        return self.probe_result(loss, logits, self._meta_grad_step(batch)[0])
