@@ -32,12 +32,12 @@ def test_one_row_per_framework_and_implementation(sinusoid_run):
     assert tuple(rows[0]) == COLUMNS
     assert {(r["framework"], r["implementation"], r["kind"]) for r in rows} == {
         ("torch", "torch-maml", "metabench"), ("torch", "torch-maml+compile", "metabench"),
-        ("torch", "plain-torch", "plain"),
+        ("torch", "plain-torch", "plain"), ("torch", "plain-torch-exactbn", "plain"),
         ("jax", "jax-maml", "metabench"), ("jax", "plain-jax", "plain")}
     for r in rows:
         assert r["workload"] == "sinusoid" and r["spec"] == "sinusoid-10shot"
         assert int(r["rounds"]) == 2 and int(r["threads"]) == 1
-        for col in ("median_ms", "q1_ms", "q3_ms", "compile_s", "ratio"):
+        for col in ("median_ms", "q1_ms", "q3_ms", "compile_s", "probe_s", "ratio"):
             assert math.isfinite(float(r[col])) and float(r[col]) > 0, (r["implementation"], col)
         assert float(r["q1_ms"]) <= float(r["median_ms"]) <= float(r["q3_ms"])
         assert float(r["ratio_ci_low"]) <= float(r["ratio_ci_high"])

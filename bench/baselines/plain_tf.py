@@ -20,10 +20,17 @@ def mlp(p, x):
     return dense(p, "head", tf.nn.relu(dense(p, "fc2", tf.nn.relu(dense(p, "fc1", x)))))
 
 
-def conv4(p, x, eps):
+def moments_exact(x, axes):
+    """Mean and biased variance with the gradient through the mean inside the variance
+    (``tf.nn.moments`` stops it: exact first derivatives, not MAML's second)."""
+    mean = tf.reduce_mean(x, axes)
+    return mean, tf.reduce_mean(tf.square(x - mean), axes)
+
+
+def conv4(p, x, eps, moments=tf.nn.moments):
     for i in range(1, 5):
         x = tf.nn.conv2d(x, p[f"conv{i}.weight"], strides=1, padding="SAME")
-        mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+        mean, var = moments(x, axes=[0, 1, 2])
         x = tf.nn.batch_normalization(x, mean, var, p[f"bn{i}.bias"], p[f"bn{i}.weight"], eps)
         x = tf.nn.max_pool2d(tf.nn.relu(x), ksize=2, strides=2, padding="VALID")
     features = tf.reshape(tf.transpose(x, [0, 3, 1, 2]), [x.shape[0], -1])  # (C, H, W): the head's order
@@ -40,8 +47,11 @@ def _to_canonical(a):
 
 
 class PlainTFMAML:
-    def __init__(self, config, params: dict[str, np.ndarray], jit_compile: bool = False):
-        self.name = "plain-tf-xla" if jit_compile else "plain-tf"
+    def __init__(self, config, params: dict[str, np.ndarray], jit_compile: bool = False, exact_bn: bool = False):
+        # exact_bn: the tutorial's code with its BatchNorm variance written out, so that its
+        # second-order meta-gradient is MAML's (the baseline that computes metabench's maths)
+        self.name = ("plain-tf-xla" if jit_compile else "plain-tf") + ("-exactbn" if exact_bn else "")
+        self.moments = moments_exact if exact_bn else tf.nn.moments
         inner, meta = config.inner, config.meta_optimizer
         self.inner_lr, self.inner_steps = inner.lr, inner.steps
         self.regression, self.eps = config.regression, config.model.bn_eps
@@ -54,7 +64,7 @@ class PlainTFMAML:
     def loss(self, p, x, y):
         if self.regression:
             return tf.reduce_mean(tf.square(mlp(p, x) - y))
-        logits = conv4(p, x, self.eps)
+        logits = conv4(p, x, self.eps, self.moments)
         return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits))
 
     def task_query_loss(self, sx, sy, qx, qy):

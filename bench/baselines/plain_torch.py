@@ -2,7 +2,8 @@
 (functorch's ``maml-omniglot-transforms``) writes it: pure functions of a parameter dict,
 ``torch.func.grad`` for the inner step, ``vmap`` over the tasks, ``.backward()`` of the
 mean query loss for the meta-gradient and ``torch.optim.Adam``. BatchNorm is
-``F.batch_norm(training=True)`` (what ``nn.BatchNorm2d(track_running_stats=False)`` calls).
+``F.batch_norm(training=True)`` (what ``nn.BatchNorm2d(track_running_stats=False)`` calls),
+or, with ``exact_bn``, written out from mean and variance.
 """
 
 from __future__ import annotations
@@ -19,24 +20,38 @@ def mlp(p, x):
     return F.linear(x, p["head.weight"], p["head.bias"])
 
 
-def conv4(p, x, eps):
+def batch_norm_functional(x, weight, bias, eps):
+    return F.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+
+
+def batch_norm_exact(x, weight, bias, eps):
+    """BatchNorm from mean and variance: torch 2.13's vmapped second derivative through
+    ``F.batch_norm`` is wrong, through this it is right."""
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=(0, 2, 3), keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps) * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+def conv4(p, x, eps, batch_norm=batch_norm_functional):
     for i in range(1, 5):
         x = F.conv2d(x, p[f"conv{i}.weight"], padding=1)
-        x = F.batch_norm(x, None, None, p[f"bn{i}.weight"], p[f"bn{i}.bias"], training=True, eps=eps)
+        x = batch_norm(x, p[f"bn{i}.weight"], p[f"bn{i}.bias"], eps)
         x = F.max_pool2d(F.relu(x), 2)
     return F.linear(x.flatten(1), p["head.weight"], p["head.bias"])
 
 
 class PlainTorchMAML:
-    name = "plain-torch"
-
-    def __init__(self, config, params: dict[str, np.ndarray]):
+    def __init__(self, config, params: dict[str, np.ndarray], exact_bn: bool = False):
+        # exact_bn: the tutorial's code with BatchNorm written out, so that its second-order
+        # meta-gradient is MAML's (the baseline that computes metabench's maths)
+        self.name = "plain-torch-exactbn" if exact_bn else "plain-torch"
+        norm = batch_norm_exact if exact_bn else batch_norm_functional
         inner, meta = config.inner, config.meta_optimizer
         if config.regression:
             forward, loss_of = mlp, F.mse_loss
         else:
             eps = config.model.bn_eps
-            forward, loss_of = (lambda p, x: conv4(p, x, eps)), F.cross_entropy
+            forward, loss_of = (lambda p, x: conv4(p, x, eps, norm)), F.cross_entropy
 
         def loss(p, x, y):
             return loss_of(forward(p, x), y)

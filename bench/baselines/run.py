@@ -28,7 +28,7 @@ from bench.baselines.workloads import WORKLOADS
 
 FRAMEWORKS = tuple(PAIRS)
 COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_with", "median_ms", "iqr_ms",
-           "q1_ms", "q3_ms", "compile_s", "rounds", "warmup", "threads", "ratio", "ratio_ci_low",
+           "q1_ms", "q3_ms", "compile_s", "probe_s", "rounds", "warmup", "threads", "ratio", "ratio_ci_low",
            "ratio_ci_high", "max_rel_diff", "grad_rel_diff", "params_rel_diff", "loss_rel_diff", "agrees",
            "recompiled_while_timed", "batch_digest")
 
@@ -38,6 +38,12 @@ COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_
 # matches torch-maml exactly (2.3e-2 -> 0); the plain TF version with the variance written
 # out instead of tf.nn.moments falls from 2.9e-1 to 3.8e-4 (TF's float32 reductions).
 KNOWN_DIFFERENCES = {
+    "plain-tf-exactbn": "float32 rounding of TF's long reductions (one-stage means over N, H, W; metabench "
+                        "sums them in three stages), and Keras' Adam, which puts epsilon before the bias "
+                        "correction",
+    "plain-tf-xla-exactbn": "as plain-tf-exactbn; under XLA, `tf.nn.max_pool2d`'s second derivative "
+                            "(MaxPoolGradGrad) may add to it: XLA picks each window's maximum from "
+                            "bfloat16-rounded inputs (metabench's XLA variant takes elementwise maxima)",
     "plain-torch": "torch 2.13's vmapped second derivative through `F.batch_norm` is wrong (metabench writes "
                    "BatchNorm out from mean and variance for that reason, `implementations/torch/common.py`; "
                    "with that BatchNorm this plain version matches metabench exactly)",
@@ -114,15 +120,15 @@ def pair_rows(framework: str, workload: str, record: dict, pair: dict, args) -> 
               "params_rel_diff": pair["params_rel_diff"], "loss_rel_diff": pair["loss_rel_diff"],
               "agrees": worst <= TOLERANCE, "batch_digest": record["batch_digest"]}
     rows = []
-    for kind, name, other, times, compile_s, recompiled in (
+    for kind, name, other, times, compile_s, probe_s, recompiled in (
             ("metabench", pair["adapter"], pair["plain"], pair["adapter_times"], pair["compile_adapter"],
-             pair["recompiled_adapter"]),
+             pair["probe_adapter"], pair["recompiled_adapter"]),
             ("plain", pair["plain"], pair["adapter"], pair["plain_times"], pair["compile_plain"],
-             pair["recompiled_plain"])):
+             pair["probe_plain"], pair["recompiled_plain"])):
         s = _stats(times)
         rows.append({**shared, "implementation": name, "kind": kind, "compared_with": other,
                      "median_ms": 1e3 * s.median, "iqr_ms": 1e3 * s.iqr, "q1_ms": 1e3 * s.q1, "q3_ms": 1e3 * s.q3,
-                     "compile_s": compile_s, "recompiled_while_timed": recompiled})
+                     "compile_s": compile_s, "probe_s": probe_s, "recompiled_while_timed": recompiled})
     return rows
 
 
@@ -151,20 +157,24 @@ def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[s
     lines += ["", "| workload | framework | metabench adapter | metabench median ms (IQR) | plain | "
               "plain median ms (IQR) | ratio [95% CI] | verdict | max rel diff |",
               "|---|---|---|---|---|---|---|---|---|"]
-    by_pair = {}
+    by_pair = {}  # an adapter may be timed against two plain versions (as tutorials write it, exact BN)
     for r in rows:
-        by_pair.setdefault((r["workload"], r["framework"], r["compared_with"] if r["kind"] == "plain"
-                            else r["implementation"]), {})[r["kind"]] = r
-    for (workload, framework, adapter), pair in by_pair.items():
+        adapter, plain = ((r["compared_with"], r["implementation"]) if r["kind"] == "plain"
+                          else (r["implementation"], r["compared_with"]))
+        by_pair.setdefault((r["workload"], r["framework"], adapter, plain), {})[r["kind"]] = r
+    for (workload, framework, adapter, _), pair in by_pair.items():
         m, p = pair["metabench"], pair["plain"]
         agree = f"{m['max_rel_diff']:.1e}" + ("" if m["agrees"] else " (differs)")
         lines.append(f"| {workload} | {framework} | {adapter} | {_ms(m['median_ms'])} ({_ms(m['iqr_ms'])}) | "
                      f"{p['implementation']} | {_ms(p['median_ms'])} ({_ms(p['iqr_ms'])}) | "
                      f"{m['ratio']:.3f} [{m['ratio_ci_low']:.3f}, {m['ratio_ci_high']:.3f}] | "
                      f"{verdict(m['ratio'])} | {agree} |")
-    lines += ["", "First call (compile or trace, and the first step), seconds:", "",
-              "| workload | implementation | first call s | recompiled while timed |", "|---|---|---|---|"]
-    lines += [f"| {r['workload']} | {r['implementation']} | {r['compile_s']:.2f} | "
+    lines += ["", "First calls, seconds: the meta-gradient at the initial weights (the agreement check, "
+              "first: where it shares a compiled function with the step, as torch.compile's meta-gradient "
+              "does, the compilation is here) and the first outer step (compile or trace of the step):", "",
+              "| workload | implementation | first meta-gradient s | first outer step s | recompiled while timed |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['workload']} | {r['implementation']} | {r['probe_s']:.2f} | {r['compile_s']:.2f} | "
               f"{'n/a (eager)' if r['recompiled_while_timed'] is None else r['recompiled_while_timed']} |"
               for r in rows]
     lines += ["", "## Do they compute the same thing?", "",

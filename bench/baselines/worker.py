@@ -30,11 +30,18 @@ TOLERANCE = 1e-4  # float32 agreement, as metabench parity's CPU tolerance
 # framework -> (metabench adapter, plain class, its options): what each process times
 PAIRS = {
     # "+compile": the registered adapter with its torch.compile option (not registered on its own yet)
+    # "-exactbn": the same plain code with BatchNorm's variance written out, the baseline
+    # whose second-order meta-gradient is MAML's on Omniglot (the tutorials' is not)
     "torch": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {}),
-              ("torch-maml+compile", "bench.baselines.plain_torch:PlainTorchMAML", {})],
+              ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True}),
+              ("torch-maml+compile", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True})],
     "jax": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})],
     "tensorflow": [("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": False}),
-                   ("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": True})],
+                   ("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML",
+                    {"jit_compile": False, "exact_bn": True}),
+                   ("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": True}),
+                   ("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML",
+                    {"jit_compile": True, "exact_bn": True})],
 }
 
 
@@ -85,9 +92,15 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
 
     a_batch, p_batch = adapter.to_device(batch), plain.to_device(batch)
     # agreement of the meta-gradient at the initial weights (neither changes them)
+    # (timed: where the probe and the step share a compiled function, as torch.compile's
+    # meta-gradient does, this first call is where the compilation happens)
+    t0 = time.perf_counter()
     probe = adapter.probe(a_batch)
+    probe_adapter = time.perf_counter() - t0
     adapter_grad = {k.split("/", 1)[1]: v for k, v in probe.items() if k.startswith("meta_grad/")}
+    t0 = time.perf_counter()
     plain_grad = plain.meta_grad(p_batch)
+    probe_plain = time.perf_counter() - t0
 
     run_adapter = timed_step(adapter, adapter.outer_step, a_batch)
 
@@ -127,6 +140,7 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
         "adapter_info": adapter.describe().as_dict(),
         "adapter_times": adapter_times, "plain_times": plain_times,
         "compile_adapter": compile_adapter, "compile_plain": compile_plain,
+        "probe_adapter": probe_adapter, "probe_plain": probe_plain,
         "first_loss_adapter": adapter_loss, "first_loss_plain": plain_loss,
         "finite": all(math.isfinite(v) for v in (adapter_loss, plain_loss, *last)),
         "recompiled_adapter": recompiled[0], "recompiled_plain": recompiled[1],

@@ -126,7 +126,7 @@ class HigherMAML(common.TorchAdapter):
                 p.copy_(torch.as_tensor(np.asarray(params[name]), dtype=self._dtype, device=self._dev))
                 p.grad = None
         self.params = mine  # the base class's get_params reads them
-        self.opt, self.sched = common.make_adam(self.params, self.meta_optimizer)
+        self.opt, self.sched = common.make_adam(self.params, self.meta_optimizer, fused=False)  # the papers' Adam
 
     # -- the maths: higher's way -----------------------------------------------------------
     def loss_fn(self, out, y):

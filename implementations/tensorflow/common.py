@@ -17,7 +17,10 @@ from bench.algorithms import MetaOptimizer
 from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
 from bench.models import CONV_BLOCKS
 
-TASK_BATCHING = ("loop", "vectorized_map", "map_fn")
+TASK_BATCHING = ("loop", "vectorized_map", "map_fn", "auto")
+# "auto": an unrolled loop up to this many tasks, map_fn beyond (graph mode's default for
+# MAML, implementations/tensorflow/maml.py): the loop runs faster, its trace grows with the tasks.
+LOOP_MAX_TASKS = 25
 
 
 # -- process setup ---------------------------------------------------------------------
@@ -194,11 +197,14 @@ def per_task(fn, elems, mode: str, signature):
 
     ``loop`` unrolls a Python loop in the graph (B copies of the task's ops); ``map_fn``
     runs them in a ``tf.while_loop`` (one copy, traced once); ``vectorized_map`` batches the
-    ops with pfor. BatchNorm statistics stay per task in all three. ``signature`` is one
-    task's output structure of ``tf.TensorSpec`` (map_fn needs it up front).
+    ops with pfor; ``auto`` is the loop up to ``LOOP_MAX_TASKS`` tasks (static), else
+    map_fn. BatchNorm statistics stay per task in all. ``signature`` is one task's output
+    structure of ``tf.TensorSpec`` (map_fn needs it up front).
     """
+    n = tf.nest.flatten(elems)[0].shape[0]
+    if mode == "auto":
+        mode = "loop" if n is not None and n <= LOOP_MAX_TASKS else "map_fn"
     if mode == "loop":
-        n = tf.nest.flatten(elems)[0].shape[0]
         outs = [fn(tf.nest.map_structure(lambda e, i=i: e[i], elems)) for i in range(n)]
         return tf.nest.map_structure(lambda *xs: tf.stack(xs), *outs)
     if mode == "map_fn":

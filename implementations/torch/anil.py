@@ -30,4 +30,4 @@ class TorchANIL(TorchMAML):
 
     def describe(self) -> AdapterInfo:
         return self.describe_as("torch.func; inner loop on the head over features computed once per set; "
-                                "every step vmapped over tasks; Adam from torch.optim")
+                                "every step vmapped over tasks; Adam from torch.optim (fused)")

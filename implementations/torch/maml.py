@@ -12,9 +12,8 @@ Python loop over tasks; Omniglot 5-way 1-shot (8 tasks) 172 ms against 188 ms.
 
 ``options["compile"]``: the outer step's meta-gradient (second order included: ``grad`` of
 the vmapped task losses) as one ``torch.compile`` graph (Inductor, ``dynamic=False``,
-``fullgraph``), compiled per shape, and Adam's fused kernel (``common.make_adam``); the
-inner step and test-time adaptation stay eager. Everything compiles, Conv-4 and its
-written-out BatchNorm to second order included. Not a registered adapter yet: the
+``fullgraph``), compiled per shape; the inner step and test-time adaptation stay eager.
+Everything compiles, Conv-4 and its written-out BatchNorm to second order included. Not a registered adapter yet: the
 contract checks generated for every registered adapter compile a dozen graphs (shapes,
 dtypes, algorithms), 4 min cold on 2 cores, more than the test suite can spend; ``metabench
 baselines`` times it beside ``torch-maml`` and the plain version. Measured on a shared,
@@ -109,7 +108,8 @@ class TorchMAML(common.TorchAdapter):
     # -- contract --------------------------------------------------------------------------
     def describe(self) -> AdapterInfo:
         return self.describe_as("torch.func; every step vmapped over tasks, the second-order meta-gradient "
-                                "included (BatchNorm written out from mean and variance); Adam from torch.optim")
+                                "included (BatchNorm written out from mean and variance); Adam from torch.optim "
+                                "(fused)")
 
 
     def inner_step(self, batch):

@@ -6,7 +6,7 @@ so BatchNorm's batch statistics cover the whole episode.
 
 ``options["compile"]`` (not registered: no ``torch-protonet-compile`` until float32 parity
 holds): the meta-gradient and ``adapt`` are each one ``torch.compile`` graph (Inductor,
-``dynamic=False``, ``fullgraph``), Adam fused. It compiles, and float64 parity holds
+``dynamic=False``, ``fullgraph``). It compiles, and float64 parity holds
 (meta-gradient 5.7e-12 from eager's), but float32
 parity on omniglot-5w1s fails (2 tasks): meta-gradient 6.3e-3 from torch's, its own
 float32-vs-float64 error 6.4e-3 against eager's 2.9e-4. Not yet found where Inductor loses
@@ -63,7 +63,7 @@ class TorchProtoNet(common.TorchAdapter):
 
     def describe(self) -> AdapterInfo:
         return self.describe_as("episodes vmapped; support and query embedded in one pass; "
-                                "Adam from torch.optim, step size halved on schedule")
+                                "Adam from torch.optim (fused), step size halved on schedule")
 
 
     def _meta_grad(self, batch):
