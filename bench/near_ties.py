@@ -21,10 +21,10 @@ no gradient whichever input it picks).
 ``bench.parity`` asks for the near-ties of the compared batch and for the first tie-free
 tasks. A float32 failure on a batch with near-ties, float64 agreeing, is compared again on
 tie-free tasks: if it passes there, the row passes and says which window was tied and by
-how much; if it fails there too, the failure stands, now without that excuse. (A cost: on
-ProtoNet's 60-way episodes nearly every episode has a near-tied window, so the search
-reads ``SEARCH_FACTOR`` x the batch of episodes and finds none; asking only when a
-comparison fails is the better order, not yet made.)
+how much; if it fails there too, the failure stands, now without that excuse. (On
+ProtoNet's 60-way episodes nearly every episode has a near-tied window, so parity skips
+the search there: it read ``SEARCH_FACTOR`` x the batch of episodes and found none.
+Scanning only when a comparison fails would be the better order; not yet made.)
 """
 
 from __future__ import annotations
