@@ -140,6 +140,11 @@ class Adapter(abc.ABC):
         self.config: AdapterConfig = (spec if isinstance(spec, AdapterConfig)
                                       else get_algorithm(algorithm).adapter_config(spec.for_algorithm(algorithm)))
         self.algorithm = algorithm
+        self.regression = self.config.regression
+        inner = self.config.inner  # the MAML family's inner loop, under the papers' names
+        if inner is not None:
+            self.inner_lr, self.inner_steps = inner.lr, inner.steps
+            self.test_inner_steps, self.first_order = inner.test_steps, inner.first_order
         # the outer-loop optimizer, from the harness: every framework reproduces it
         self.meta_optimizer = self.config.meta_optimizer
         self.device = device

@@ -43,7 +43,8 @@ def cmd_list(args) -> int:
         print(f"  {p.name:<8} {p.description} ({p.rounds} timed rounds, {p.warmup_rounds} warm-up)")
     print("\nAdapters:")
     for e in registry.entries().values():
-        flag = "" if e.default else " (variant: run with --adapters)"
+        flag = ("" if e.default is True else " (variant: run with --adapters)" if not e.default
+                else f" (the default on {', '.join(e.default)}; elsewhere a variant)")
         print(f"  {e.name:<24} {'/'.join(e.algorithms):<14} {e.description}{flag}")
     return 0
 
@@ -240,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="change a field of every spec, validated like the file (repeatable): maml.inner_steps=5")
     p.add_argument("--sweep", action="append", metavar="SECTION.FIELD=V1,V2,...",
                    help="one spec per value, every combination when repeated: maml.inner_steps=1,2,5,10")
+    p.add_argument("--sweep-one-at-a-time", action="store_true",
+                   help="each --sweep alone, the other fields at the spec's values, not every combination")
     cluster = p.add_argument_group("where the cells run (README: Running on a cluster)")
     cluster.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
                          help="local: here, one cell at a time (default); slurm: Slurm jobs through submitit; "

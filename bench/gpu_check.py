@@ -103,7 +103,7 @@ def device_spread(frameworks, algorithm: str = "maml", specs=SPREAD_SPECS, devic
     results = {}
     with tempfile.TemporaryDirectory(prefix="metabench-spread-") as tmp:
         for fw in frameworks:
-            requests = [{"adapter": _adapter_name(fw, algorithm), "spec": s, "algorithm": algorithm,
+            requests = [{"adapter": _adapter_name(fw, algorithm, devices[-1]), "spec": s, "algorithm": algorithm,
                          "batch_size": batch_size, "threads": 1, "data_dir": os.environ.get("METABENCH_DATA_DIR"),
                          "cache_dir": os.environ.get("METABENCH_CACHE_DIR"), "quick": False, "jitter": j}
                         for s in specs for j in (0.0, jitter)]

@@ -31,9 +31,10 @@ module. Iterating on a new adapter then reruns only that adapter's process; ``--
 small episodes. A torch adapter other than the reference (a variant, a plugin) is compared
 like any framework, in a process of its own.
 
-A float32 failure whose float64 agrees, on a batch where torch's process found a max-pool
-window that float32 cannot decide (``bench.near_ties``: its top two closer than float32
-rounding moves them), is compared again on the first tie-free training episodes; it
+A float32 failure whose float64 agrees sends torch's process looking for max-pool windows
+of the batch that float32 cannot decide (``bench.near_ties``: their top two closer than
+float32 rounding moves them; looked for only then, as the scan costs seconds per episode).
+When it finds one, the row is compared again on the first tie-free training episodes; it
 passes if it agrees there, with a note naming the window, and fails otherwise.
 
 A failed comparison is diagnosed in one line (``diagnose``): the tier, the first quantity
@@ -123,8 +124,9 @@ def _concat(res: dict, prefix: str, quantity: str) -> np.ndarray:
     return np.concatenate([res[k].ravel() for k in keys])
 
 
-def _adapter_name(framework: str, algorithm: str) -> str:
-    for entry in registry.select(frameworks=[framework], algorithms=[algorithm]):
+def _adapter_name(framework: str, algorithm: str, device: str = "cpu") -> str:
+    """The framework's default adapter for ``algorithm`` on ``device``."""
+    for entry in registry.select(frameworks=[framework], algorithms=[algorithm], device=device):
         return entry.name
     raise AdapterError(f"--frameworks: no {framework} adapter for {algorithm}; known frameworks: "
                        f"{', '.join(sorted({e.framework for e in registry.entries().values()}))}")
@@ -185,9 +187,8 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
         episodes = stacked([sampler.episode(e) for e in compared_episodes(req)])
         if req.get("jitter"):
             episodes = jittered(episodes, req["jitter"])
-        adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
-        out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
-        if req.get("ties"):  # the reference's: max-pool windows float32 cannot decide (bench.near_ties)
+        if req.get("ties"):  # only the batch's near-tied max-pool windows (bench.near_ties), asked
+            # of the reference after a float32 failure (parity's tie-free retry)
             make = lambda dtype, c=cls, s=spec, a=algorithm, p=params, o=entry.options: c(
                 s, a, p, device=device, options={**o, "dtype": dtype})
             section = "protonet" if get_algorithm(algorithm).section == "protonet" else "maml"
@@ -196,6 +197,9 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
             search = 0 if section == "protonet" else req["batch_size"]
             out[f"{i}/ties"], out[f"{i}/tie_free"] = near_ties.scan(make, sampler, section, compared_episodes(req),
                                                                     search)
+            continue
+        adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
+        out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
     # float32 first: the float64 diagnostic may switch a process-wide setting (JAX's x64)
     for tag, dtype in (("", "float32"), (F64, "float64")):
         for i, cls, spec, algorithm, params, options, episodes in adapters:
@@ -343,9 +347,9 @@ def _reference_results(requests: list[dict], device: str, workdir: Path, cache: 
     return out
 
 
-def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
+def _targets(frameworks, adapters, algorithms, device: str = "cpu") -> list[tuple[str, str, str]]:
     """(framework, adapter, algorithm) to compare with torch: each framework's default
-    adapter, or the named adapters (variants included, torch's own among them)."""
+    adapter on ``device``, or the named adapters (variants included, torch's own among them)."""
     if adapters:
         out = []
         for name in adapters:
@@ -358,8 +362,8 @@ def _targets(frameworks, adapters, algorithms) -> list[tuple[str, str, str]]:
         if f not in known:
             raise AdapterError(f"--frameworks: unknown framework {f!r}; known: {', '.join(known)}")
     # a framework without an adapter for one of the algorithms is compared on the others
-    return [(f, _adapter_name(f, a), a) for f in frameworks if f != REFERENCE for a in algorithms
-            if registry.select(frameworks=[f], algorithms=[a])]
+    return [(f, _adapter_name(f, a, device), a) for f in frameworks if f != REFERENCE for a in algorithms
+            if registry.select(frameworks=[f], algorithms=[a], device=device)]
 
 
 def _compute_all(plan: dict, requests_for, device: str, cache_dir, use_cache: bool, echo, episodes=None) -> dict:
@@ -420,10 +424,20 @@ def _retry_without_ties(rows, plan, results, combos, requests_for, tolerance, de
     both batches named. One more process per framework concerned."""
     from bench.spec import load_spec
 
-    ref = results[REFERENCE]
+    failed = [(row, src) for row, src in _row_sources(rows, plan) if row.get("ok64") and not row.get("ok32")]
+    if not failed:
+        return
+    ref = dict(results[REFERENCE])
+    ties = _near_ties(sorted({ci for _, (_, _, ci, _) in failed if f"{ci}/ties" not in ref}), combos,
+                      requests_for, device, cache_dir, use_cache, echo)
+    if isinstance(ties, str):
+        for row, _ in failed:
+            row["diagnosis"] += f"; the near-tie scan did not run: {ties}"
+        return
+    ref.update(ties)
     retry: dict[tuple, list] = {}
-    for row, (framework, k, ci, name) in _row_sources(rows, plan):
-        if row.get("ok64") and not row.get("ok32") and len(ref.get(f"{ci}/ties", ())):
+    for row, (framework, k, ci, name) in failed:
+        if len(ref.get(f"{ci}/ties", ())):
             free = tuple(int(e) for e in ref[f"{ci}/tie_free"])
             batch = len(ref[f"{ci}/support_loss"])
             if len(free) == batch:
@@ -459,6 +473,30 @@ def _retry_without_ties(rows, plan, results, combos, requests_for, tolerance, de
                                      f"not the tie")
 
 
+def _near_ties(combos_to_scan: list[int], combos, requests_for, device: str, cache_dir, use_cache: bool,
+               echo) -> dict | str:
+    """The reference's near-tie scan (``<ci>/ties``, ``<ci>/tie_free``) of the compared batch
+    of each combo listed, in one torch process (or from the cache). Asked only after a
+    float32 failure: the scan recomputes every max-pool input in both precisions and
+    searches for tie-free episodes, which a passing comparison never needs."""
+    from bench import paths
+
+    if not combos_to_scan:
+        return {}
+    requests = requests_for(REFERENCE, [(ci, reference_adapter(combos[ci][2])) for ci in combos_to_scan])
+    for r in requests:
+        r["sensitivity"], r["ties"] = False, True
+    cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
+    with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
+        found = _reference_results(requests, device, Path(tmp), cache, echo)
+    if isinstance(found, str):
+        return found
+    out = {}
+    for j, ci in enumerate(combos_to_scan):
+        out.update(_with_prefix(found, f"{j}/", f"{ci}/"))
+    return out
+
+
 def _row_sources(rows, plan):
     """Each compared row with (framework process, its request index, combo, adapter)."""
     sources = [(framework, k, ci, name) for framework, pairs in plan.items() if framework != REFERENCE
@@ -484,7 +522,7 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
     for spec_ref in specs:
         spec = load_spec(spec_ref)
         combos += [(spec_ref, spec.name, a) for a in algorithms if a in spec.algorithms()]
-    targets = _targets(frameworks or [], adapters, algorithms)
+    targets = _targets(frameworks or [], adapters, algorithms, device)
     # One process per framework; request k of a framework is (combo, adapter) pair k.
     plan: dict[str, list[tuple[int, str]]] = {REFERENCE: []}
     for ci, (_, _, algorithm) in enumerate(combos):
@@ -496,9 +534,9 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
         reqs = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2], "batch_size": batch_size,
                  "threads": threads, "data_dir": data_dir, "cache_dir": cache_dir, "quick": quick,
                  "episodes": episodes} for ci, name in pairs]
-        if framework == REFERENCE:  # the reference also measures the batch's conditioning and near-ties
+        if framework == REFERENCE:  # the reference also measures the batch's conditioning
             for r in reqs:
-                r["sensitivity"] = r["ties"] = True
+                r["sensitivity"] = True
         return reqs
 
     results = _compute_all(plan, requests_for, device, cache_dir, use_cache, echo)

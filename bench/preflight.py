@@ -450,7 +450,8 @@ def probe(framework: str, device: str, adapters: dict[str, dict]) -> list[str]:
         # a typo in an option would benchmark the default under the variant's name: refused here
         check_options = getattr(cls, "option_problems", None)
         if entry.get("options") is not None and check_options is not None:
-            problems += [f"adapter {adapter}: {p}; fix its registry entry" for p in check_options(entry["options"])]
+            fix = "fix the option after '@' in --adapters" if "@" in adapter else "fix its registry entry"
+            problems += [f"adapter {adapter}: {p}; {fix}" for p in check_options(entry["options"])]
     if device == "cuda" and framework in _GPU_PROBES and not problems:
         code, fix = _GPU_PROBES[framework]
         try:

@@ -427,6 +427,51 @@ def _sweep_section(run_dir: Path, tabs: dict) -> str:
     return f"## How cost grows (sweeps)\n\n{text}\n" if text else ""
 
 
+def defaults_section(steps: pd.DataFrame, device: str, marks: dict) -> str:
+    """``## Defaults against the variants measured``: for each framework, algorithm and
+    spec timed with more than one adapter, its default on this device (``bench.registry``)
+    against the fastest adapter's outer step. A default should be its framework's fastest
+    correct adapter; a faster variant is named, with its parity mark when it has one."""
+    from bench import registry
+
+    s = steps[steps["phase"] == "outer_step"] if not steps.empty else steps
+    if s.empty:
+        return ""
+    known = registry.entries()
+    rows = []
+    for (spec, algorithm, framework), g in s.groupby(["spec", "algorithm", "framework"], sort=True):
+        g = g.drop_duplicates("adapter").reset_index(drop=True)
+        if len(g) < 2:
+            continue
+        defaults = [a for a in g["adapter"] if a in known and known[a].default_on(device)
+                    and algorithm in known[a].algorithms]
+        if not defaults:
+            continue
+        fastest = g.loc[g["median"].idxmin()]
+        d = g[g["adapter"] == defaults[0]].iloc[0]
+        ratio = d["median"] / fastest["median"]
+        mark = marks.get((fastest["adapter"], spec, algorithm))
+        # faster only where the medians' CIs do not overlap; else the two are level here
+        apart = fastest.get("median_ci_high", math.nan) < d.get("median_ci_low", math.nan)
+        if fastest["adapter"] == d["adapter"]:
+            verdict = "the default is the fastest"
+        elif not apart:
+            verdict = f"level: {fastest['adapter']} {ratio:.2f}x, the medians' CIs overlap"
+        else:
+            verdict = (f"**{fastest['adapter']} is {ratio:.2f}x faster**"
+                       + (f" ({mark}: see the legend)" if mark else ""))
+        rows.append({"workload": tables.row_label(spec, algorithm), "framework": framework,
+                     f"default on {device}": d["adapter"], "its outer step": tables.format_seconds(d["median"]),
+                     "fastest measured": fastest["adapter"],
+                     "fastest's outer step": tables.format_seconds(fastest["median"]), "verdict": verdict})
+    if not rows:
+        return ""
+    return ("## Defaults against the variants measured\n\nEach framework's default adapter on this device "
+            "(`metabench list`) against the fastest adapter of that framework timed in this run (outer step "
+            "median). A default is meant to be its framework's fastest adapter that passes parity.\n\n"
+            f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n")
+
+
 def overhead_line(steps: pd.DataFrame) -> str:
     """The harness's cost: pytest-benchmark's median of each step over the median of the
     same step timed by a bare loop in the same process, right after (``bench.suite``)."""
@@ -495,7 +540,7 @@ Step times are rounds of one step each, the device synchronised inside the timed
 `sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
 Memory is measured in a process apart from timing.
 
-{_sweep_section(run_dir, tabs)}## Step times
+{_sweep_section(run_dir, tabs)}{defaults_section(tabs['steps'], manifest.get('device', 'cpu'), marks)}## Step times
 
 {overhead_line(tabs['steps'])}
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from bench import atomic, executors, machine_load, plan, preflight, registry
 from bench.cell import Cell
-from bench.errors import MetabenchError
+from bench.errors import AdapterError, MetabenchError
 from bench.lock import RunLock
 from bench.profiles import PROFILES
 from bench.spec import ALGORITHMS, EpisodeSpec, load_spec
@@ -66,9 +66,11 @@ POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 
-def expand_specs(refs: list[str], overrides=(), sweeps=()) -> list[str]:
+def expand_specs(refs: list[str], overrides=(), sweeps=(), one_at_a_time: bool = False) -> list[str]:
     """Each spec reference with the ``--set`` overrides, then one reference per combination
-    of the ``--sweep`` values (``omniglot-5w1s@maml.inner_steps=5``: ``bench.spec``)."""
+    of the ``--sweep`` values (``omniglot-5w1s@maml.inner_steps=5``: ``bench.spec``); with
+    ``one_at_a_time``, one per value of each sweep alone, the other fields at the spec's
+    own values (4 + 4 specs for two sweeps of 4 values, not 16)."""
     import itertools
 
     from bench.spec import parse_override, with_overrides
@@ -78,10 +80,12 @@ def expand_specs(refs: list[str], overrides=(), sweeps=()) -> list[str]:
     for sweep in sweeps:
         key, values = parse_override(sweep, "--sweep")
         axes.append([(key, v.strip()) for v in values.split(",") if v.strip()])
+    combos = [[point] for axis in axes for point in axis] if one_at_a_time and axes else itertools.product(*axes)
+    combos = [list(c) for c in combos]
     out = []
     for ref in refs:
-        for combo in itertools.product(*axes):
-            out.append(with_overrides(ref, fixed + list(combo)))
+        for combo in combos:
+            out.append(with_overrides(ref, fixed + combo))
     for ref in out:
         load_spec(ref)  # every override validated now, like a spec file: one line naming the field
     return out
@@ -116,7 +120,7 @@ def detect_device() -> str:
 def plan_cells(*, profile: str, frameworks, algorithms, specs, adapters, device: str, threads: int,
                data_dir, cache_dir, seeds: int = 1) -> list[Cell]:
     """Every (adapter, algorithm, spec) the selection allows, once per training seed."""
-    entries = registry.select(frameworks=frameworks, algorithms=algorithms, names=adapters)
+    entries = registry.select(frameworks=frameworks, algorithms=algorithms, names=adapters, device=device)
     if not entries:
         raise MetabenchError("no adapter matches --frameworks/--algorithms/--adapters; "
                              f"known adapters: {', '.join(registry.entries())}")
@@ -487,8 +491,10 @@ def check_options(*, threads, timeout, run_id, resume, frameworks, adapters, her
         raise MetabenchError("--resume needs --run-id NAME: the run to complete (a folder of --results-dir)")
     known = registry.entries()
     for name in adapters or ():
-        if name not in known:
-            raise MetabenchError(f"--adapters: unknown adapter {name!r}; known: {', '.join(known)}")
+        try:
+            registry.get(name)
+        except AdapterError as e:
+            raise MetabenchError(f"--adapters: {e}") from None
     frameworks_known = list(dict.fromkeys(e.framework for e in known.values()))
     for name in frameworks or ():
         if name not in frameworks_known:
@@ -567,6 +573,7 @@ class RunRequest:
     dry_run: bool = False
     overrides: tuple[str, ...] = ()     # --set
     sweeps: tuple[str, ...] = ()        # --sweep
+    one_at_a_time: bool = False         # --sweep-one-at-a-time
     executor: str = "local"             # --executor: local | slurm | ray (bench.executors)
     cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)  # --slurm-*, --ray-*
 
@@ -579,7 +586,8 @@ class RunRequest:
                    data_dir=args.data_dir, cache_dir=args.cache_dir, results_dir=args.results_dir,
                    run_id=args.run_id, phases=tup(args.phases), timeout=args.cell_timeout, resume=args.resume,
                    command=args.command_line, seeds=args.seeds, dry_run=args.dry_run,
-                   overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()), executor=args.executor,
+                   overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()),
+                   one_at_a_time=args.sweep_one_at_a_time, executor=args.executor,
                    cluster=executors.ClusterOptions(
                        group_by=args.group_by, slurm_partition=args.slurm_partition, slurm_gpus=args.slurm_gpus,
                        slurm_cpus=args.slurm_cpus, slurm_mem_gb=args.slurm_mem_gb,
@@ -598,7 +606,7 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
     nothing is run or written (returns None). ``overrides`` (``--set``:
     ``"maml.inner_steps=5"``) change every spec of the run; ``sweeps`` (``--sweep``:
     ``"maml.inner_steps=1,2,5"``) make one spec per value, their combinations when there
-    are several (``expand_specs``).
+    are several, or each alone with ``one_at_a_time`` (``expand_specs``).
 
     Bad options and failed preflight checks raise ``MetabenchError`` before anything is
     written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
@@ -633,7 +641,7 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
     if r.executor == "slurm" and r.cluster.slurm_cpus is not None and threads > r.cluster.slurm_cpus:
         raise MetabenchError(f"--threads: {threads} exceeds the {r.cluster.slurm_cpus} CPUs a job asks for "
                              f"(--slurm-cpus); raise --slurm-cpus or lower --threads")
-    specs = expand_specs(list(specs or DEFAULT_SPECS[profile]), overrides, sweeps)
+    specs = expand_specs(list(specs or DEFAULT_SPECS[profile]), overrides, sweeps, r.one_at_a_time)
     cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
                        adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
                        seeds=seeds)

@@ -75,10 +75,12 @@ def exponents(points: pd.DataFrame) -> pd.DataFrame:
         g = g.groupby("value", as_index=False)["y"].median().sort_values("value")
         if len(g) < 2 or (g["y"] <= 0).any():
             continue
-        slope = float(np.polyfit(np.log(g["value"]), np.log(g["y"]), 1)[0])
-        rows.append((*key, g["value"].iloc[0], g["y"].iloc[0], g["value"].iloc[-1], g["y"].iloc[-1], slope))
+        exponent = float(np.polyfit(np.log(g["value"]), np.log(g["y"]), 1)[0])
+        slope = float(np.polyfit(g["value"], g["y"], 1)[0])  # linear growth per unit, beside a fixed cost
+        rows.append((*key, g["value"].iloc[0], g["y"].iloc[0], g["value"].iloc[-1], g["y"].iloc[-1], exponent,
+                     slope))
     return pd.DataFrame(rows, columns=["base", "algorithm", "key", "fixed", "quantity", "framework", "x_low", "y_low",
-                                       "x_high", "y_high", "exponent"])
+                                       "x_high", "y_high", "exponent", "slope"])
 
 
 def _fmt(quantity: str, y: float) -> str:
@@ -97,13 +99,16 @@ def sweep_markdown(points: pd.DataFrame) -> str:
     for r in fits.itertuples():
         row = (f"{r.base} / {r.algorithm} / {r.key}" + (f" ({r.fixed})" if r.fixed else ""), r.quantity)
         table.setdefault(row, {})[r.framework] = (f"{_fmt(r.quantity, r.y_low)} -> {_fmt(r.quantity, r.y_high)}, "
-                                                  f"b = {r.exponent:.2f}")
+                                                  f"b = {r.exponent:.2f}, {'-' if r.slope < 0 else '+'}"
+                                                  f"{_fmt(r.quantity, abs(r.slope))} per unit")
     frameworks = sorted(fits["framework"].unique())
     out = pd.DataFrame([{"workload / swept key": k[0], "quantity": k[1], **{f: v.get(f, "") for f in frameworks}}
                         for k, v in table.items()])
     lo, hi = fits["x_low"].min(), fits["x_high"].max()
     return (f"Each cell: the value at the lowest and highest swept value ({lo:g} and {hi:g} where the sweep spans "
-            f"them), and b, the growth exponent of y ~ x^b (least squares on log-log).\n\n"
+            f"them); b, the growth exponent of y ~ x^b (least squares on log-log); and the linear growth per "
+            f"unit of the swept value (least squares of y ~ a + s x: per inner step, per task), which a fixed "
+            f"cost (weights, the framework's own buffers) does not pull below 1 as it does b.\n\n"
             f"{out.to_markdown(index=False)}\n")
 
 
@@ -121,6 +126,8 @@ def sweep_figure(points: pd.DataFrame):
         g = points[(points["key"] == key) & (points["quantity"] == quantity)]
         for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
             s = s.groupby("value", as_index=False)["y"].median().sort_values("value")
+            if len(s) < 2:  # a one-at-a-time sweep's other points: a single value, no series
+                continue
             label = f"{framework} {base}/{algorithm}" + (f" ({fixed})" if fixed else "")
             ax.plot(s["value"], s["y"], marker="o", label=label)
         ax.set_xscale("log")

@@ -31,7 +31,7 @@ def test_one_row_per_framework_and_implementation(sinusoid_run):
     out, rows = sinusoid_run
     assert tuple(rows[0]) == COLUMNS
     assert {(r["framework"], r["implementation"], r["kind"]) for r in rows} == {
-        ("torch", "torch-maml", "metabench"), ("torch", "torch-maml+compile", "metabench"),
+        ("torch", "torch-maml", "metabench"), ("torch", "torch-maml@compile=true", "metabench"),
         ("torch", "plain-torch", "plain"), ("torch", "plain-torch-exactbn", "plain"),
         ("jax", "jax-maml", "metabench"), ("jax", "plain-jax", "plain")}
     for r in rows:

@@ -170,6 +170,12 @@ CASES = {
     "adapter option misspelt": (lambda w: w.run(adapter="fake-misspelt"),
                                 "adapter fake-misspelt: unknown option 'dtpye'; Steady accepts: dtype; "
                                 "fix its registry entry"),
+    "--adapters option misspelt": (lambda w: w.run(adapter="torch-maml@compiel=true"),
+                                   "adapter torch-maml@compiel=true: unknown option 'compiel'; TorchMAML accepts: "),
+    "--adapters option ill-typed": (lambda w: w.run(adapter="torch-maml@compile=3"),
+                                    "fix the option after '@' in --adapters"),
+    "--adapters option without a value": (lambda w: w.run(adapter="torch-maml@compile"),
+                                          "--adapters: adapter 'torch-maml@compile': 'compile' must be option=value"),
     # -- results folder ----------------------------------------------------------------------
     "--results-dir is a file": (lambda w: w.run() + ["--results-dir", str(w.spec("x", "a-file"))],
                                 "a-file is a file, not a folder"),

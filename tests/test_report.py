@@ -444,3 +444,28 @@ def test_a_framework_on_other_threads_is_flagged(tmp_path):
             json.dumps({"adapter_info": {"framework": name.split("-")[0], "threads": threads}}))
     assert thread_mismatches(run, 2) == ["mylib reports no threads"]
     assert thread_mismatches(run, None) == []
+
+
+def test_defaults_section_names_a_variant_faster_than_the_default():
+    """A default (on the run's device) against the fastest adapter of its framework timed
+    in the run: on a CPU TF's default MAML is the XLA variant; on a GPU graph mode is, and
+    a faster XLA variant is named with its ratio and parity mark."""
+    from bench.report import defaults_section
+
+    def rows(spec, width):
+        return [{"spec": spec, "algorithm": "maml", "framework": "tensorflow", "adapter": a, "phase": phase,
+                 "median": m, "median_ci_low": m - width, "median_ci_high": m + width}
+                for a, m in (("tensorflow-maml", 0.176), ("tensorflow-maml-xla", 0.088))
+                for phase in ("outer_step", "inner_step")]
+
+    steps = pd.DataFrame(rows("omni", 0.01) + rows("noisy", 0.1)
+                         + [{"spec": "omni", "algorithm": "maml", "framework": "torch", "adapter": "torch-maml",
+                             "phase": "outer_step", "median": 0.15}])
+    squeeze = lambda text: " ".join(text.split())  # the table's column padding aside
+    cpu = squeeze(defaults_section(steps, "cpu", {}))
+    assert "| omni / maml | tensorflow | tensorflow-maml-xla | 88.0 ms |" in cpu and "the default is the fastest" in cpu
+    assert "torch-maml" not in cpu  # one adapter of a framework: nothing to compare
+    gpu = squeeze(defaults_section(steps, "cuda", {("tensorflow-maml-xla", "omni", "maml"): "†"}))
+    assert "**tensorflow-maml-xla is 2.00x faster** (†: see the legend)" in gpu
+    assert "| noisy / maml | tensorflow | tensorflow-maml |" in gpu and "level: tensorflow-maml-xla 2.00x" in gpu
+    assert defaults_section(steps[steps["framework"] == "torch"], "cpu", {}) == ""

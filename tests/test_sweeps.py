@@ -35,6 +35,16 @@ def test_set_and_sweep_expand_to_validated_references():
     assert spec.for_algorithm("protonet").with_profile("cpu", "protonet").meta_batch_size("protonet") == 1
 
 
+def test_one_at_a_time_sweeps_vary_each_field_alone():
+    """``--sweep-one-at-a-time``: 2 + 2 specs for two sweeps of two values, the other field
+    at the spec's own value; the sweep tables read each as a series of its own."""
+    refs = expand_specs(["omniglot-5w1s"], [], ["maml.inner_steps=1,5", "maml.meta_batch_size=2,16"],
+                        one_at_a_time=True)
+    assert refs == ["omniglot-5w1s@maml.inner_steps=1", "omniglot-5w1s@maml.inner_steps=5",
+                    "omniglot-5w1s@maml.meta_batch_size=2", "omniglot-5w1s@maml.meta_batch_size=16"]
+    assert expand_specs(["sinusoid-10shot"], [], [], one_at_a_time=True) == ["sinusoid-10shot"]
+
+
 @pytest.mark.parametrize("flag, bad, says", [
     ("set", "maml.inner_step=5", "maml.inner_step: unknown field"),
     ("set", "maml.inner_steps=x", "maml.inner_steps: must be an integer"),

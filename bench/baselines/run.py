@@ -40,9 +40,9 @@ COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_
 # out instead of tf.nn.moments falls from 2.9e-1 to 3.8e-4 (TF's float32 reductions).
 KNOWN_DIFFERENCES = {
     # keyed by the adapter where the adapter's side differs, else by the plain version
-    "torch-maml+compile": "the compiled adapter's float32 (Inductor's kernels): eager torch-maml agrees with "
-                          "this plain version to 2.6e-6 on the same batch; not yet explained (at 2 tasks "
-                          "`metabench parity` passed the compiled meta-gradient at 8.9e-6)",
+    "torch-maml@compile=true": "the compiled adapter's float32 (Inductor's kernels): eager torch-maml agrees "
+                               "with this plain version to 2.6e-6 on the same batch; not yet explained (at 2 "
+                               "tasks `metabench parity` passed the compiled meta-gradient at 8.9e-6)",
     "plain-tf-exactbn": "float32 rounding of TF's long reductions (one-stage means over N, H, W; metabench "
                         "sums them in three stages), and Keras' Adam, which puts epsilon before the bias "
                         "correction",

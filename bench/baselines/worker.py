@@ -29,12 +29,12 @@ TOLERANCE = 1e-4  # float32 agreement, as metabench parity's CPU tolerance
 
 # framework -> (metabench adapter, plain class, its options): what each process times
 PAIRS = {
-    # "+compile": the registered adapter with its torch.compile option (not registered on its own yet)
+    # "@compile=true": the registered adapter with its torch.compile option (bench.registry)
     # "-exactbn": the same plain code with BatchNorm's variance written out, the baseline
     # whose second-order meta-gradient is MAML's on Omniglot (the tutorials' is not)
     "torch": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {}),
               ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True}),
-              ("torch-maml+compile", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True})],
+              ("torch-maml@compile=true", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True})],
     "jax": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})],
     "tensorflow": [("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML", {"jit_compile": False}),
                    ("tensorflow-maml", "bench.baselines.plain_tf:PlainTFMAML",
@@ -53,11 +53,10 @@ def _load(target: str):
 def build_adapter(name: str, spec, params, threads: int):
     from bench import registry
 
-    registered, *flags = name.split("+")  # "torch-maml+compile": torch-maml, options["compile"] = True
-    entry = registry.get(registered)
+    entry = registry.get(name)  # "torch-maml@compile=true": torch-maml with options["compile"] = True
     cls = registry.load_adapter_class(entry)
     cls.configure(threads, DEVICE)
-    options = {**entry.options, **dict.fromkeys(flags, True), "dtype": "float32"}
+    options = {**entry.options, "dtype": "float32"}
     return cls(spec, "maml", params, device=DEVICE, options=options)
 
 

@@ -103,10 +103,6 @@ class HigherMAML(common.TorchAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        m = self.config.inner
-        self.inner_lr, self.first_order = m.lr, m.first_order
-        self.inner_steps, self.test_inner_steps = m.steps, m.test_steps
-        self.regression = self.config.regression
         model = self.config.model
         if self.regression:
             self.model = MLP(model.hidden)

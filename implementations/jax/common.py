@@ -87,6 +87,25 @@ def conv3x3_im2col(x: jax.Array, w: jax.Array) -> jax.Array:
     return patches @ w.reshape(9 * c, -1)  # HWIO rows are (i, j, c), the patches' order
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max-pool, stride 2, floor (as ``VALID``), NHWC, as selects between each window's
+    four corners; ties go to the first corner in row-major order, as in torch's max_pool2d.
+
+    Not ``lax.reduce_window``: XLA:CPU expands its derivative (select-and-scatter) into an
+    iota, a reduce-window over (value, index) and a scatter, which took 38% of the summed
+    operation time of the Omniglot MAML outer step (``bench/baselines/profile.py``); and on
+    a GPU JAX's second derivative of it packs value and tangent into one 64-bit word, so
+    float64 is rounded to 32 bits there. Here every derivative is an exact select. (Not
+    ``jnp.maximum`` either: its derivative splits ties in half, torch's picks one.)"""
+    h, w = x.shape[-3] // 2 * 2, x.shape[-2] // 2 * 2
+    c = [x[..., i:h:2, j:w:2, :] for i in (0, 1) for j in (0, 1)]
+
+    def first(a, b):
+        return jnp.where(a >= b, a, b)
+
+    return first(first(first(c[0], c[1]), c[2]), c[3])
+
+
 def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla") -> jax.Array:
     """NHWC images [n, S, S, C] -> [n, features], features in canonical (C, H, W) order.
     BatchNorm uses this batch's statistics (biased variance) and no running statistics:
@@ -112,7 +131,7 @@ def conv4_blocks(params, x: jax.Array, batch_norm: bool, eps: float, conv: str =
             x = (x - mean) * lax.rsqrt(var + eps) * params[f"bn{i}.weight"] + params[f"bn{i}.bias"]
         else:
             x = x + params[f"conv{i}.bias"]
-        x = lax.reduce_window(jax.nn.relu(x), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+        x = max_pool_2x2(jax.nn.relu(x))
         out.append(x)
     return out
 

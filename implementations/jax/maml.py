@@ -42,10 +42,6 @@ class JaxMAML(common.JaxAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        m = self.config.inner
-        self.inner_lr, self.first_order = m.lr, m.first_order
-        self.inner_steps, self.test_inner_steps = m.steps, m.test_steps
-        self.regression = self.config.regression
         self.inner_loop = self.options["inner_loop"]
         # im2col on CPU (XLA:CPU's grouped convolutions under vmap are ~16x slower, see
         # above); XLA's own convolution on accelerators, where cuDNN serves it.

@@ -40,10 +40,6 @@ class TFMAML(common.TFAdapter):
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
         self._batching = self.options["task_batching"] = self.options["task_batching"] or TASK_BATCHING[self._jit]
-        m = self.config.inner
-        self.inner_lr, self.first_order = m.lr, m.first_order
-        self.inner_steps, self.test_inner_steps = m.steps, m.test_steps
-        self.regression = self.config.regression
         self._pool = common.max_pool_2x2_elementwise if self._jit else common.max_pool_2x2
         # the head reads NHWC-ordered features: its canonical rows are permuted on import/export
         self._fmap = None if self.regression else self.config.model.feature_map

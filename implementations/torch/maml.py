@@ -41,10 +41,6 @@ class TorchMAML(common.TorchAdapter):
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
-        m = self.config.inner
-        self.inner_lr, self.first_order = m.lr, m.first_order
-        self.inner_steps, self.test_inner_steps = m.steps, m.test_steps
-        self.regression = self.config.regression
         self.set_params(params)
         self._vmapped_adapt = {steps: vmap(self._make_adapt(steps), in_dims=(None, 0, 0))
                                for steps in {1, self.inner_steps, self.test_inner_steps}}
