@@ -43,9 +43,13 @@ ADAPTERS = {"jax": "jax-{algorithm}", "torch": "torch-{algorithm}"}
 # Kinds of operation, matched in order against an operation's name (XLA: the HLO
 # instruction or fusion, "convolution.12", "loop_multiply_fusion.3", "dot.4"; torch: the
 # aten op, "aten::convolution_backward", "aten::mm").
+# Convolutions and matrix multiplies are one kind: JAX's MAML runs its convolutions as im2col
+# matmuls on a CPU, and XLA:CPU hands both to YNNPACK ("ynn_fusion": the library call with
+# the elementwise work fused around it).
 KINDS = (
-    ("convolution", re.compile(r"conv", re.I)),
-    ("matrix multiply", re.compile(r"(^|[^a-z])(dot|mm|addmm|bmm|matmul|linear|gemm|einsum)([^a-z]|$)", re.I)),
+    ("convolution, matrix multiply", re.compile(r"conv|ynn_fusion|(^|[^a-z])(dot|mm|addmm|bmm|matmul|linear|gemm|"
+                                                r"einsum)([^a-z]|$)", re.I)),
+    ("iota (index arrays)", re.compile(r"iota", re.I)),
     ("pooling", re.compile(r"pool|reduce-window|reduce_window|select-and-scatter|select_and_scatter", re.I)),
     ("batch norm", re.compile(r"batch_norm|batchnorm|native_batch_norm", re.I)),
     ("copy / layout", re.compile(r"copy|transpose|permute|contiguous|clone|concatenate|cat\b|slice|pad|"
