@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
 from bench.algorithms import MetaOptimizer
 from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
 from bench.models import CONV_BLOCKS
@@ -106,16 +106,20 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return first(first(first(c[0], c[1]), c[2]), c[3])
 
 
-def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla") -> jax.Array:
+POOL_FORMS = ("select", "reduce_window")  # the "pool" option: max_pool_2x2, or lax.reduce_window
+
+
+def conv4(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla", pool: str = "select") -> jax.Array:
     """NHWC images [n, S, S, C] -> [n, features], features in canonical (C, H, W) order.
     BatchNorm uses this batch's statistics (biased variance) and no running statistics:
     under ``vmap`` over tasks the statistics are per task. ``conv``: "xla"
     (``lax.conv_general_dilated``) or "im2col" (``conv3x3_im2col``), the same maths."""
-    x = conv4_blocks(params, x, batch_norm, eps, conv)[-1]
+    x = conv4_blocks(params, x, batch_norm, eps, conv, pool)[-1]
     return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
 
 
-def conv4_blocks(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla") -> list[jax.Array]:
+def conv4_blocks(params, x: jax.Array, batch_norm: bool, eps: float, conv: str = "xla",
+                 pool: str = "select") -> list[jax.Array]:
     """NHWC images -> each block's output (conv, BatchNorm, ReLU, 2x2 max-pool), NHWC."""
     out = []
     for i in range(1, CONV_BLOCKS + 1):
@@ -131,7 +135,9 @@ def conv4_blocks(params, x: jax.Array, batch_norm: bool, eps: float, conv: str =
             x = (x - mean) * lax.rsqrt(var + eps) * params[f"bn{i}.weight"] + params[f"bn{i}.bias"]
         else:
             x = x + params[f"conv{i}.bias"]
-        x = max_pool_2x2(jax.nn.relu(x))
+        x = jax.nn.relu(x)
+        x = (max_pool_2x2(x) if pool == "select" else
+             lax.reduce_window(x, -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"))
         out.append(x)
     return out
 
@@ -269,6 +275,9 @@ class JaxAdapter(Adapter):
     sync over the step's outputs and that state, memory, and the parity probe's layout."""
 
     framework = "jax"
+    OPTIONS = {**Adapter.OPTIONS,
+               "pool": Option(str, "select", POOL_FORMS, "2x2 max-pool: selects between the window's corners "
+                                                         "(max_pool_2x2), or lax.reduce_window")}
 
     @classmethod
     def configure(cls, threads: int, device: str) -> None:
@@ -279,6 +288,7 @@ class JaxAdapter(Adapter):
         self._dev = jax_device(device)
         self._dtype = float_dtype(self.options)
         self._bn, self._eps = self.config.model.batch_norm, self.config.model.bn_eps
+        self._pool = self.options["pool"]
 
     def to_device(self, batch):
         return to_device(batch, self._dev, self._dtype)

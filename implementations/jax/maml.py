@@ -61,13 +61,13 @@ class JaxMAML(common.JaxAdapter):
         """The body: the MLP's last hidden layer, or Conv-4's flattened features."""
         if self.regression:
             return common.mlp_features(params, x)
-        return common.conv4(params, x, self._bn, self._eps, self.conv)
+        return common.conv4(params, x, self._bn, self._eps, self.conv, self._pool)
 
     def activations(self, batch):
         """The body's blocks on the first task's support set, from the current parameters."""
         x = batch.support_x[0]
         blocks = (common.mlp_blocks(self.params, x) if self.regression
-                  else common.conv4_blocks(self.params, x, self._bn, self._eps, self.conv))
+                  else common.conv4_blocks(self.params, x, self._bn, self._eps, self.conv, self._pool))
         return common.block_activations(blocks)
 
     def forward(self, params, x):

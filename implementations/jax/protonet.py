@@ -47,13 +47,13 @@ class JaxProtoNet(common.JaxAdapter):
     def _embed_episode(self, params, sx, qx):
         """One episode -> (prototypes [n_way, d], query embeddings [n_query_total, d])."""
         n_support = sx.shape[0]
-        z = common.conv4(params, jnp.concatenate([sx, qx]), self._bn, self._eps)
+        z = common.conv4(params, jnp.concatenate([sx, qx]), self._bn, self._eps, pool=self._pool)
         return prototypes(z[:n_support], n_support // self._k_shot), z[n_support:]
 
     def activations(self, batch):
         """The body's blocks on the first episode's support and query sets (one pass)."""
         x = jnp.concatenate([batch.support_x[0], batch.query_x[0]])
-        return common.block_activations(common.conv4_blocks(self.params, x, self._bn, self._eps))
+        return common.block_activations(common.conv4_blocks(self.params, x, self._bn, self._eps, pool=self._pool))
 
     def _episode_logits(self, params, sx, qx):
         protos, query = self._embed_episode(params, sx, qx)
