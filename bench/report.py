@@ -520,9 +520,12 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     mixed = hardware.mixed_hardware_note(run_dir)
     threads = f"{manifest.get('threads')}" + (f" (**UNEQUAL**: {'; '.join(unequal)}: their step times are not "
                                               "comparable)" if unequal else "")
+    command = manifest.get("command", "?")
+    # a long command (a sweep's spec references, a dozen adapters) as a code block of its own
+    command = f"`{command}`" if len(command) <= 300 else f"\n\n      {command}\n"
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
 
-- command: `{manifest.get('command', '?')}`
+- command: {command}
 - profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {threads}
 - machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, Python {env.get('python')}
 - machine load: {machine_load_line(run_dir)}

@@ -184,11 +184,11 @@ def report(results: list[dict]) -> str:
     """Markdown: per workload, a row per kind of operation, a column per framework (ms per
     step and share of the summed operation time), then each framework's top operations."""
     lines = ["# Where an outer step's time goes: JAX (XLA:CPU) against torch", "",
-             "Operation times summed over the traced outer steps, per step. XLA:CPU: its thunks' "
-             "events in `jax.profiler`'s trace (HLO instructions and fusions, so BatchNorm is "
-             "inside fusions and counts under 'other'); torch: `torch.profiler`'s self CPU time "
-             "per aten op. 'Summed ops' can exceed the step's wall time where operations run "
-             "on several threads at once; where it falls short, the rest is dispatch and Python.", ""]
+             "Operation times summed over the traced outer steps, per step. XLA:CPU: its thunks'",
+             "events in `jax.profiler`'s trace (HLO instructions and fusions, so BatchNorm is",
+             "inside fusions and counts under 'other'); torch: `torch.profiler`'s self CPU time",
+             "per aten op. 'Summed ops' can exceed the step's wall time where operations run on",
+             "several threads at once; where it falls short, the rest is dispatch and Python.", ""]
     for workload in WORKLOADS:
         rows = [r for r in results if r["workload"] == workload]
         if not rows:

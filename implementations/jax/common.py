@@ -92,8 +92,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     four corners; ties go to the first corner in row-major order, as in torch's max_pool2d.
 
     Not ``lax.reduce_window``: XLA:CPU expands its derivative (select-and-scatter) into an
-    iota, a reduce-window over (value, index) and a scatter, which took 38% of the summed
-    operation time of the Omniglot MAML outer step (``bench/baselines/profile.py``); and on
+    iota, a reduce-window over (value, index) and a scatter, which took 112 of the 340 ms of
+    summed operation time of the Omniglot MAML outer step (``bench/baselines/profile.py``); and on
     a GPU JAX's second derivative of it packs value and tangent into one 64-bit word, so
     float64 is rounded to 32 bits there. Here every derivative is an exact select. (Not
     ``jnp.maximum`` either: its derivative splits ties in half, torch's picks one.)"""
