@@ -9,6 +9,7 @@ by ``.ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
 
 import os
 import shutil
+import tempfile
 from datetime import UTC, datetime
 
 import nox
@@ -43,11 +44,14 @@ def tests(session: nox.Session) -> None:
     # adapter per check; a run compiles again in each phase's process), and a cache hit
     # skips XLA's compile, not the tracing, so recompilation checks still see every call.
     # Benchmarks never use it: their first-step times are the compile times they report.
-    jax_cache = {"JAX_COMPILATION_CACHE_DIR": os.path.join(session.create_tmp(), "jax-cache"),
-                 "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    # (Not session.create_tmp(): it moves TMPDIR into .nox, and Ray's sockets with it.)
+    cache = tempfile.mkdtemp(prefix="metabench-jax-cache-")
+    jax_cache = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    shutil.rmtree(jax_cache["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
-    session.run("pytest", *session.posargs, env={**env(), **jax_cache})
+    try:
+        session.run("pytest", *session.posargs, env={**env(), **jax_cache})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @nox.session(python=PYTHON)
