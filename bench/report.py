@@ -467,8 +467,9 @@ def defaults_section(steps: pd.DataFrame, device: str, marks: dict) -> str:
     if not rows:
         return ""
     return ("## Defaults against the variants measured\n\nEach framework's default adapter on this device "
-            "(`metabench list`) against the fastest adapter of that framework timed in this run (outer step "
-            "median). A default is meant to be its framework's fastest adapter that passes parity.\n\n"
+            "(`metabench list`, as registered in the code that wrote this report) against the fastest adapter "
+            "of that framework timed in this run (outer step median). A default is meant to be its framework's "
+            "fastest adapter that passes parity.\n\n"
             f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n")
 
 

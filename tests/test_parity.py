@@ -18,16 +18,20 @@ def _parity(env, *args):
 
 
 def test_jax_and_tensorflow_match_torch_for_every_algorithm(data_env, tmp_path):
+    """Each framework's default adapters on this CPU (TF's MAML: its XLA variant) on real
+    episodes and full-size models. FOMAML is the MAML adapters' first_order flag: its
+    parity against torch is in tests/test_jax_adapters.py and test_tensorflow_adapters.py
+    (small models), which keeps this test's compiles, XLA's above all, to two algorithms."""
     out = tmp_path / "parity.csv"
     r = _parity(data_env, "--frameworks", "jax,tensorflow", "--specs", "omniglot-5w1s,sinusoid-10shot",
-                "--algorithms", "maml,fomaml,protonet", "--out", str(out))
+                "--algorithms", "maml,protonet", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
-    assert "all 10 comparisons within" in r.stdout
+    assert "all 6 comparisons within" in r.stdout
     table = pd.read_csv(out)
-    assert len(table) == 10 and set(table["framework"]) == {"jax", "tensorflow"}
+    assert len(table) == 6 and set(table["framework"]) == {"jax", "tensorflow"}
+    assert set(table["adapter"]) == {"jax-maml", "jax-protonet", "tensorflow-maml-xla", "tensorflow-protonet"}
     assert set(zip(table["spec"], table["algorithm"])) == {
-        ("omniglot-5w1s", "maml"), ("omniglot-5w1s", "fomaml"), ("omniglot-5w1s", "protonet"),
-        ("sinusoid-10shot", "maml"), ("sinusoid-10shot", "fomaml")}
+        ("omniglot-5w1s", "maml"), ("omniglot-5w1s", "protonet"), ("sinusoid-10shot", "maml")}
     for q in QUANTITIES:
         # float64: the same function up to float64 rounding
         assert (table[f"{q}_64"] <= TOLERANCE_64).all(), table[["framework", "spec", "algorithm", f"{q}_64"]]
