@@ -366,18 +366,24 @@ def _targets(frameworks, adapters, algorithms, device: str = "cpu") -> list[tupl
             if registry.select(frameworks=[f], algorithms=[a], device=device)]
 
 
+def _reference_cache(cache_dir, use_cache: bool) -> Path | None:
+    """Where the reference's results are cached (None: recompute them)."""
+    from bench import paths
+
+    return paths.cache_dir(cache_dir) / "parity" if use_cache else None
+
+
 def _compute_all(plan: dict, requests_for, device: str, cache_dir, use_cache: bool, echo, episodes=None) -> dict:
     """Every process of ``plan`` ({framework: [(combo, adapter)]}): the reference from its
     cache where it can, each other framework in a process of its own."""
-    from bench import paths
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
         for framework, pairs in plan.items():
             requests = requests_for(framework, pairs, episodes)
             if framework == REFERENCE:
-                cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
-                results[framework] = _reference_results(requests, device, Path(tmp), cache, echo)
+                results[framework] = _reference_results(requests, device, Path(tmp),
+                                                        _reference_cache(cache_dir, use_cache), echo)
             else:
                 results[framework] = _run_framework(framework, requests, device, Path(tmp))
     return results
@@ -479,16 +485,14 @@ def _near_ties(combos_to_scan: list[int], combos, requests_for, device: str, cac
     of each combo listed, in one torch process (or from the cache). Asked only after a
     float32 failure: the scan recomputes every max-pool input in both precisions and
     searches for tie-free episodes, which a passing comparison never needs."""
-    from bench import paths
 
     if not combos_to_scan:
         return {}
     requests = requests_for(REFERENCE, [(ci, reference_adapter(combos[ci][2])) for ci in combos_to_scan])
     for r in requests:
         r["sensitivity"], r["ties"] = False, True
-    cache = paths.cache_dir(cache_dir) / "parity" if use_cache else None
     with tempfile.TemporaryDirectory(prefix="metabench-parity-") as tmp:
-        found = _reference_results(requests, device, Path(tmp), cache, echo)
+        found = _reference_results(requests, device, Path(tmp), _reference_cache(cache_dir, use_cache), echo)
     if isinstance(found, str):
         return found
     out = {}
