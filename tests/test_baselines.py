@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from bench.baselines.run import COLUMNS, parse_args
+from bench.baselines.run import COLUMNS, defaults_verdict, parse_args
 from tests.conftest import REPO
 
 
@@ -67,9 +67,15 @@ def test_markdown_has_the_table_machine_and_command(sinusoid_run):
     out, rows = sinusoid_run
     md = (out / "baselines.md").read_text()
     for fw, adapter in (("torch", "torch-maml"), ("jax", "jax-maml")):
-        line = next(line for line in md.splitlines() if line.startswith(f"| sinusoid | {fw} | {adapter} |"))
+        # the defaults on a CPU are marked; torch.compile's variant is not one
+        line = next(line for line in md.splitlines()
+                    if line.startswith(f"| sinusoid | {fw} | **{adapter}** (default) |"))
         ratio = float(next(r["ratio"] for r in rows if r["implementation"] == adapter))
         assert ("<= 1.0" if ratio <= 1.0 else "> 1.0") in line
+        assert any(line.startswith(f"- sinusoid, {fw}: ") for line in md.splitlines())  # its verdict
+    assert "| sinusoid | torch | torch-maml@compile=true |" in md
+    defaults = {r["implementation"]: r["adapter_is_default"] for r in rows if r["kind"] == "metabench"}
+    assert defaults == {"torch-maml": "True", "torch-maml@compile=true": "False", "jax-maml": "True"}
     assert "--frameworks torch,jax" in md  # the command line
     assert "cores" in md and "torch 2." in md  # the machine and versions
     assert (out / "torch.log").exists() and (out / "baselines.json").exists()
@@ -84,3 +90,23 @@ def test_options_are_checked_before_anything_runs():
         parse_args(["out", "--rounds", "1"])
     args = parse_args(["out", "--frameworks", "jax", "--rounds", "5"])
     assert args.frameworks == ["jax"] and args.workloads == ["sinusoid", "omniglot"] and args.rounds == 5
+
+
+def _row(compared_with, ratio, agrees=True, default=True):
+    return {"metabench": {"adapter_is_default": default, "compared_with": compared_with, "ratio": ratio,
+                          "ratio_ci_low": ratio * 0.9, "ratio_ci_high": ratio * 1.1, "agrees": agrees}}
+
+
+def test_the_defaults_verdict_names_every_plain_version_above_and_why():
+    by_pair = {("omniglot", "torch", "torch-maml", "plain-torch"): _row("plain-torch", 1.4, agrees=False),
+               ("omniglot", "torch", "torch-maml", "plain-torch-exactbn"): _row("plain-torch-exactbn", 0.93),
+               ("omniglot", "torch", "torch-maml@compile=true", "plain-torch-exactbn"):
+                   _row("plain-torch-exactbn", 0.4, default=False),
+               ("omniglot", "jax", "jax-maml", "plain-jax"): _row("plain-jax", 0.22)}
+    lines = defaults_verdict(by_pair)
+    torch = next(line for line in lines if line.startswith("- omniglot, torch:"))
+    assert "above 1 of 2" in torch and "plain-torch 1.400 [1.260, 1.540], which computes other maths" in torch
+    assert "exactbn" not in torch  # below 1.0: not named; the compiled variant is not a default
+    jax = next(line for line in lines if line.startswith("- omniglot, jax:"))
+    assert "at or below all 1" in jax and "0.220" in jax
+    assert defaults_verdict({k: v for k, v in by_pair.items() if k[2].endswith("true")}) == []

@@ -5,8 +5,9 @@
 workload and each (metabench adapter, plain version) pair of the framework: checks that
 both compute the same meta-gradient and updated parameters from the same weights on the
 same meta-batch, times each one's first outer step apart ("compile"), then ``W`` warm-up
-rounds and ``N`` timed rounds, interleaved (adapter, plain, adapter, plain, ...) so that
-both see the same machine. Writes everything, raw round times included, to OUT_JSON.
+rounds and ``N`` timed rounds, interleaved (adapter, plain, plain, adapter, ...) so that
+both see the same machine and neither always follows the other. Writes everything, raw
+round times included, to OUT_JSON.
 """
 
 from __future__ import annotations
@@ -58,6 +59,14 @@ def build_adapter(name: str, spec, params, threads: int):
     cls.configure(threads, DEVICE)
     options = {**entry.options, "dtype": "float32"}
     return cls(spec, "maml", params, device=DEVICE, options=options)
+
+
+def _is_default(name: str) -> bool:
+    """Whether ``name`` is its framework's default MAML adapter on this device (the
+    registry's choice, by measurement: TF's is XLA on a CPU): the rows issue 12 judges."""
+    from bench import registry
+
+    return registry.get(name).default_on(DEVICE)
 
 
 def agreement(adapter_grad, plain_grad, params, adapter_after, plain_after, lr) -> dict:
@@ -127,9 +136,13 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
     gc.collect()
     gc.disable()  # as the timing suite runs (--benchmark-disable-gc)
     try:
-        for _ in range(rounds):
-            adapter_times.append(_timed(run_adapter))
-            plain_times.append(_timed(run_plain))
+        for i in range(rounds):  # ABBA: which of the two runs first alternates round by round
+            if i % 2:
+                plain_times.append(_timed(run_plain))
+                adapter_times.append(_timed(run_adapter))
+            else:
+                adapter_times.append(_timed(run_adapter))
+                plain_times.append(_timed(run_plain))
     finally:
         gc.enable()
     counts_after = adapter.compilation_count(), plain.compilation_count()
@@ -170,7 +183,7 @@ def run(framework: str, workloads: list[str], rounds: int, warmup: int, threads:
                 out["errors"].append({"workload": name, "adapter": adapter_name, "error": traceback.format_exc()})
                 log(f"{name}: {adapter_name} FAILED: {traceback.format_exc().strip().splitlines()[-1]}")
                 continue
-            pair.update(adapter=adapter_name, plain=plain.name)
+            pair.update(adapter=adapter_name, plain=plain.name, adapter_is_default=_is_default(adapter_name))
             record["pairs"].append(pair)
             med = lambda xs: 1e3 * float(np.median(xs))
             log(f"{name}: {adapter_name} {med(pair['adapter_times']):.2f} ms, {plain.name} "

@@ -275,16 +275,23 @@ class Adam:
 
 
 # -- sync, memory, description ---------------------------------------------------------
-def sync(outputs=None) -> None:
-    """Block until the last step and its state updates are done. Ops dispatched by a
-    tf.function call complete (CPU) or are queued in order (GPU); sync_devices waits for
-    every queued kernel, variable updates included."""
-    if hasattr(tf.test.experimental, "sync_devices"):
+def sync(outputs=None, device: str = "cpu") -> None:
+    """Block until the last step and its state updates are done, then read its outputs
+    back (a device -> host read cannot finish before the value exists).
+
+    On a CPU with TF's default synchronous execution a tf.function call returns only once
+    every op in it, variable updates included, has run: the host read is all that is left
+    to do. ``sync_devices`` is for the other cases: a GPU's kernels run on a CUDA stream,
+    and asynchronous execution queues ops. On a CPU it is not free: after a ~1 ms XLA
+    sinusoid MAML step it cost ~60 us (5-7 % of the step, interleaved rounds against a
+    plain ``tf.function`` read with ``.numpy()`` only; ``bench/baselines``)."""
+    if ((device != "cpu" or not tf.config.experimental.get_synchronous_execution())
+            and hasattr(tf.test.experimental, "sync_devices")):
         tf.test.experimental.sync_devices()
     if outputs is not None:
         for t in tf.nest.flatten(outputs):
             if isinstance(t, (tf.Tensor, tf.Variable)):
-                t.numpy()  # a device -> host read cannot finish before the value exists
+                t.numpy()
 
 
 def reset_peak_memory(device: str) -> None:
@@ -363,7 +370,7 @@ class TFAdapter(Adapter):
         return TFBatch(batch, self._dev, self._dtype)
 
     def sync(self, outputs=None) -> None:
-        sync(outputs)
+        sync(outputs, self.device)
 
     def gemm(self, n: int):
         with tf.device(self._dev):
@@ -372,7 +379,7 @@ class TFAdapter(Adapter):
         def step():
             with tf.device(self._dev):
                 c = tf.linalg.matmul(a, b)
-            sync(c)
+            sync(c, self.device)
             return c
         return step
 
