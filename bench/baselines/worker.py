@@ -5,7 +5,7 @@
 workload and each (metabench adapter, plain version) pair of the framework: checks that
 both compute the same meta-gradient and updated parameters from the same weights on the
 same meta-batch, times each one's first outer step apart ("compile"), then ``W`` warm-up
-rounds and ``N`` timed rounds, interleaved (adapter, plain, plain, adapter, ...) so that
+rounds (at least ``WARMUP_SECONDS``) and ``N`` timed rounds, interleaved (adapter, plain, plain, adapter, ...) so that
 both see the same machine and neither always follows the other. Writes everything, raw
 round times included, to OUT_JSON.
 """
@@ -27,6 +27,11 @@ from bench.cell import pin_threads
 
 DEVICE = "cpu"
 TOLERANCE = 1e-4  # float32 agreement, as metabench parity's CPU tolerance
+# Warm-up lasts at least this long, whatever --warmup says: at the start of one process
+# (20261130-cpu-baselines, torch, the first pair) both sinusoid steps ran at ~4 ms instead
+# of ~2.4 ms for the first ~40 rounds (~0.5 s), which 3 warm-up rounds of 2.5 ms did not
+# absorb (that pair's IQR was 1.6 ms, against 0.14 ms for the next pair).
+WARMUP_SECONDS = 2.0
 
 # framework -> (metabench adapter, plain class, its options): what each process times
 PAIRS = {
@@ -128,9 +133,11 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
                       config.meta_optimizer.lr)
     agree["loss_rel_diff"] = abs(plain_loss - adapter_loss) / abs(adapter_loss)
 
-    for _ in range(warmup):
+    warmup_rounds, t0 = 0, time.perf_counter()
+    while warmup_rounds < warmup or time.perf_counter() - t0 < WARMUP_SECONDS:
         run_adapter()
         run_plain()
+        warmup_rounds += 1
     counts_before = adapter.compilation_count(), plain.compilation_count()
     adapter_times, plain_times = [], []
     gc.collect()
@@ -155,7 +162,7 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
         "probe_adapter": probe_adapter, "probe_plain": probe_plain,
         "first_loss_adapter": adapter_loss, "first_loss_plain": plain_loss,
         "finite": all(math.isfinite(v) for v in (adapter_loss, plain_loss, *last)),
-        "recompiled_adapter": recompiled[0], "recompiled_plain": recompiled[1],
+        "recompiled_adapter": recompiled[0], "recompiled_plain": recompiled[1], "warmup_rounds": warmup_rounds,
         **agree,
     }
 
