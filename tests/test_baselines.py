@@ -108,7 +108,7 @@ def test_the_defaults_verdict_names_every_plain_version_above_and_why():
     assert "above 1 of 2" in torch and "plain-torch 1.400 [1.260, 1.540], which computes other maths" in torch
     assert "exactbn" not in torch  # below 1.0: not named; the compiled variant is not a default
     level = defaults_verdict({("sinusoid", "torch", "torch-maml", "plain-torch"): _row("plain-torch", 1.01)})
-    assert "level with 1 of 1" in level[-1] and "above" not in level[-1]  # CI [0.909, 1.111] reaches 1.0
+    assert "level with 1 of 1" in level[-1] and "**above" not in level[-1]  # CI [0.909, 1.111] reaches 1.0
     jax = next(line for line in lines if line.startswith("- omniglot, jax:"))
     assert "at or below all 1" in jax and "0.220" in jax
     assert defaults_verdict({k: v for k, v in by_pair.items() if k[2].endswith("true")}) == []
