@@ -177,9 +177,11 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
             steps += s
         if _ok(phases, MEMORY) and (cell_dir / "memory.json").exists():
             m = json.loads((cell_dir / "memory.json").read_text())
+            first = m.get("first_step_peak_bytes")  # None: not read apart (older runs, no reset)
             memory.append({**ident, "phase": m["phase"], "peak_bytes": m["peak_bytes"],
                            "peak_mib": m["peak_bytes"] / 2**20, "source": m["source"],
-                           "framework_api": m["framework_api"]})
+                           "framework_api": m["framework_api"],
+                           "first_step_mib": float("nan") if first is None else first / 2**20})
         if not _ok(phases, ACCURACY):
             continue
         if (cell_dir / "accuracy.json").exists():
@@ -311,8 +313,12 @@ def _paired_section(tabs: dict, baseline: str) -> str:
 def _memory_table(mem: pd.DataFrame) -> str:
     if mem.empty:
         return "_no memory results_\n"
-    t = mem[["spec", "algorithm", "adapter", "phase", "peak_mib", "source"]].copy()
+    if "first_step_mib" not in mem:
+        mem = mem.assign(first_step_mib=float("nan"))
+    t = mem[["spec", "algorithm", "adapter", "phase", "peak_mib", "first_step_mib", "source"]].copy()
     t["peak_mib"] = t["peak_mib"].map(lambda v: f"{v:.1f}")
+    # the first step alone, compilation and first-call allocations included
+    t["first_step_mib"] = t["first_step_mib"].map(lambda v: "-" if pd.isna(v) else f"{v:.1f}")
     return t.sort_values(["spec", "algorithm", "adapter"]).to_markdown(index=False) + "\n"
 
 
@@ -550,6 +556,10 @@ Memory is measured in a process apart from timing.
 
 {_detail_steps_table(tabs['steps'], marks)}{legend and chr(10) + legend + '.' + chr(10)}
 ## Peak memory (one outer step)
+
+`peak_mib`: the outer steps after the first; `first_step_mib`: the first step alone, its
+compilation and first-call allocations included (on a CPU, growth of the process's peak
+resident set; `-`: not read apart).
 
 {_memory_table(tabs['memory'])}
 ## Accuracy per cell and seed (mean ± 95% CI over test episodes)

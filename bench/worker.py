@@ -30,33 +30,86 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * resource.getpagesize()
 
 
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident set again from its current size (Linux >= 4.0:
+    ``5`` into ``/proc/self/clear_refs`` resets VmHWM, which ``ru_maxrss`` reads). False
+    where that is not possible: the peak then includes everything before."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _release_free_heap() -> None:
+    """Hand glibc's free heap pages back to the system (``malloc_trim(0)``), so that a
+    step reusing memory the first step freed is counted as it touches it again, not hidden
+    in the resident set before it. A no-op where there is no glibc."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure_memory(adapter, spec, cell: Cell, steps: int) -> dict:
-    """Peak memory of ``steps`` outer steps on one meta-batch, in a process that has timed
-    nothing. The framework's own API where it has one (GPU); on CPU, the growth of the
-    process's peak resident set over the resident set before the first step."""
+    """Peak memory of an outer step on one meta-batch, in a process that has timed nothing.
+
+    The framework's own API where it has one (GPU). On a CPU, the growth of the process's
+    peak resident set over the resident set before the steps, read twice: over the first
+    step, which includes the compiler's and the framework's first-call memory (XLA's
+    compilation is hundreds of MiB for a sinusoid MLP), and over ``steps`` steps after it,
+    from a resident set with the free heap released and the peak reset: the step's own
+    memory, the one that grows with the work. Where the peak cannot be reset, one reading
+    over every step from before the first (the source says so)."""
     from bench.episodes import sampler_for
 
     sampler = sampler_for(spec, "train", cell.algorithm, data_dir=cell.data_dir, cache_dir=cell.cache_dir)
     batch = adapter.to_device(sampler.batch(0, spec.meta_batch_size(cell.algorithm)))
-    adapter.reset_peak_memory()
-    rss_before = _rss_bytes()
+    return probe_memory(adapter, lambda: adapter.outer_step(batch), steps)
+
+
+def probe_memory(adapter, step, steps: int) -> dict:
+    """``measure_memory``'s readings of ``step()`` (an outer step returning its loss): the
+    first call apart, then ``steps`` more."""
     losses = []
-    for _ in range(steps):
-        loss = adapter.outer_step(batch)
-        adapter.sync(loss)
-        losses.append(loss)
-    reading = adapter.peak_memory()
-    # read after the peak: a host read is no part of what is measured
+
+    def steps_from_here(n: int):
+        adapter.reset_peak_memory()
+        _release_free_heap()
+        reset = _reset_peak_rss()
+        before = _rss_bytes()
+        for _ in range(n):
+            loss = step()
+            adapter.sync(loss)
+            losses.append(loss)
+        return adapter.peak_memory(), before, _peak_rss_bytes(), reset
+
+    first_api, first_before, first_peak, _ = steps_from_here(1)
+    api, before, peak_rss, reset = steps_from_here(steps)
+    if api.peak_bytes is not None:  # the framework's own counter (GPU)
+        peak, first, source = api.peak_bytes, first_api.peak_bytes, api.source
+    elif reset:
+        peak, first = max(0, peak_rss - before), max(0, first_peak - first_before)
+        source = "process peak RSS growth over the steps after the first"
+    else:  # the peak could not be reset: one reading over every step, from before the first
+        peak, first = max(0, peak_rss - first_before), None
+        source = "process peak RSS growth, the first (compiling) step included"
+    # read after the peaks: a host read is no part of what is measured
     for step, loss in enumerate(losses, 1):
         if not math.isfinite(float(loss)):
             raise Diverged("memory", step, float(loss))
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     return {
-        "phase": "outer_step", "steps": steps,
-        "peak_bytes": reading.peak_bytes if reading.peak_bytes is not None else max(0, peak_rss - rss_before),
-        "source": reading.source or "process peak RSS growth (ru_maxrss - RSS before the steps)",
-        "framework_api": reading.source is not None,
-        "rss_before_bytes": rss_before, "peak_rss_bytes": peak_rss,
+        "phase": "outer_step", "steps": steps, "peak_bytes": peak, "source": source,
+        "framework_api": api.source is not None,
+        "first_step_peak_bytes": first,  # the first step alone, compilation included
+        "rss_before_bytes": before, "peak_rss_bytes": peak_rss,
     }
 
 
