@@ -103,6 +103,9 @@ class Adapter(abc.ABC):
     # True in a skeleton from ``metabench new-adapter`` until its maths is written: the
     # placeholder passes the contract checks, and parity says why it fails.
     placeholder: ClassVar[bool] = False
+    # What the CPU memory probe (process peak RSS after the first step) cannot see in this
+    # framework, said next to its reading; None where nothing is known to be missed.
+    cpu_memory_caveat: ClassVar[str | None] = None
     # Options this class accepts; subclasses extend it: ``OPTIONS = {**Base.OPTIONS, ...}``.
     OPTIONS: ClassVar[dict[str, Option]] = {
         "dtype": Option(str, "float32", ("float32", "float64"),

@@ -98,6 +98,8 @@ def probe_memory(adapter, step, steps: int) -> dict:
     elif reset:
         peak, first = max(0, peak_rss - before), max(0, first_peak - first_before)
         source = "process peak RSS growth over the steps after the first"
+        if getattr(adapter, "cpu_memory_caveat", None):
+            source += f" ({adapter.cpu_memory_caveat})"
     else:  # the peak could not be reset: one reading over every step, from before the first
         peak, first = max(0, peak_rss - first_before), None
         source = "process peak RSS growth, the first (compiling) step included"

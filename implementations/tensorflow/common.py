@@ -330,6 +330,11 @@ class TFAdapter(Adapter):
     (``self._traced``, counted for recompilation), sync, memory, the parity probe's layout."""
 
     framework = "tensorflow"
+    # measured (20261130-cpu-memory): 10-20 MiB after the first step for second-order
+    # MAML on Omniglot, where torch needs 270-740 MiB: TF's steps reuse what its first
+    # step left allocated, out of reach of the heap trim, so the peak RSS barely moves
+    cpu_memory_caveat = ("a lower bound: TF reuses memory its first step kept; "
+                         "first_step_mib, compilation included, is the upper bound")
     OPTIONS = {**Adapter.OPTIONS,
                "jit_compile": Option(bool, False, (), "tf.function(jit_compile=True): XLA (the *-xla variants)"),
                "task_batching": Option(str, None, TASK_BATCHING, "how tasks are batched; default: the "
