@@ -15,29 +15,22 @@ import sys
 
 import numpy as np
 
+from bench.baselines.worker import build_adapter
+
 DEFAULT_ADAPTERS = "torch-maml,torch-maml@compile=true,jax-maml,tensorflow-maml-xla"
 
 
 def meta_grad(name: str, spec, params, batch, dtype: str, threads: int) -> dict[str, np.ndarray]:
-    from bench import registry
-
-    entry = registry.get(name)
-    cls = registry.load_adapter_class(entry)
-    cls.configure(threads, "cpu")
-    adapter = cls(spec, "maml", params, device="cpu", options={**entry.options, "dtype": dtype})
+    adapter = build_adapter(name, spec, params, threads, dtype)
     out = adapter.probe(adapter.to_device(batch))
     return {k.split("/", 1)[1]: np.asarray(v, np.float64) for k, v in out.items() if k.startswith("meta_grad/")}
 
 
 def near_tied_windows(spec, params, threads: int, tasks: int) -> int:
-    from bench import near_ties, registry
+    from bench import near_ties
     from bench.episodes import sampler_for
 
-    entry = registry.get("torch-maml")
-    cls = registry.load_adapter_class(entry)
-    cls.configure(threads, "cpu")
-    a64, a32 = (cls(spec, "maml", params, device="cpu", options={**entry.options, "dtype": d})
-                for d in ("float64", "float32"))
+    a64, a32 = (build_adapter("torch-maml", spec, params, threads, d) for d in ("float64", "float32"))
     sampler = sampler_for(spec, "train", "maml")
     return sum(len(near_ties.task_ties(a64, a32, sampler.episode(i), "maml")) for i in range(tasks))
 

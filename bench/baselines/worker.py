@@ -56,13 +56,13 @@ def _load(target: str):
     return getattr(importlib.import_module(module), name)
 
 
-def build_adapter(name: str, spec, params, threads: int):
+def build_adapter(name: str, spec, params, threads: int, dtype: str = "float32"):
     from bench import registry
 
     entry = registry.get(name)  # "torch-maml@compile=true": torch-maml with options["compile"] = True
     cls = registry.load_adapter_class(entry)
     cls.configure(threads, DEVICE)
-    options = {**entry.options, "dtype": "float32"}
+    options = {**entry.options, "dtype": dtype}
     return cls(spec, "maml", params, device=DEVICE, options=options)
 
 
