@@ -40,7 +40,8 @@ def cmd_list(args) -> int:
         print(f"  {name:<18} {spec.description}")
     print("\nProfiles:")
     for p in PROFILES.values():
-        print(f"  {p.name:<8} {p.description} ({p.rounds} timed rounds, {p.warmup_rounds} warm-up)")
+        print(f"  {p.name:<8} {p.description} ({p.repeats} timing process{'es' if p.repeats > 1 else ''} of "
+              f"{p.rounds} timed rounds, {p.warmup_rounds} warm-up)")
     print("\nAdapters:")
     for e in registry.entries().values():
         flag = ("" if e.default is True else " (variant: run with --adapters)" if not e.default
@@ -237,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training seeds per cell (initial weights and training-episode order; the test "
                         "episodes stay the same): accuracy at every seed, timing and memory at seed 0")
     p.add_argument("--dry-run", action="store_true", help="print the plan (cells, phases, estimated duration) and exit")
+    p.add_argument("--repeats", type=int, metavar="R",
+                   help="timing processes per cell, interleaved across the cells compared (default: the "
+                        "profile's: smoke 1, cpu 3, paper 5); CIs need at least 2")
+    p.add_argument("--order-seed", type=int, default=0, metavar="N",
+                   help="seed of the interleaved order of the timing processes (recorded in plan.json)")
     p.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE",
                    help="change a field of every spec, validated like the file (repeatable): maml.inner_steps=5")
     p.add_argument("--sweep", action="append", metavar="SECTION.FIELD=V1,V2,...",

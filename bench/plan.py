@@ -29,11 +29,37 @@ def cell_phases(cell: Cell, phases) -> tuple[str, ...]:
     return cell_level if cell.seed == 0 else tuple(p for p in cell_level if p == "accuracy")
 
 
-def estimate_seconds(cells, phases, profile: str) -> float:
+def timing_order(cells, repeats: int, seed: int = 0) -> list[tuple[str, int]]:
+    """The order of the run's timing processes, ``(cell_id, k)`` for the ``k``-th process of
+    a cell: cells compared with each other (same spec and algorithm) are interleaved, in
+    ``repeats`` blocks that each run every such cell once, in an order drawn afresh per
+    block from ``seed``. So no cell runs all its processes in a row, and what drifts on
+    the machine over minutes (another tenant, the heat) falls on every adapter alike
+    (Google Benchmark's random interleaving, asv's interleaved processes). The groups run
+    in the plan's order of their first cell. Deterministic: ``--resume`` continues it."""
+    import random
+
+    groups: dict[tuple[str, str], list[str]] = {}
+    for cell in cells:
+        if cell.seed == 0:  # timing runs at seed 0 only
+            groups.setdefault((cell.spec_name, cell.algorithm), []).append(cell.cell_id)
+    rng = random.Random(seed)
+    order = []
+    for ids in groups.values():
+        for k in range(repeats):
+            block = sorted(ids)
+            rng.shuffle(block)
+            if order and len(block) > 1 and block[0] == order[-1][0]:  # never one cell twice in a row
+                block[0], block[1] = block[1], block[0]
+            order += [(cell_id, k) for cell_id in block]
+    return order
+
+
+def estimate_seconds(cells, phases, profile: str, repeats: int = 1) -> float:
     typical = TYPICAL_SECONDS[profile]
     total = typical["parity"] if "parity" in phases else 0
     for cell in cells:
-        total += sum(typical[p] for p in cell_phases(cell, phases))
+        total += sum(typical[p] * (repeats if p == "timing" else 1) for p in cell_phases(cell, phases))
     return float(total)
 
 
@@ -47,20 +73,22 @@ def _duration(seconds: float) -> str:
 
 def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1,
              done: frozenset = frozenset(), parity_done: bool = False, executor: str = "local",
-             group_by: str = "cell") -> str:
+             group_by: str = "cell", repeats: int = 1) -> str:
     """The plan as a few lines of text: what runs, for how long, and a quicker first try.
     ``done``: ids of cells a resumed run keeps (finished before); the estimate is of the rest.
     Cells that run elsewhere (``executor``) are said so; the estimate stays the serial one."""
     frameworks = Counter(c.framework for c in cells)
     workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
     todo = [c for c in cells if c.cell_id not in done]
-    est = estimate_seconds(todo, [p for p in phases if not (p == "parity" and parity_done)], profile)
+    est = estimate_seconds(todo, [p for p in phases if not (p == "parity" and parity_done)], profile, repeats)
     lines = [
         f"metabench: {len(cells)} cells ({', '.join(f'{n} {fw}' for fw, n in frameworks.items())}), "
         f"profile {profile}, device {device}, {threads} threads per framework -> {run_dir}",
         f"  workloads: {', '.join(workloads)}",
         f"  phases: {', '.join(phases)}" + (f"; {seeds} training seeds (seeds > 0: accuracy only)"
-                                            if seeds > 1 else ""),
+                                            if seeds > 1 else "")
+        + (f"; timing in {repeats} processes per cell, interleaved" if "timing" in phases and repeats > 1 else
+           "; timing in one process per cell (too few to tell noise from change)" if "timing" in phases else ""),
         (f"  resumed: {len(cells) - len(todo)} of {len(cells)} cells finished before, kept; "
          f"{len(todo)} to run" if done else "")
         + ("; the parity table kept" if done and parity_done else ""),

@@ -3,9 +3,12 @@
 Everything is rebuilt from the cells' own folders (``cells/<cell_id>/``), so a partial or
 resumed run reports whatever its cells measured. Files written into the run folder:
 
-- ``timings.csv``  one row per timed round
+- ``timings.csv``  one row per timed round, with the timing process it ran in
 - ``steps.csv``    one row per (cell, phase): pytest-benchmark's statistics (median, IQR,
-  quartiles, min, mean), the bootstrap CI of the median, first step (compile)
+  quartiles, min, mean) of every round of every process, the two-level bootstrap CI of
+  the median (processes, then rounds: NaN when too few to tell), how far apart the
+  processes' medians are, first step (compile: median and range over the processes)
+- ``processes.csv`` one row per (cell, phase, timing process): its median and first step
 - ``memory.csv``   one row per cell: peak bytes and which API measured them
 - ``accuracy.csv`` one row per cell and training seed: mean and 95% CI over the test
   episodes, target and time to target
@@ -30,11 +33,24 @@ from pathlib import Path
 
 import pandas as pd
 
+import numpy as np
+
 from bench import hardware, tables
-from bench.stats import bootstrap_median_ci
+from bench.stats import process_spread, two_level_median_ci
 
 CELL_COLUMNS = ["framework", "algorithm", "adapter", "spec"]
 FINGERPRINT_TRAIN_CAP = 10_000  # training episodes hashed into the manifest, at most
+
+
+def read_json(path: Path):
+    """A run folder's JSON file, or one line naming the damaged file and the fix."""
+    from bench.errors import MetabenchError
+
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise MetabenchError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]}); restore it from "
+                             f"git, or run that cell again with --resume after deleting its folder") from None
 
 
 # -- manifest ----------------------------------------------------------------------------
@@ -122,26 +138,67 @@ def _ok(phases: dict, phase: str) -> bool:
     return phases.get(phase, {}).get("status") == "ok"
 
 
-def _step_rows(data: dict, ident: dict) -> tuple[list[dict], list[dict]]:
-    """(rounds, steps) of one cell's benchmark.json; the statistics are pytest-benchmark's own."""
-    rounds, steps = [], []
-    for b in data.get("benchmarks", []):
-        extra, st = b.get("extra_info", {}), b["stats"]
-        seconds = st.get("data", [])
-        if not seconds:
-            continue
-        phase = extra["phase"]
-        rounds += [{**ident, "phase": phase, "round": i, "seconds": s, "device": extra.get("device")}
-                   for i, s in enumerate(seconds)]
-        lo, hi = bootstrap_median_ci(seconds)  # the one statistic pytest-benchmark lacks
+def _timing_processes(cell_dir: Path) -> list[tuple[int, Path]]:
+    """``(k, benchmark.json)`` of each timing process of a cell: ``timing/<k>/`` since runs
+    repeat their timing processes; an older run's single ``benchmark.json`` is process 0."""
+    repeated = sorted((int(d.name), d / "benchmark.json") for d in (cell_dir / "timing").glob("*")
+                      if d.name.isdigit() and (d / "benchmark.json").exists())
+    if repeated:
+        return repeated
+    return [(0, cell_dir / "benchmark.json")] if (cell_dir / "benchmark.json").exists() else []
+
+
+def _pooled_stats(data: list[float]) -> dict:
+    """pytest-benchmark's statistics of the pooled rounds of several processes, computed by
+    its own ``Stats`` class: the same quartile convention as each process's record."""
+    from pytest_benchmark.stats import Stats
+
+    st = Stats()
+    for value in data:
+        st.update(value)
+    return {k: getattr(st, k) for k in STAT_KEYS}
+
+
+def _step_rows(processes: list[tuple[int, dict]], ident: dict) -> tuple[list[dict], list[dict], list[dict]]:
+    """(rounds, steps, per-process rows) of one cell's timing processes. A step's median is
+    the median of every round of every process; its CI the two-level bootstrap's
+    (``bench.stats``), NaN when there are too few processes or rounds to tell. With one
+    process the other statistics are pytest-benchmark's own record."""
+    rounds, per_process, by_phase = [], [], {}
+    for k, data in processes:
+        for b in data.get("benchmarks", []):
+            extra, st = b.get("extra_info", {}), b["stats"]
+            seconds = st.get("data", [])
+            if not seconds:
+                continue
+            phase = extra["phase"]
+            rounds += [{**ident, "phase": phase, "process": k, "round": i, "seconds": s, "device": extra.get("device")}
+                       for i, s in enumerate(seconds)]
+            per_process.append({**ident, "phase": phase, "process": k, "rounds": len(seconds),
+                                "median": st.get("median"), "first_step_seconds": extra.get("first_step_seconds"),
+                                "machine_pid": (data.get("machine_info") or {}).get("metabench", {}).get("pid")})
+            by_phase.setdefault(phase, []).append((extra, st, seconds))
+    steps = []
+    for phase, items in by_phase.items():
+        extra, st, _ = items[0]
+        groups = [seconds for _, _, seconds in items]
+        median, lo, hi = two_level_median_ci(groups)
+        pooled = st if len(items) == 1 else _pooled_stats([s for g in groups for s in g])
+        first = [e.get("first_step_seconds") for e, _, _ in items if e.get("first_step_seconds") is not None]
+        bare = [e.get("bare_loop_median_seconds") for e, _, _ in items if e.get("bare_loop_median_seconds")]
+        gemm = [e.get("gemm_gflops") for e, _, _ in items if e.get("gemm_gflops")]
         steps.append({**ident, "phase": phase, "device": extra.get("device"),
                       "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
-                      "first_step_seconds": extra.get("first_step_seconds"),
-                      "recompilations": extra.get("recompilations_while_timed"),
-                      **{k: st.get(k) for k in STAT_KEYS}, "median_ci_low": lo, "median_ci_high": hi,
-                      "flops": extra.get("flops"), "gemm_gflops": extra.get("gemm_gflops"),
-                      "bare_median": extra.get("bare_loop_median_seconds")})
-    return rounds, steps
+                      "first_step_seconds": float(np.median(first)) if first else None,
+                      "first_step_min": min(first) if first else None, "first_step_max": max(first) if first else None,
+                      "recompilations": max((e.get("recompilations_while_timed") or 0) for e, _, _ in items)
+                      if any(e.get("recompilations_while_timed") is not None for e, _, _ in items) else None,
+                      **{k: pooled.get(k) for k in STAT_KEYS}, "median": median,
+                      "median_ci_low": lo, "median_ci_high": hi, "processes": len(items),
+                      "rounds_per_process": min(len(g) for g in groups), "process_spread": process_spread(groups),
+                      "flops": extra.get("flops"), "gemm_gflops": float(np.median(gemm)) if gemm else None,
+                      "bare_median": float(np.median(bare)) if bare else None})
+    return rounds, steps, per_process
 
 
 def _accuracy_row(a: dict, ident: dict) -> dict:
@@ -162,7 +219,7 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
     status.json phase). Old runs without seeds read as seed 0."""
     run_dir = Path(run_dir)
     run_id = run_dir.name
-    rounds, steps, memory, accuracy, episodes, curves, status = [], [], [], [], [], [], []
+    rounds, steps, processes, memory, accuracy, episodes, curves, status = [], [], [], [], [], [], [], []
     for cell_dir, cell in _cells(run_dir):
         seed = int(cell.get("seed", 0) or 0)
         ident = {"run_id": run_id, "framework": cell["framework"], "algorithm": cell["algorithm"],
@@ -171,10 +228,11 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
         status += [{"cell_id": cell_dir.name, **ident, "phase": p, "status": s.get("status"),
                     "returncode": s.get("returncode"), "seconds": s.get("seconds"), "detail": _detail(cell_dir, p, s)}
                    for p, s in phases.items()]
-        if _ok(phases, TIMING) and (cell_dir / "benchmark.json").exists():
-            r, s = _step_rows(json.loads((cell_dir / "benchmark.json").read_text()), ident)
+        if _ok(phases, TIMING):
+            r, s, p = _step_rows([(k, read_json(path)) for k, path in _timing_processes(cell_dir)], ident)
             rounds += r
             steps += s
+            processes += p
         if _ok(phases, MEMORY) and (cell_dir / "memory.json").exists():
             m = json.loads((cell_dir / "memory.json").read_text())
             first = m.get("first_step_peak_bytes")  # None: not read apart (older runs, no reset)
@@ -198,8 +256,11 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
             curves.append(c)
     return {
         # no seed column: timing runs at seed 0 only (bench.cell.Cell.seed)
-        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "round", "seconds", "device"]),
+        "timings": pd.DataFrame(rounds, columns=["run_id", *CELL_COLUMNS, "phase", "process", "round", "seconds",
+                                                 "device"]),
         "steps": pd.DataFrame(steps),
+        "processes": pd.DataFrame(processes, columns=["run_id", *CELL_COLUMNS, "seed", "phase", "process", "rounds",
+                                                      "median", "first_step_seconds", "machine_pid"]),
         "memory": pd.DataFrame(memory),
         "accuracy": pd.DataFrame(accuracy, columns=ACCURACY_COLUMNS),
         "episodes": pd.concat(episodes, ignore_index=True) if episodes else pd.DataFrame(columns=EPISODE_COLUMNS),
@@ -213,15 +274,18 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 def merged_benchmark_json(run_dir: Path) -> dict | None:
     """The cells' pytest-benchmark records in one file (``pytest-benchmark compare`` reads
-    it). ``commit_info`` and ``datetime`` are the run's own (its earliest timed cell), not
-    the time the report was built; cells whose timing failed are left out."""
+    it), every timing process's (``name`` then ends in ``#k`` for the k-th process after
+    the first). ``commit_info`` and ``datetime`` are the run's own (its earliest timed
+    process), not the time the report was built; cells whose timing failed are left out."""
     records, heads = [], []
     for cell_dir, _ in _cells(run_dir):
-        path = cell_dir / "benchmark.json"
-        if path.exists() and _ok(_phase_status(cell_dir), TIMING):
-            data = json.loads(path.read_text())
+        if not _ok(_phase_status(cell_dir), TIMING):
+            continue
+        for k, path in _timing_processes(cell_dir):
+            data = read_json(path)
             heads.append(data)
-            records += data.get("benchmarks", [])
+            for b in data.get("benchmarks", []):
+                records.append({**b, "name": f"{b['name']}#{k}"} if k else b)
     if not records:
         return None
     first = min(heads, key=lambda d: d.get("datetime") or "")
@@ -254,7 +318,14 @@ def _detail_steps_table(steps: pd.DataFrame, marks: dict) -> str:
             "median": [tables.format_seconds(m, (lo, hi)) for m, lo, hi in
                        zip(g["median"], g["median_ci_low"], g["median_ci_high"])],
             "IQR": g["iqr"].map(tables.format_seconds), "min": g["min"].map(tables.format_seconds),
-            "rounds": g["rounds"], "first step (compile)": g["first_step_seconds"].map(tables.format_seconds),
+            "processes x rounds": [f"{int(p)} x {int(n)}" for p, n in zip(
+                g.get("processes", pd.Series(1, index=g.index)).fillna(1),
+                g.get("rounds_per_process", g["rounds"]).fillna(g["rounds"]))],
+            # how far apart the processes' own medians are: what rounds in one process never show
+            "spread": [("-" if tables.is_missing(v) else f"{100 * v:.0f}%" + (f" {tables.NOISY}" if tables.noisy(v)
+                                                                             else ""))
+                       for v in g.get("process_spread", pd.Series(math.nan, index=g.index))],
+            "first step (compile)": [_first_step_text(r) for r in g.itertuples()],
         })
         if phase != tables.SAMPLING:  # host-side numpy is shown, never ranked
             t["x fastest"] = (g["median"] / fastest).map(lambda r: f"{r:.2f}")
@@ -269,6 +340,16 @@ def _detail_steps_table(steps: pd.DataFrame, marks: dict) -> str:
         # as formatted: tabulate would re-parse "1.00" and "80.0" as numbers and drop their decimals
         lines.append(f"#### {spec} / {algorithm} / `{phase}`\n\n{t.to_markdown(index=False, disable_numparse=True)}\n")
     return "\n".join(lines)
+
+
+def _first_step_text(r) -> str:
+    """The first step's median over the processes, and their range when there are several."""
+    text = tables.format_seconds(r.first_step_seconds)
+    lo, hi = getattr(r, "first_step_min", None), getattr(r, "first_step_max", None)
+    if ((getattr(r, "processes", 1) or 1) > 1 and not (tables.is_missing(lo) or tables.is_missing(hi))
+            and tables.format_seconds(lo) != tables.format_seconds(hi)):
+        text += f" ({tables.format_seconds(lo)} to {tables.format_seconds(hi)})"
+    return text
 
 
 def _accuracy_detail(acc: pd.DataFrame, marks: dict) -> str:
@@ -592,7 +673,7 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
 
     run_dir = require_run(Path(run_dir), "report")  # never write a summary into a folder that holds no run
     tabs = collect(run_dir)
-    for name in ("timings", "steps", "memory", "accuracy", "curves", "episodes"):
+    for name in ("timings", "steps", "processes", "memory", "accuracy", "curves", "episodes"):
         atomic.write_csv(run_dir / f"{name}.csv", tabs[name])
     merged = merged_benchmark_json(run_dir)
     if merged:

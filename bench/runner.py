@@ -63,6 +63,7 @@ PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 DEFAULT_PHASES = {"smoke": PHASE_GROUPS, "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
 LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
 POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
+MAX_REPEATS = 100       # timing processes per cell: more is a typo, not a plan
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 
@@ -282,39 +283,112 @@ def _phase_record(phase: str, ok: bool, out: ProcessOutcome, limit: float | None
             "machine": out.machine}
 
 
-def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False,
-             placement: dict | None = None) -> dict | None:
-    """Run one cell's processes; returns its status record, written last (and atomically)
-    to status.json: a cell with a status.json is complete. ``limit(phases)`` is the time
-    limit of a process running ``phases``. Returns None, writing no status, when the run is
-    stopping now (``stop_now()``): ``--resume`` runs that cell again. ``placement`` says
-    where it ran (``bench.executors.placement``; default: here, by the local executor)."""
-    if cell_dir.exists():  # an earlier, unfinished attempt: its files must not mix with these
-        shutil.rmtree(cell_dir)
-    cell_dir.mkdir(parents=True)
-    cell_json = cell_dir / "cell.json"
-    atomic.write_text(cell_json, cell.to_json())
+TIMING_DIR = "timing"   # cells/<id>/timing/<k>/: the k-th timing process of a cell
+
+
+def timing_process_dir(cell_dir: Path, k: int) -> Path:
+    return cell_dir / TIMING_DIR / str(k)
+
+
+def _read_status(path: Path) -> dict | None:
+    """A status record, or None when it is missing or damaged (the work runs again)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def timing_process_done(cell_dir: Path, k: int) -> bool:
+    record = _read_status(timing_process_dir(cell_dir, k) / "status.json")
+    return bool(record) and record.get("status") == "ok"
+
+
+def start_cell(cell: Cell, cell_dir: Path) -> None:
+    """Make ``cell_dir`` ready for a (new or resumed) attempt: an earlier, unfinished
+    attempt's files must not mix with the new ones, except its timing processes that
+    finished ok, which ``--resume`` keeps (a run killed between repeats loses none)."""
+    if cell_dir.exists():
+        keep = {p.name for p in (cell_dir / TIMING_DIR).glob("*") if p.name.isdigit()
+                and timing_process_done(cell_dir, int(p.name))}
+        for child in cell_dir.iterdir():
+            if child.name == TIMING_DIR:
+                for process in child.iterdir():
+                    if process.name not in keep:
+                        shutil.rmtree(process) if process.is_dir() else process.unlink()
+            elif child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(cell_dir / "cell.json", cell.to_json())
+
+
+def run_timing_process(cell: Cell, cell_dir: Path, k: int, echo, limit, stop_now=lambda: False) -> dict | None:
+    """The cell's ``k``-th timing process (pytest-benchmark over ``bench/suite``): writes
+    ``timing/<k>/benchmark.json``, its log and, last, its ``status.json``. Returns that
+    record, or None when the run is stopping now (``--resume`` runs it again)."""
+    pdir = timing_process_dir(cell_dir, k)
+    if pdir.exists():
+        shutil.rmtree(pdir)
+    pdir.mkdir(parents=True)
+    (cell_dir / "timing.diverged.json").unlink(missing_ok=True)  # an earlier process's: not this one's
+    # pytest-benchmark writes its JSON in place: it goes to a part file, renamed when whole
+    part = pdir / f"{atomic.PART_PREFIX}benchmark.json"
+    cmd = [sys.executable, "-m", "pytest", "-c", str(SUITE_DIR / "pytest.ini"), str(SUITE_DIR / "steps.py"),
+           "--rootdir", str(SUITE_DIR), "--metabench-cell", str(cell_dir / "cell.json"), "-q",
+           "--benchmark-json", str(part), "--benchmark-disable-gc", "--benchmark-sort=name"]
+    out = _run_process(cmd, pdir / "timing.log", limit(["timing"]), echo, stop_now)
+    if out.interrupted:
+        return None
+    ok = out.returncode == 0 and part.exists()
+    if ok:
+        os.replace(part, pdir / "benchmark.json")
+    part.unlink(missing_ok=True)
+    record = _phase_record("timing", ok, out, limit(["timing"]), cell_dir)
+    atomic.write_json(pdir / "status.json", record)
+    echo(f"[{cell.cell_id}] timing process {k + 1} {record['status']}"
+         + (f": {record['detail']}" if record["detail"] else "") + f" in {out.seconds:.0f} s")
+    return record
+
+
+def _timing_record(cell_dir: Path, repeats: int) -> dict:
+    """The cell's timing phase from its processes: ok when every one ended ok, else the
+    first that did not (its status and detail, naming which process)."""
+    records = [_read_status(timing_process_dir(cell_dir, k) / "status.json") or
+               {"status": "failed", "returncode": None, "seconds": None, "detail": "did not run",
+                "log_tail": [], "machine": {}} for k in range(repeats)]
+    bad = next(((k, r) for k, r in enumerate(records) if r.get("status") != "ok"), None)
+    record = dict(bad[1] if bad else records[-1])
+    if bad and repeats > 1:
+        record["detail"] = f"process {bad[0] + 1} of {repeats}: {record.get('detail')}"
+    record["seconds"] = round(sum(r.get("seconds") or 0 for r in records), 3)
+    record["processes"] = [{"status": r.get("status"), "seconds": r.get("seconds"), "machine": r.get("machine")}
+                           for r in records]
+    return record
+
+
+def finish_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False,
+                placement: dict | None = None, repeats: int = 1) -> dict | None:
+    """Complete a started cell (``start_cell``): its timing processes not yet run, then its
+    memory and accuracy process; writes its status record last (and atomically) to
+    status.json, and returns it: a cell with a status.json is complete. None, writing no
+    status, when the run is stopping now."""
     status = {"cell_id": cell.cell_id, **asdict(cell), "placement": placement or executors.placement("local"),
               "phases": {}}
     if "timing" in phases:
-        # pytest-benchmark writes its JSON in place: it goes to a part file, renamed when whole
-        part = cell_dir / f"{atomic.PART_PREFIX}benchmark.json"
-        cmd = [sys.executable, "-m", "pytest", "-c", str(SUITE_DIR / "pytest.ini"), str(SUITE_DIR / "steps.py"),
-               "--rootdir", str(SUITE_DIR), "--metabench-cell", str(cell_json), "-q",
-               "--benchmark-json", str(part), "--benchmark-disable-gc", "--benchmark-sort=name"]
-        out = _run_process(cmd, cell_dir / "timing.log", limit(["timing"]), echo, stop_now)
-        if out.interrupted:
-            return None
-        ok = out.returncode == 0 and part.exists()
-        if ok:
-            os.replace(part, cell_dir / "benchmark.json")
-        part.unlink(missing_ok=True)
-        record = status["phases"]["timing"] = _phase_record("timing", ok, out, limit(["timing"]), cell_dir)
-        echo(f"[{cell.cell_id}] timing {record['status']}" + (f": {record['detail']}" if record["detail"] else "")
-             + f" in {out.seconds:.0f} s")
+        for k in range(repeats):
+            if not (timing_process_dir(cell_dir, k) / "status.json").exists():  # not yet run (a cluster job)
+                if run_timing_process(cell, cell_dir, k, echo, limit, stop_now) is None:
+                    return None
+        record = status["phases"]["timing"] = _timing_record(cell_dir, repeats)
+        if repeats > 1:
+            echo(f"[{cell.cell_id}] timing {record['status']} ({repeats} processes)"
+                 + (f": {record['detail']}" if record["detail"] else ""))
     rest = [p for p in ("memory", "accuracy") if p in phases]
     if rest:
-        cmd = [sys.executable, "-m", "bench.worker", str(cell_json), str(cell_dir), "--phases", ",".join(rest)]
+        cmd = [sys.executable, "-m", "bench.worker", str(cell_dir / "cell.json"), str(cell_dir),
+               "--phases", ",".join(rest)]
         out = _run_process(cmd, cell_dir / "worker.log", limit(rest), echo, stop_now)
         if out.interrupted:
             return None
@@ -325,12 +399,25 @@ def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: F
     return status
 
 
+def run_cell(cell: Cell, cell_dir: Path, phases, echo, limit, stop_now=lambda: False,
+             placement: dict | None = None, repeats: int = 1) -> dict | None:
+    """Run one cell's processes: ``repeats`` timing processes one after another, then the
+    memory and accuracy process (``start_cell`` then ``finish_cell``; the local executor
+    interleaves the timing processes of comparable cells instead). ``limit(phases)`` is the
+    time limit of a process running ``phases``. Returns its status record (None when the
+    run is stopping now). ``placement`` says where it ran (``bench.executors.placement``)."""
+    start_cell(cell, cell_dir)
+    return finish_cell(cell, cell_dir, phases, echo, limit, stop_now, placement, repeats)
+
+
 def _finished(cell_dir: Path, phases) -> bool:
-    path = cell_dir / "status.json"
-    if not path.exists():
+    """Whether the cell's status.json says every one of ``phases`` ended ok (a missing or
+    damaged status.json: not finished, the cell runs again)."""
+    record = _read_status(cell_dir / "status.json")
+    done = record.get("phases") if record else None
+    if not isinstance(done, dict):
         return False
-    done = json.loads(path.read_text())["phases"]
-    return all(done.get(p, {}).get("status") == "ok" for p in phases)
+    return all(isinstance(done.get(p), dict) and done[p].get("status") == "ok" for p in phases)
 
 
 def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_dir, cache_dir, echo,
@@ -400,25 +487,29 @@ class _Progress:
     a 10-minute training cell above a 10-second one; the cell's own progress lines (the
     worker's ``train i/n``) show beside it."""
 
-    def __init__(self, cells, phases, profile):
+    def __init__(self, cells, phases, profile, repeats: int = 1):
         from tqdm import tqdm
 
         self.profile, self.phases = profile, phases
-        self.tqdm = tqdm(total=round(plan.estimate_seconds(cells, [p for p in phases if p != "parity"], profile)),
+        self.tqdm = tqdm(total=round(plan.estimate_seconds(cells, [p for p in phases if p != "parity"], profile,
+                                                           repeats)),
                          unit="s", file=sys.stderr, dynamic_ncols=True, disable=not sys.stderr.isatty(),
                          bar_format="{l_bar}{bar}| {elapsed} elapsed, about {remaining} left {postfix}")
 
     def update(self, cell, phases) -> None:
         self.tqdm.update(round(plan.estimate_seconds([cell], phases, self.profile)))
 
+    def advance(self, seconds: float) -> None:
+        self.tqdm.update(round(seconds))
+
     def line(self, text: str) -> None:
         self.tqdm.set_postfix_str(text[-60:], refresh=True)
 
 
 @contextmanager
-def progress_bar(cells, phases, profile, echo):
+def progress_bar(cells, phases, profile, echo, repeats: int = 1):
     """``(bar, say)``: ``say`` prints a line above the bar (or just prints, without a terminal)."""
-    bar = _Progress(cells, phases, profile)
+    bar = _Progress(cells, phases, profile, repeats)
 
     def say(text: str) -> None:
         if bar.tqdm.disable:
@@ -453,6 +544,8 @@ class RunPlan:
     # finished on a cluster, and the reverse
     executor: str = "local"
     cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)
+    repeats: int = 1            # timing processes per cell (--repeats)
+    order_seed: int = 0         # seeds the interleaved order of those processes (plan.timing_order)
 
     @property
     def run_dir(self) -> Path:
@@ -463,7 +556,12 @@ class RunPlan:
         return {"run_id": self.run_id, "command": self.command, "profile": self.profile,
                 "phases": list(self.phases), "device": self.device, "threads": self.threads,
                 "cells": [c.cell_id for c in self.cells],
-                "specs": {s.name: _digest(s.to_dict()) for s in self.specs.values()}}
+                "specs": {s.name: _digest(s.to_dict()) for s in self.specs.values()},
+                "repeats": self.repeats, "order_seed": self.order_seed,
+                # the timing processes in the order they run: what --resume continues
+                "timing_order": [[c, k] for c, k in plan.timing_order(
+                    [c for c in self.cells if "timing" in plan.cell_phases(c, self.phases)],
+                    self.repeats, self.order_seed)]}
 
 
 def _digest(obj) -> str:
@@ -576,6 +674,8 @@ class RunRequest:
     one_at_a_time: bool = False         # --sweep-one-at-a-time
     executor: str = "local"             # --executor: local | slurm | ray (bench.executors)
     cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)  # --slurm-*, --ray-*
+    repeats: int | None = None          # --repeats: timing processes per cell (None: the profile's)
+    order_seed: int = 0                 # --order-seed: the interleaved order of those processes
 
     @classmethod
     def from_args(cls, args) -> RunRequest:
@@ -588,6 +688,7 @@ class RunRequest:
                    command=args.command_line, seeds=args.seeds, dry_run=args.dry_run,
                    overrides=tuple(args.set or ()), sweeps=tuple(args.sweep or ()),
                    one_at_a_time=args.sweep_one_at_a_time, executor=args.executor,
+                   repeats=getattr(args, "repeats", None), order_seed=getattr(args, "order_seed", 0),
                    cluster=executors.ClusterOptions(
                        group_by=args.group_by, slurm_partition=args.slurm_partition, slurm_gpus=args.slurm_gpus,
                        slurm_cpus=args.slurm_cpus, slurm_mem_gb=args.slurm_mem_gb,
@@ -617,6 +718,11 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
     seeds, dry_run, overrides, sweeps = r.seeds, r.dry_run, r.overrides, r.sweeps
     if seeds < 1:
         raise MetabenchError(f"--seeds: must be at least 1, got {seeds}")
+    repeats = PROFILES[profile].repeats if r.repeats is None else r.repeats
+    if not 1 <= repeats <= MAX_REPEATS:
+        raise MetabenchError(f"--repeats: must be from 1 to {MAX_REPEATS} timing processes per cell, got {repeats}")
+    if r.order_seed < 0:
+        raise MetabenchError(f"--order-seed: must be a non-negative integer, got {r.order_seed}")
     command = command or "bench.runner.run() (called from Python, not the command line)"
     phases = tuple(phases or DEFAULT_PHASES[profile])
     unknown = [p for p in phases if p not in PHASE_GROUPS]
@@ -653,13 +759,14 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
                              f"against `metabench list`")
     run_plan = RunPlan(profile=profile, phases=phases, cells=tuple(cells), specs=load_specs(specs), device=device,
                        threads=threads, results_dir=Path(results_dir), run_id=run_id or new_run_id(profile),
-                       resume=resume, data_dir=data_dir, command=command, executor=r.executor, cluster=r.cluster)
+                       resume=resume, data_dir=data_dir, command=command, executor=r.executor, cluster=r.cluster,
+                       repeats=repeats, order_seed=r.order_seed)
     run_dir = run_plan.run_dir
     done = frozenset(c.cell_id for c in cells if resume and _finished(run_dir / "cells" / c.cell_id,
                                                                        plan.cell_phases(c, phases)))
     echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
                        seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists(),
-                       executor=r.executor, group_by=r.cluster.group_by))
+                       executor=r.executor, group_by=r.cluster.group_by, repeats=repeats))
     if dry_run:
         return None
     preflight.check(run_plan)  # nothing is written before this passes
@@ -703,9 +810,9 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
         jobs.append(executors.parity_job(cells, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
                                          quick=PROFILES[p.profile].quick_parity))
     jobs += executors.group_jobs(todo, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
-                                 group_by=p.cluster.group_by)
+                                 group_by=p.cluster.group_by, repeats=p.repeats)
     context = executors.RunContext(run_dir=run_dir, threads=p.threads, device=p.device, echo=echo, stops=stops,
-                                   options=p.cluster, position=position)
+                                   options=p.cluster, position=position, order_seed=p.order_seed)
     done = len(cells) - len(todo) + executors.make_executor(p.executor, p.cluster).run(jobs, context)
     if done < len(cells):  # stopped by Ctrl-C or SIGTERM: the statuses so far go into the manifest
         write_manifest(run_dir, cells, **about)

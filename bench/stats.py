@@ -1,5 +1,6 @@
 """Statistics that pytest-benchmark does not compute: bootstrap CIs of a median and of a
-ratio of medians, intervals across seeds, and the paired test on test episodes.
+ratio of medians (over one process's rounds, and over processes and their rounds: the
+two-level bootstrap), intervals across seeds, and the paired test on test episodes.
 
 Everything pytest-benchmark already reports for a set of rounds (median, IQR, quartiles,
 min, mean, rounds) is read from its ``stats`` record, never recomputed here: two
@@ -60,6 +61,111 @@ def ratio_of_medians_ci(numerator, denominator, n_boot: int = N_BOOT, seed: int 
     ratios = _boot_medians(a, rng, n_boot) / _boot_medians(b, rng, n_boot)
     lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
     return ratio, float(lo), float(hi)
+
+
+# -- two levels: processes, then rounds within each (Kalibera & Jones 2013) -------------------
+#
+# On a shared VM a new process moves a step by 10-60% (memory layout, thread placement, the
+# compiler's choices, what ran before), more than most differences between frameworks, and
+# rounds inside one process never see it. So a step is timed in several processes, and its
+# CIs resample both levels: processes with replacement, then each drawn process's rounds
+# with replacement. Every process weighs the same, whatever its round count.
+
+MIN_PROCESSES = 2   # below this (or MIN_ROUNDS rounds in a process) no CI: "too few to tell"
+MIN_ROUNDS = 10
+TOO_FEW = "too few to tell"
+
+
+def _groups(groups) -> list[np.ndarray]:
+    return [np.asarray(g, dtype=np.float64) for g in groups if len(g)]
+
+
+def too_few(groups) -> bool:
+    """Whether ``groups`` (one array of round times per process) are too few for a CI that
+    covers run-to-run variation: fewer than ``MIN_PROCESSES`` processes, or a process with
+    fewer than ``MIN_ROUNDS`` rounds."""
+    g = _groups(groups)
+    return len(g) < MIN_PROCESSES or min(v.size for v in g) < MIN_ROUNDS
+
+
+def pooled_median(groups) -> float:
+    """The median of every round of every process (processes time the same number of rounds)."""
+    g = _groups(groups)
+    return float(np.median(np.concatenate(g))) if g else math.nan
+
+
+def process_spread(groups) -> float:
+    """How far apart the processes' own medians are: ``max / min - 1`` (0.12: 12%); NaN for
+    one process."""
+    g = _groups(groups)
+    if len(g) < 2:
+        return math.nan
+    medians = [float(np.median(v)) for v in g]
+    return max(medians) / min(medians) - 1
+
+
+def _two_level_medians(groups: list[np.ndarray], rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """``n_boot`` bootstrap medians: draw as many processes as there are, with replacement,
+    then as many rounds as the longest process has, with replacement from each drawn one."""
+    p = len(groups)
+    n = max(v.size for v in groups)
+    padded = np.zeros((p, n))
+    lengths = np.array([v.size for v in groups])
+    for i, v in enumerate(groups):
+        padded[i, :v.size] = v
+    pick = rng.integers(p, size=(n_boot, p))
+    rows = (rng.random((n_boot, p, n)) * lengths[pick][:, :, None]).astype(np.int64)
+    return np.median(padded[pick[:, :, None], rows].reshape(n_boot, -1), axis=1)
+
+
+def two_level_median_ci(groups, n_boot: int = N_BOOT, seed: int = SEED,
+                        level: float = 0.95) -> tuple[float, float, float]:
+    """The pooled median of ``groups`` (round times, one array per process) and its
+    two-level percentile-bootstrap CI; NaN bounds when ``too_few``."""
+    g = _groups(groups)
+    median = pooled_median(g)
+    if not g or too_few(g):
+        return median, math.nan, math.nan
+    medians = _two_level_medians(g, np.random.default_rng(seed), n_boot)
+    lo, hi = np.quantile(medians, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return median, float(lo), float(hi)
+
+
+def two_level_ratio_ci(numerator, denominator, n_boot: int = N_BOOT, seed: int = SEED,
+                       level: float = 0.95) -> tuple[float, float, float]:
+    """``pooled_median(numerator) / pooled_median(denominator)`` (each a list of per-process
+    round arrays) and its two-level bootstrap CI, both sides resampled independently (they
+    ran in different processes). NaN bounds when either side is ``too_few``."""
+    a, b = _groups(numerator), _groups(denominator)
+    if not a or not b:
+        return math.nan, math.nan, math.nan
+    ratio = pooled_median(a) / pooled_median(b)
+    if too_few(a) or too_few(b):
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    ratios = _two_level_medians(a, rng, n_boot) / _two_level_medians(b, rng, n_boot)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return ratio, float(lo), float(hi)
+
+
+def welch_diff_ci(a, b) -> tuple[float, float, float]:
+    """``mean(b) - mean(a)`` and its 95% Welch t interval (unequal variances): accuracy across
+    training seeds of two runs. NaN bounds with fewer than 2 values on a side."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.size == 0 or y.size == 0:
+        return math.nan, math.nan, math.nan
+    diff = float(y.mean() - x.mean())
+    if x.size < 2 or y.size < 2:
+        return diff, math.nan, math.nan
+    vx, vy = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(vx + vy)
+    if se == 0:
+        return diff, diff, diff
+    df = (vx + vy) ** 2 / (vx ** 2 / (x.size - 1) + vy ** 2 / (y.size - 1))
+    half = float(stats.t.ppf(0.975, df)) * se
+    return diff, diff - half, diff + half
 
 
 def t_interval95(values) -> tuple[float, float]:

@@ -24,6 +24,8 @@ ALGORITHM_ORDER = ["maml", "fomaml", "protonet"]
 FRAMEWORK_ORDER = ["torch", "jax", "tensorflow"]
 EAGER = "eager"
 FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
+NOISY = "§"            # the row's timing processes disagree by more than LARGE_SPREAD
+LARGE_SPREAD = 0.10    # processes' medians more than 10% apart (max / min - 1)
 
 
 # -- formatting ---------------------------------------------------------------------------
@@ -50,29 +52,39 @@ def time_unit(seconds: float) -> tuple[str, float]:
 
 
 def format_seconds(seconds, ci: tuple[float, float] | None = None) -> str:
-    """``0.000512`` -> ``512 µs``; with a CI, ``250 ms [248, 253]`` (bounds in the median's unit)."""
+    """``0.000512`` -> ``512 µs``; with a CI, ``250 ms [248, 253]`` (bounds in the median's
+    unit), and ``250 ms [too few to tell]`` where the CI is missing (one process, or too
+    few rounds: ``bench.stats.too_few``)."""
     if is_missing(seconds):
         return "-"
     unit, scale = time_unit(seconds)
     d = _decimals(seconds * scale)
     text = f"{seconds * scale:.{d}f} {unit}"
-    if ci is not None and not any(is_missing(c) for c in ci):
+    if ci is not None:
+        if any(is_missing(c) for c in ci):
+            return f"{text} [{stats.TOO_FEW}]"
         lo, hi = (c * scale for c in ci)
         text += f" [{lo:.{d}f}, {hi:.{d}f}]"
     return text
 
 
-def format_ratio(ratio, lo=None, hi=None) -> str:
-    """``1.45x [1.41, 1.49]``, in bold when the CI excludes 1 (a real difference)."""
+def format_ratio(ratio, lo=None, hi=None, bold: bool = True) -> str:
+    """``1.45x [1.41, 1.49]``, in bold when the CI excludes 1 (a real difference: the
+    two-level CI, so across processes); ``1.45x [too few to tell]`` without a CI."""
     if is_missing(ratio):
         return "-"
     d = _decimals(ratio)
     text = f"{ratio:.{d}f}x"
-    if not (is_missing(lo) or is_missing(hi)):
-        if lo > 1 or hi < 1:
-            text = f"**{text}**"
-        text += f" [{lo:.{d}f}, {hi:.{d}f}]"
-    return text
+    if is_missing(lo) or is_missing(hi):
+        return f"{text} [{stats.TOO_FEW}]"
+    if bold and (lo > 1 or hi < 1):
+        text = f"**{text}**"
+    return text + f" [{lo:.{d}f}, {hi:.{d}f}]"
+
+
+def noisy(spread) -> bool:
+    """Whether a row's timing processes disagree enough to flag it (``NOISY``)."""
+    return not is_missing(spread) and spread > LARGE_SPREAD
 
 
 def format_metric(mean, half_width, metric: str) -> str:
@@ -146,14 +158,26 @@ def _baseline_adapter(group: pd.DataFrame, baseline: str) -> str | None:
 
 
 COMPARISON_COLUMNS = ["spec", "algorithm", "phase", "framework", "adapter", "label", "compilation", "rounds",
-                      "median", "median_ci_low", "median_ci_high", "first_step_seconds", "baseline", "speedup",
+                      "processes", "process_spread", "median", "median_ci_low", "median_ci_high",
+                      "first_step_seconds", "first_step_min", "first_step_max", "baseline", "speedup",
                       "speedup_ci_low", "speedup_ci_high", "fastest_eager", "break_even_steps"]
 
 
+def rounds_by_process(timings: pd.DataFrame, keys) -> dict:
+    """``{key: [rounds of process 0, rounds of process 1, ...]}`` grouped by ``keys`` (an
+    older timings table without a process column is one process)."""
+    t = timings if "process" in timings else timings.assign(process=0)
+    out: dict = {}
+    for key, g in t.groupby([*keys, "process"], sort=True):
+        out.setdefault(key[:-1], []).append(g["seconds"].to_numpy())
+    return out
+
+
 def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torch") -> pd.DataFrame:
-    """Per spec x algorithm x phase x adapter: the median step time and its bootstrap CI
-    (from ``steps``), the speedup ``median(baseline) / median(adapter)`` with a bootstrap CI
-    that resamples both adapters' rounds (from ``timings``), the first-step (compile) time,
+    """Per spec x algorithm x phase x adapter: the median step time and its two-level CI
+    (from ``steps``), the speedup ``median(baseline) / median(adapter)`` with a two-level
+    bootstrap CI that resamples both adapters' processes and their rounds (from
+    ``timings``; none with fewer than 2 processes), the first-step (compile) time,
     and the break-even step count against the fastest eager adapter of the same phase.
     ``sample_episodes`` keeps its median and CI but gets neither speedup nor break-even.
 
@@ -166,7 +190,7 @@ def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torc
     s = s.sort_values("seed", kind="stable").drop_duplicates(["spec", "algorithm", "phase", "adapter"])
     s["label"] = [column_label(f, a, al) for f, a, al in zip(s["framework"], s["adapter"], s["algorithm"])]
     t = timings.assign(seed=timings["seed"] if "seed" in timings else 0)
-    rounds = {key: g["seconds"].to_numpy() for key, g in t.groupby(["spec", "algorithm", "phase", "adapter", "seed"])}
+    rounds = rounds_by_process(t, ["spec", "algorithm", "phase", "adapter", "seed"])
     out = []
     for (spec, algorithm, phase), g in s.groupby(["spec", "algorithm", "phase"], sort=False):
         key = (spec, algorithm, phase)
@@ -187,10 +211,12 @@ def _compare_phase(g: pd.DataFrame, baseline: str, rounds_of) -> list[dict]:
     rows = []
     for r in g.itertuples():
         row = {c: getattr(r, c, None) for c in COMPARISON_COLUMNS}
+        if is_missing(row["processes"]):  # a steps table from before timing was repeated
+            row["processes"] = 1
         row.update(baseline=base, speedup=math.nan, speedup_ci_low=math.nan, speedup_ci_high=math.nan,
                    fastest_eager=None, break_even_steps=math.nan)
         if ranked and base_row is not None:
-            ratio, lo, hi = stats.ratio_of_medians_ci(rounds_of(base_row), rounds_of(r))
+            ratio, lo, hi = stats.two_level_ratio_ci(rounds_of(base_row), rounds_of(r))
             # without rounds (a steps table alone) the ratio of the recorded medians, with no CI
             row.update(speedup=base_row.median / r.median if is_missing(ratio) else ratio,
                        speedup_ci_low=lo, speedup_ci_high=hi)
@@ -248,10 +274,14 @@ def _header(cmp: pd.DataFrame, label: str) -> str:
 
 def step_time_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None,
                     include_sampling: bool = False, failed=None) -> pd.DataFrame:
-    """Median step time [95% bootstrap CI of the median]."""
+    """Median step time [95% two-level bootstrap CI of the median], ``§`` where the
+    processes disagree by more than ``LARGE_SPREAD``."""
     c = cmp if include_sampling else cmp[cmp["phase"] != SAMPLING]
-    return _pivot(c, lambda r: format_seconds(r.median, (r.median_ci_low, r.median_ci_high)), baseline, marks=marks,
-                  failed=failed)
+
+    def cell(r):
+        text = format_seconds(r.median, (r.median_ci_low, r.median_ci_high))
+        return f"{text} {NOISY}" if noisy(getattr(r, "process_spread", None)) else text
+    return _pivot(c, cell, baseline, marks=marks, failed=failed)
 
 
 def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None, failed=None) -> pd.DataFrame:
@@ -264,6 +294,12 @@ def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None, failed
 
 def _first_step_cell(r) -> str:
     text = format_seconds(r.first_step_seconds)
+    lo, hi = getattr(r, "first_step_min", None), getattr(r, "first_step_max", None)
+    if (getattr(r, "processes", 1) or 1) > 1 and not (is_missing(lo) or is_missing(hi)):
+        unit, scale = time_unit(r.first_step_seconds)
+        d = _decimals(r.first_step_seconds * scale)
+        if f"{lo * scale:.{d}f}" != f"{hi * scale:.{d}f}":  # the processes' range, where they differ
+            text += f" ({lo * scale:.{d}f}-{hi * scale:.{d}f})"
     if is_missing(r.break_even_steps):
         return text
     if math.isinf(r.break_even_steps):
@@ -285,7 +321,7 @@ def accuracy_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
     (run-to-run variation, which one training run cannot show)."""
     columns = ["spec", "algorithm", "framework", "adapter", "label", "metric", "seeds", "mean", "ci95",
                "across_seeds", "target", "target_direction", "reached", "time_to_target_seconds",
-               "steps_to_target"]
+               "steps_to_target", "time_to_target_min", "time_to_target_max"]
     if accuracy.empty:
         return pd.DataFrame(columns=columns)
     a = accuracy.copy()
@@ -312,6 +348,11 @@ def accuracy_summary(accuracy: pd.DataFrame) -> pd.DataFrame:
             "time_to_target_seconds": float(g.loc[reached, "time_to_target_seconds"].mean()) if reached.any()
             else math.nan,
             "steps_to_target": float(g.loc[reached, "steps_to_target"].mean()) if reached.any() else math.nan,
+            # the spread across those seeds: one seed's time to target is one draw of it
+            "time_to_target_min": float(g.loc[reached, "time_to_target_seconds"].min()) if reached.any()
+            else math.nan,
+            "time_to_target_max": float(g.loc[reached, "time_to_target_seconds"].max()) if reached.any()
+            else math.nan,
         })
     rows.sort(key=lambda r: (*row_key(r["spec"], r["algorithm"]), _label_key(r["label"], "torch")))
     return pd.DataFrame(rows, columns=columns)
@@ -336,7 +377,11 @@ def time_to_target_pivot(summary: pd.DataFrame, baseline: str = "torch") -> pd.D
         if not r.reached:
             return "not reached" if r.seeds == 1 else f"not reached (0/{r.seeds})"
         text = f"{format_seconds(r.time_to_target_seconds)} ({int(round(r.steps_to_target))} steps)"
-        return text if r.seeds == 1 else f"{text}, {r.reached}/{r.seeds} seeds"
+        if r.seeds == 1:
+            return text
+        spread = (f", range {format_seconds(r.time_to_target_min)} to {format_seconds(r.time_to_target_max)}"
+                  if r.reached > 1 else "")
+        return f"{text}, {r.reached}/{r.seeds} seeds{spread}"
     t = _pivot(s, cell, baseline, with_phase=False)
     targets = {row_label(r.spec, r.algorithm): _target_text(r) for r in s.itertuples()}
     t.insert(1, "target", [targets[k] for k in t.iloc[:, 0]])
@@ -479,23 +524,45 @@ def marks_legend(marks: dict) -> str:
 
 # -- the headline -------------------------------------------------------------------------
 
-def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFrame | None = None) -> str:
-    """The headline tables from a run's collected tables (``bench.report.collect``)."""
+HEADLINE_SECTIONS = ("timing", "accuracy")
+
+
+def _processes_text(cmp: pd.DataFrame) -> str:
+    """How many timing processes the step rows rest on, for the headline's first sentence."""
+    counts = sorted({int(p) for p in cmp["processes"].dropna()}) if "processes" in cmp else [1]
+    if counts == [1]:
+        return ("one timing process per cell: the CIs would show round-to-round noise only, so none is "
+                f"given ({stats.TOO_FEW}: rerun with --repeats 3 or more)")
+    n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return (f"{n} timing processes per cell, interleaved; 95% CIs from a two-level bootstrap (processes, then "
+            "their rounds), so they cover process-to-process variation")
+
+
+def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFrame | None = None,
+                      sections=HEADLINE_SECTIONS) -> str:
+    """The headline tables from a run's collected tables (``bench.report.collect``);
+    ``sections``: timing (step time, speedup, first step), accuracy (accuracy, paired
+    verdict, time to target), or both."""
     cmp = comparison(tables["steps"], tables["timings"], baseline)
     marks = parity_marks(parity, cmp)
-    acc = accuracy_summary(tables["accuracy"])
+    acc = accuracy_summary(tables["accuracy"]) if "accuracy" in sections else accuracy_summary(pd.DataFrame())
     status = tables.get("status")
     timing_failed, accuracy_failed = failed_cells(status, "timing"), failed_cells(status, "accuracy")
     parts = []
-    if not cmp.empty:
-        parts += [_para("**Step time**: median [95% bootstrap CI] of rounds of one step, after the first step "
-                        "and the warm-up rounds.", step_time_pivot(cmp, baseline, marks, failed=timing_failed)),
-                  _para(f"**Speedup vs {baseline}**: ratio of median step times [95% bootstrap CI, both sets "
-                        "of rounds resampled]; above 1 is faster; in bold where the CI excludes 1.",
+    noisy_rows = False
+    if not cmp.empty and "timing" in sections:
+        ranked = cmp[cmp["phase"] != SAMPLING]
+        noisy_rows = any(noisy(v) for v in ranked["process_spread"])
+        parts += [_para(f"**Step time**: median [95% CI] of rounds of one step, after the first step and the "
+                        f"warm-up rounds; {_processes_text(ranked)}.",
+                        step_time_pivot(cmp, baseline, marks, failed=timing_failed)),
+                  _para(f"**Speedup vs {baseline}**: ratio of median step times [95% CI, both adapters' "
+                        "processes and rounds resampled]; above 1 is faster; in bold where the CI excludes 1.",
                         speedup_pivot(cmp, baseline, marks, failed=timing_failed)),
-                  _para("**First step** (compilation included) and, for compiled adapters, the step count "
-                        "at which the extra first-step time is repaid against the fastest eager adapter "
-                        "of the same phase.", first_step_pivot(cmp, baseline, failed=timing_failed))]
+                  _para("**First step** (compilation included; with several processes, their median and "
+                        "range) and, for compiled adapters, the step count at which the extra first-step "
+                        "time is repaid against the fastest eager adapter of the same phase.",
+                        first_step_pivot(cmp, baseline, failed=timing_failed))]
     if not acc.empty:
         paired = paired_comparisons(tables.get("episodes", pd.DataFrame()), baseline)
         text = _para("**Accuracy** on the test episodes: mean ± 95% CI over the episodes (with several "
@@ -508,14 +575,22 @@ def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFram
         ttt = time_to_target_pivot(acc, baseline)
         if not ttt.empty:
             parts.append(_para("**Time to target**: meta-training wall-clock until the validation metric "
-                               "first reached the target (compilation excluded), steps in brackets.", ttt))
+                               "first reached the target (compilation excluded), steps in brackets; with several "
+                               "seeds, the mean over the seeds that reached it and their range.", ttt))
     legend = marks_legend(marks)
+    if noisy_rows:
+        legend = "; ".join(filter(None, [legend, noisy_legend()]))
     if legend:
         parts.append(_wrap(legend + ".") + "\n")
     return "\n".join(parts) if parts else "_no results_\n"
 
 
-def headline_markdown(run_dir: Path, baseline: str = "torch") -> str:
+def noisy_legend() -> str:
+    return (f"{NOISY} its timing processes' medians are more than {LARGE_SPREAD:.0%} apart (a noisy row: "
+            "its CI is wide, or, with few processes, may still be too narrow)")
+
+
+def headline_markdown(run_dir: Path, baseline: str = "torch", sections=HEADLINE_SECTIONS) -> str:
     """Deterministic Markdown of the headline tables of ``run_dir``: step time, speedup
     against ``baseline`` (a framework or an adapter name), first step and break-even,
     accuracy with the paired verdict, time to target. No timestamps, no absolute paths:
@@ -523,7 +598,7 @@ def headline_markdown(run_dir: Path, baseline: str = "torch") -> str:
     from bench.report import collect, read_parity
 
     run_dir = Path(run_dir)
-    return headline_sections(collect(run_dir), baseline, read_parity(run_dir))
+    return headline_sections(collect(run_dir), baseline, read_parity(run_dir), sections)
 
 
 def _para(text: str, table: pd.DataFrame) -> str:

@@ -38,8 +38,9 @@ TARGET = {"omni": 0.9, "sine": 1.0}
 TIME_TO_TARGET = {("torch", 0): 10.0, ("torch", 1): 12.0, ("torch", 2): None}
 
 
-def rounds(spec: str, phase: str, framework: str, scale: float = 1.0) -> np.ndarray:
-    return MEDIANS[(spec, phase)][framework] * scale * SPREAD
+def rounds(spec: str, phase: str, framework: str, scale: float = 1.0, shift: float = 0.0) -> np.ndarray:
+    """The planted rounds; ``shift`` moves a whole process (a fraction of the median)."""
+    return MEDIANS[(spec, phase)][framework] * scale * (SPREAD + shift)
 
 
 def episode_values(spec: str, framework: str, seed: int) -> np.ndarray:
@@ -64,11 +65,12 @@ HARNESS_OVERHEAD = 1.01  # pytest-benchmark's median over the bare loop's, in ev
 GEMM_GFLOPS = {"torch": 120.0, "jax": 100.0, "tensorflow": 110.0}  # the measured matmul peaks
 
 
-def _benchmark_json(framework: str, spec: str, scale: float = 1.0, when: str = "2026-11-28T09:50:00+00:00") -> dict:
+def _benchmark_json(framework: str, spec: str, scale: float = 1.0, when: str = "2026-11-28T09:50:00+00:00",
+                    shift: float = 0.0) -> dict:
     adapter, compilation = ADAPTERS[framework]
     benchmarks = []
     for phase in ("inner_step", "outer_step", "sample_episodes"):
-        data = rounds(spec, phase, framework, scale)
+        data = rounds(spec, phase, framework, scale, shift)
         benchmarks.append({
             "group": f"{spec} maml {phase}", "name": f"{adapter}[{phase}]", "param": phase,
             "extra_info": {"adapter": adapter, "framework": framework, "algorithm": "maml", "spec": spec,
@@ -89,8 +91,14 @@ def _phase(status: str = "ok", detail: str | None = None) -> dict:
             "log_tail": [] if status == "ok" else [detail or ""]}
 
 
+# Per-process shifts of a repeated run (``processes=3``, fractions of the median): the
+# process-to-process variation that rounds inside one process never show. Symmetric, so the
+# pooled median of the three processes' rounds is the planted median.
+PROCESS_SHIFTS = (-0.02, 0.0, 0.02)
+
+
 def write_cell(run: Path, framework: str, spec: str, seed: int = 0, *, timing: str = "ok",
-               accuracy: str = "ok", scale: float = 1.0, env: dict | None = None) -> Path:
+               accuracy: str = "ok", scale: float = 1.0, env: dict | None = None, processes: int = 1) -> Path:
     adapter, _ = ADAPTERS[framework]
     cell_id = f"{adapter}__maml__{spec}" + (f"__seed{seed}" if seed else "")
     d = run / "cells" / cell_id
@@ -102,8 +110,15 @@ def write_cell(run: Path, framework: str, spec: str, seed: int = 0, *, timing: s
     if seed == 0:  # timing and memory run at seed 0 only
         phases["timing"] = _phase(timing, None if timing == "ok" else "RuntimeError: deliberate")
         phases["memory"] = _phase()
-        bench = _benchmark_json(framework, spec, 1e4 if timing != "ok" else scale)
-        (d / "benchmark.json").write_text(json.dumps(bench))
+        if processes == 1:  # the layout of runs from before timing was repeated
+            bench = _benchmark_json(framework, spec, 1e4 if timing != "ok" else scale)
+            (d / "benchmark.json").write_text(json.dumps(bench))
+        for k in range(processes if processes > 1 else 0):
+            (d / "timing" / str(k)).mkdir(parents=True)
+            bench = _benchmark_json(framework, spec, 1e4 if timing != "ok" else scale,
+                                    shift=PROCESS_SHIFTS[k % len(PROCESS_SHIFTS)])
+            (d / "timing" / str(k) / "benchmark.json").write_text(json.dumps(bench))
+            (d / "timing" / str(k) / "status.json").write_text(json.dumps(phases["timing"]))
         (d / "memory.json").write_text(json.dumps({"phase": "outer_step", "steps": 2, "peak_bytes": 2**20,
                                                    "source": "rss", "framework_api": False}))
         (d / "environment.json").write_text(json.dumps(env or environment(framework)))
@@ -135,8 +150,9 @@ def environment(framework: str, version: str = "1.0", threads: int = 2, sha: str
 
 
 def make_run(root: Path, name: str = "20261201-synthetic", *, scale: dict | None = None,
-             failures: bool = True, env: dict | None = None) -> Path:
-    """The run folder; ``scale`` multiplies one framework's step times (compare's tests)."""
+             failures: bool = True, env: dict | None = None, processes: int = 1) -> Path:
+    """The run folder; ``scale`` multiplies one framework's step times (compare's tests);
+    ``processes`` timing processes per cell (1: the layout from before repetition)."""
     run = root / name
     run.mkdir(parents=True)
     scale = scale or {}
@@ -145,7 +161,7 @@ def make_run(root: Path, name: str = "20261201-synthetic", *, scale: dict | None
             for seed in seeds if spec == "omni" else [0]:
                 failed_timing = failures and framework == "tensorflow" and spec == "sine"
                 write_cell(run, framework, spec, seed, timing="failed" if failed_timing else "ok",
-                           scale=scale.get(framework, 1.0), env=(env or {}).get(framework))
+                           scale=scale.get(framework, 1.0), env=(env or {}).get(framework), processes=processes)
     if failures:  # a diverged extra seed of tensorflow: its garbage must stay out of the accuracy
         write_cell(run, "tensorflow", "omni", 5, accuracy="diverged")
     pd.DataFrame({"framework": ["jax", "tensorflow"], "adapter": ["jax-maml", "tensorflow-maml"],

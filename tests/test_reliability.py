@@ -256,7 +256,7 @@ def test_a_run_killed_mid_cell_resumes_to_the_same_result_as_an_uninterrupted_ru
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     cells = tmp_path / "killed" / "cells"
     first, second = (cells / f"{a}__maml__sinusoid-10shot" for a in ("torch-maml", "fake-steady"))
-    _wait_for(lambda: (first / "status.json").exists() and (second / "timing.log").exists(), proc)
+    _wait_for(lambda: (first / "status.json").exists() and (second / "timing" / "0" / "timing.log").exists(), proc)
     time.sleep(1.0)  # inside the second cell's timing process
     assert cell_processes(second)
     proc.send_signal(signal.SIGKILL)
@@ -286,7 +286,7 @@ def test_ctrl_c_finishes_the_current_cell_then_prints_the_resume_command(tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = tmp_path / "stopped" / "cells" / "fake-steady__maml__sinusoid-10shot"
-    _wait_for(lambda: (first / "timing.log").exists(), proc)
+    _wait_for(lambda: (first / "timing" / "0" / "timing.log").exists(), proc)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, out[-2000:] + err[-2000:]
@@ -308,7 +308,7 @@ def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tm
     proc = subprocess.Popen([sys.executable, "-m", "bench.cli", *args], env=plugin_env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     cell = tmp_path / "halted" / "cells" / "fake-hang__maml__sinusoid-10shot"
-    _wait_for(lambda: (cell / "timing.log").exists(), proc)
+    _wait_for(lambda: (cell / "timing" / "0" / "timing.log").exists(), proc)
     for sig in signals:
         proc.send_signal(sig)
         time.sleep(0.5)

@@ -3,8 +3,9 @@ submitit) or as Ray tasks (``ray``).
 
 Every executor runs the same unit of work, a ``Job``: one or more cells run one after
 another by ``bench.executors.job.run_job``, each through ``bench.runner.run_cell`` (its
-processes, watchdog and ``status.json``; the local executor calls ``run_cell`` itself,
-to stop between cells on Ctrl-C). What differs is only where that runs and how the
+processes, watchdog and ``status.json``; the local executor calls its parts itself, to
+interleave the timing processes of comparable cells and to stop between processes on
+Ctrl-C). What differs is only where that runs and how the
 cells' folders reach the run folder: in place (local), on the shared filesystem (Slurm),
 or sent back by the task (Ray). A job that dies without finishing its
 cells (killed, timed out or preempted by the scheduler) leaves each unfinished cell a
@@ -85,12 +86,13 @@ class Job:
     # (bench.runner.run_parity_phase), on the same kind of node as the cells
     kind: str = "cells"
     quick_parity: bool = False
+    repeats: int = 1              # timing processes per cell
 
     def record(self) -> dict:
         """What ``run_job`` receives: JSON only, so that any engine can carry it."""
         return {"name": self.name, "kind": self.kind, "cells": [asdict(c) for c in self.cells],
                 "phases": list(self.phases), "profile": self.profile, "timeout": self.timeout,
-                "executor": self.executor, "quick_parity": self.quick_parity}
+                "executor": self.executor, "quick_parity": self.quick_parity, "repeats": self.repeats}
 
     def time_limit_seconds(self) -> float:
         """The watchdog limits of its cells' processes, summed: the most this job can take."""
@@ -104,14 +106,15 @@ class Job:
         for cell in self.cells:
             todo = plan.cell_phases(cell, self.phases)
             if "timing" in todo:
-                total += limit(["timing"])
+                total += limit(["timing"]) * self.repeats
             rest = [p for p in ("memory", "accuracy") if p in todo]
             if rest:
                 total += limit(rest)
         return total
 
 
-def group_jobs(cells, phases, *, profile: str, timeout, executor: str, group_by: str) -> list[Job]:
+def group_jobs(cells, phases, *, profile: str, timeout, executor: str, group_by: str,
+               repeats: int = 1) -> list[Job]:
     """One job per cell, or per framework (``--group-by framework``: one allocation per
     framework, its cells in sequence, so its imports and compile caches are paid once a node)."""
     groups: dict[str, list[Cell]] = {}
@@ -119,7 +122,7 @@ def group_jobs(cells, phases, *, profile: str, timeout, executor: str, group_by:
         key = cell.cell_id if group_by == "cell" else cell.framework
         groups.setdefault(key, []).append(cell)
     return [Job(name=key, cells=tuple(group), phases=tuple(phases), profile=profile, timeout=timeout,
-                executor=executor) for key, group in groups.items()]
+                executor=executor, repeats=repeats) for key, group in groups.items()]
 
 
 def parity_job(cells, phases, *, profile: str, timeout, executor: str, quick: bool) -> Job:
@@ -172,6 +175,7 @@ class RunContext:
     stops: object = None          # bench.runner._StopRequests, or None
     options: ClusterOptions = field(default_factory=ClusterOptions)
     position: dict = field(default_factory=dict)    # cell_id -> its number in the run's plan
+    order_seed: int = 0                             # the interleaved order of timing processes
 
     def name(self, cell: Cell) -> str:
         """``[3/12] torch-maml maml omniglot-5w1s``: the cell's place in the whole plan."""

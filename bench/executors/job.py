@@ -28,8 +28,10 @@ def run_job(record: dict, run_dir: str | Path, where: dict | None = None, echo=p
     for fields in record["cells"]:
         cell = Cell(**fields)
         echo(f"[{cell.cell_id}] on {where.get('host')}" + (f", job {where['job_id']}" if where.get("job_id") else ""))
+        # a job's cells run here in sequence, each its timing processes in a row: interleaving
+        # is the local executor's (one machine); on a cluster each job has a node of its own
         status = run_cell(cell, Path(run_dir) / "cells" / cell.cell_id, plan.cell_phases(cell, record["phases"]),
-                          echo, limit, placement=where)
+                          echo, limit, placement=where, repeats=record.get("repeats", 1))
         out[cell.cell_id] = status
     return out
 
