@@ -9,6 +9,7 @@ by ``.ci/constraints-cpu.txt``; with a GPU the package's own ranges apply.
 
 import os
 import shutil
+import sys
 import tempfile
 from datetime import UTC, datetime
 
@@ -16,8 +17,17 @@ import nox
 
 nox.options.sessions = ["tests"]
 nox.options.reuse_existing_virtualenvs = True
+# A session whose interpreter is missing fails with nox's message (which Python it looked
+# for), never a silent "skipped" that exits 0.
+nox.options.error_on_missing_interpreters = True
 
-PYTHON = "3.11"
+# The Pythons metabench supports (pyproject's requires-python, and the versions torch, JAX
+# and TensorFlow publish wheels for). The sessions run under the interpreter nox itself runs
+# under when it is one of them, else 3.11; $METABENCH_PYTHON picks another. CI runs 3.11:
+# this machine's local torch CPU wheel is built for it.
+SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")
+_RUNNING = f"{sys.version_info.major}.{sys.version_info.minor}"
+PYTHON = os.environ.get("METABENCH_PYTHON") or (_RUNNING if _RUNNING in SUPPORTED_PYTHONS else "3.11")
 HAS_GPU = shutil.which("nvidia-smi") is not None
 PASS_ENV = ("METABENCH_DATA_DIR", "METABENCH_CACHE_DIR", "METABENCH_OFFLINE")
 
@@ -37,8 +47,9 @@ def env() -> dict[str, str]:
 def tests(session: nox.Session) -> None:
     """The full unit suite, parity across frameworks included. autograd: the fourth-framework
     example plugin (docs/examples/metabench-autograd-protonet), installed and tested;
-    submitit and ray: the cluster executors, run through their local modes."""
-    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9")
+    submitit and ray: the cluster executors, run through their local modes; hypothesis: the
+    property tests of bad input (tests/test_properties.py)."""
+    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100")
     # JAX's persistent compilation cache, fresh per session and for the tests only: the
     # suite builds the same jitted steps many times over (the contract check builds an
     # adapter per check; a run compiles again in each phase's process), and a cache hit

@@ -16,7 +16,11 @@ ALGORITHM_NAMES = _algorithm_names()
 
 
 def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
+    out = [v.strip() for v in value.split(",") if v.strip()]
+    if not out:  # an empty list would silently mean "the defaults"
+        raise argparse.ArgumentTypeError("empty: give at least one comma-separated value, or leave the flag out "
+                                         "for the default")
+    return out
 
 
 def cmd_validate(args) -> int:
@@ -90,6 +94,11 @@ def cmd_parity(args) -> int:
     from bench import registry
     from bench.parity import REFERENCE, run_parity
 
+    if args.batch_size < 1:
+        raise MetabenchError(f"--batch-size: tasks in the compared meta-batch, at least 1; got {args.batch_size}")
+    if args.tolerance is not None and not (args.tolerance > 0):
+        raise MetabenchError(f"--tolerance: a relative error above 0 (default 1e-4 on CPU), got {args.tolerance}")
+
     frameworks = args.frameworks or sorted({e.framework for e in registry.entries().values()} - {REFERENCE})
     return run_parity(specs=args.specs, algorithms=args.algorithms, frameworks=frameworks,
                       adapters=args.adapters, data_dir=args.data_dir, cache_dir=args.cache_dir,
@@ -114,10 +123,16 @@ def cmd_compare(args) -> int:
     from bench.atomic import write_text
     from bench.compare import compare_runs, markdown
 
+    if args.fail_above is not None and not (args.fail_above >= 0):
+        raise MetabenchError(f"--fail-above: a percentage of at least 0, got {args.fail_above}")
     c = compare_runs(Path(args.run_a), Path(args.run_b))
     print(markdown(c, args.fail_above, tablefmt="simple"))
     if args.out:
-        write_text(args.out, markdown(c, args.fail_above))
+        try:
+            write_text(args.out, markdown(c, args.fail_above))
+        except OSError as e:
+            raise MetabenchError(f"--out: cannot write {args.out} ({e.strerror or type(e).__name__}); "
+                                 f"name a file in a folder you can write") from None
     return 1 if args.fail_above is not None and not c.regressions(args.fail_above).empty else 0
 
 

@@ -2,37 +2,52 @@
 
 Per cell and phase, B's speedup over A (``median A / median B``: above 1, B is faster, as
 the summary's speedups read) with a two-level bootstrap CI: both runs' timing processes
-and their rounds resampled (``bench.stats``). A verdict of "faster" or "slower" needs that
-CI to exclude no change *and* the change to exceed ``MIN_EFFECT``, the size that two runs
-of the same commit on this machine reached (the A/A runs, docs/fairness.md); a run timed
-in one process per cell cannot tell noise from change, and says so. Also: the rows found
-in only one of the two runs, whether each run's cross-framework speedups fall inside the
-other's CIs, accuracy and time-to-target deltas with CIs, and what differs in the
-environment (package versions, device, threads, git). ``--fail-above PCT`` makes it a
-regression gate, like ``pytest-benchmark --benchmark-compare-fail`` and ``asv continuous``:
-exit 1 when a step got slower by more than PCT percent with a "slower" verdict, so noise
-alone never fails it. Host-side ``sample_episodes`` is shown but never gates.
+and their rounds resampled (``bench.stats``).
+
+Two runs happen at different times, and on a shared VM the machine itself drifts between
+them: in the A/A runs of results/20261205-* every adapter of one workload ran 20-30%
+slower in one run, host-side numpy sampling included. The processes of one run all share
+its time window, so no CI from them covers that. What one run does cover is the adapters
+timed beside each other: a workload's processes are interleaved (``bench.plan``), so the
+drift falls on all of them alike. compare therefore adjusts each row for its workload's
+drift (the median ``B / A`` of the other adapters of the same spec, algorithm and phase)
+and judges the adjusted ratio, with a CI from the same bootstrap draws. A verdict of
+"faster" or "slower" needs that CI to exclude no change *and* the change to exceed
+``MIN_EFFECT``, calibrated by those A/A runs (docs/fairness.md). A change common to every
+adapter of a workload (the harness, a shared library, the machine) cannot be told from
+drift this way: the drift table shows it, unadjusted. A row with no other adapter beside
+it is judged unadjusted. A run timed in one process per cell cannot tell noise from
+change, and says so.
+
+Also: the rows found in only one of the two runs, whether each run's cross-framework
+speedups fall inside the other's CIs, accuracy and time-to-target deltas with CIs, and
+what differs in the environment (package versions, device, threads, git). ``--fail-above
+PCT`` makes it a regression gate, like ``pytest-benchmark --benchmark-compare-fail`` and
+``asv continuous``: exit 1 when a step got slower by more than PCT percent with a
+"slower" verdict, so noise alone never fails it. Host-side ``sample_episodes`` is shown
+but never gates.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from bench import stats, tables
+from bench.report import read_json, read_manifest
 
 KEYS = ["spec", "algorithm", "adapter", "phase"]
 
 
-# The smallest change compare calls "faster" or "slower", beyond a CI that excludes none:
-# two runs of one commit on the 2-core VM (results/20261205-aa-*, README) moved rows by up
-# to this much with their two-level CIs apart. Below it a change is not told from the
-# machine's run-to-run drift, which processes within one run do not all sample.
-MIN_EFFECT = 0.10
+# The smallest change compare calls "faster" or "slower", beyond a CI that excludes none.
+# Calibrated by two runs of one commit on the 2-core VM (results/20261205-aa-1 and -aa-2):
+# after the drift adjustment, the largest change whose CI excluded 1 there was 18% (TF
+# ProtoNet's outer step, 0.85x, its neighbour torch's having moved the other way).
+MIN_EFFECT = 0.20
 SLOWER, FASTER, NO_CHANGE, CANNOT_TELL = "slower", "faster", "no change", "cannot tell (one process)"
 
 
@@ -47,9 +62,11 @@ class RunComparison:
     speedups: pd.DataFrame = None  # cross-framework speedups of A and B side by side (reproducibility)
 
     def regressions(self, fail_above_pct: float) -> pd.DataFrame:
-        """Steps slower by more than ``fail_above_pct`` percent with a "slower" verdict."""
+        """Steps slower by more than ``fail_above_pct`` percent (after the drift adjustment,
+        where there is one) with a "slower" verdict."""
         s = self.steps[self.steps["phase"] != tables.SAMPLING]
-        return s[(s["ratio"] > 1 + fail_above_pct / 100) & (s["verdict"] == SLOWER)]
+        change = s["adjusted"].where(s["adjusted"].notna(), s["ratio"])
+        return s[(change > 1 + fail_above_pct / 100) & (s["verdict"] == SLOWER)]
 
     @property
     def single_process(self) -> bool:
@@ -85,11 +102,30 @@ def _processes(steps: pd.DataFrame) -> pd.Series:
     return steps["processes"].fillna(1) if "processes" in steps else pd.Series(1, index=steps.index)
 
 
+def _ratio_draws(num, den, rng: np.random.Generator) -> np.ndarray | None:
+    """Two-level bootstrap draws of ``median(num) / median(den)`` (lists of per-process
+    rounds); None when either side is too few to tell."""
+    a, b = stats._groups(num), stats._groups(den)
+    if not a or not b or stats.too_few(a) or stats.too_few(b):
+        return None
+    return stats._two_level_medians(a, rng, stats.N_BOOT) / stats._two_level_medians(b, rng, stats.N_BOOT)
+
+
+def _quantiles(draws: np.ndarray) -> tuple[float, float]:
+    lo, hi = np.quantile(draws, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
 def compare_steps(a: dict, b: dict, min_effect: float = MIN_EFFECT) -> pd.DataFrame:
-    """Median step time of every cell and phase timed in both runs, ``B / A`` and B's
-    speedup ``A / B`` with their two-level CIs, and the verdict."""
+    """Median step time of every cell and phase timed in both runs: ``B / A`` and B's
+    speedup ``A / B`` with their two-level CIs; the drift, ``B / A`` of the other adapters
+    timed beside it (the median of theirs: same spec, algorithm and phase, interleaved with
+    it in each run, so what the machine did meanwhile is theirs too); the row's ratio
+    adjusted for that drift, with a CI from the same bootstrap draws; and the verdict, on
+    the adjusted ratio where there is a drift to adjust for."""
     columns = [*KEYS, "framework", "median_a", "median_b", "processes_a", "processes_b", "ratio", "ratio_ci_low",
-               "ratio_ci_high", "speedup", "speedup_ci_low", "speedup_ci_high", "verdict"]
+               "ratio_ci_high", "speedup", "speedup_ci_low", "speedup_ci_high", "drift", "adjusted",
+               "adjusted_ci_low", "adjusted_ci_high", "verdict"]
     sa, sb = _seed0(a["steps"]), _seed0(b["steps"])
     if sa.empty or sb.empty:
         return pd.DataFrame(columns=columns)
@@ -97,22 +133,47 @@ def compare_steps(a: dict, b: dict, min_effect: float = MIN_EFFECT) -> pd.DataFr
     rounds_a = tables.rounds_by_process(_seed0(a["timings"]), KEYS)
     rounds_b = tables.rounds_by_process(_seed0(b["timings"]), KEYS)
     both = sa.merge(sb, on=KEYS, suffixes=("_a", "_b"))
+    rng = np.random.default_rng(stats.SEED)
+    keys = [(r.spec, r.algorithm, r.adapter, r.phase) for r in both.itertuples()]
+    draws = {k: _ratio_draws(rounds_b.get(k, []), rounds_a.get(k, []), rng) for k in keys}
+    point = {}
+    for r, k in zip(both.itertuples(), keys):
+        ratio = stats.pooled_median(rounds_b.get(k, [])) / stats.pooled_median(rounds_a.get(k, [])) \
+            if rounds_a.get(k) and rounds_b.get(k) else math.nan
+        point[k] = r.median_b / r.median_a if math.isnan(ratio) else ratio
     rows = []
-    for r in both.itertuples():
-        key = (r.spec, r.algorithm, r.adapter, r.phase)
-        ratio, lo, hi = stats.two_level_ratio_ci(rounds_b.get(key, []), rounds_a.get(key, []))
-        if math.isnan(ratio):
-            ratio = r.median_b / r.median_a
+    for r, k in zip(both.itertuples(), keys):
+        ratio, d = point[k], draws[k]
+        lo, hi = _quantiles(d) if d is not None else (math.nan, math.nan)
+        others = [o for o in keys if o != k and (o[0], o[1], o[3]) == (k[0], k[1], k[3])]
+        drift = adjusted = adj_lo = adj_hi = math.nan
+        if others:
+            drift = float(np.median([point[o] for o in others]))
+            adjusted = ratio / drift
+            if d is not None and all(draws[o] is not None for o in others):
+                adj_lo, adj_hi = _quantiles(d / np.median(np.stack([draws[o] for o in others]), axis=0))
+        judged = (adjusted, adj_lo, adj_hi) if others else (ratio, lo, hi)
         rows.append({"spec": r.spec, "algorithm": r.algorithm, "adapter": r.adapter, "phase": r.phase,
                      "framework": r.framework_a, "median_a": r.median_a, "median_b": r.median_b,
                      "processes_a": int(r.processes_a), "processes_b": int(r.processes_b), "ratio": ratio,
                      "ratio_ci_low": lo, "ratio_ci_high": hi, "speedup": 1 / ratio,
                      "speedup_ci_low": 1 / hi if hi else math.nan, "speedup_ci_high": 1 / lo if lo else math.nan,
-                     "verdict": verdict(ratio, lo, hi, min_effect)})
+                     "drift": drift, "adjusted": adjusted, "adjusted_ci_low": adj_lo, "adjusted_ci_high": adj_hi,
+                     "verdict": verdict(*judged, min_effect)})
     out = pd.DataFrame(rows, columns=columns)
     order = sorted(range(len(out)), key=lambda i: (*tables.row_key(out.spec[i], out.algorithm[i], out.phase[i]),
                                                    out.adapter[i]))
     return out.iloc[order].reset_index(drop=True)
+
+
+def drift_table(steps: pd.DataFrame) -> pd.DataFrame:
+    """Per workload and phase, how every adapter moved together from A to B (the median of
+    their ``B / A``): the machine's drift between the runs, or a change common to all."""
+    s = steps[(steps["phase"] != tables.SAMPLING)] if not steps.empty else steps
+    rows = [{"spec / algorithm / phase": tables.row_label(*key), "adapters": len(g),
+             "median B / A": float(np.median(g["ratio"]))}
+            for key, g in s.groupby(["spec", "algorithm", "phase"], sort=False)]
+    return pd.DataFrame(rows, columns=["spec / algorithm / phase", "adapters", "median B / A"])
 
 
 def only_in_one(a: dict, b: dict) -> pd.DataFrame:
@@ -213,10 +274,8 @@ def fingerprints_of_test_episodes(run_dir: Path) -> dict[str, str]:
     path = Path(run_dir) / "manifest.json"
     if not path.exists():
         return {}
-    from bench.report import read_json
-
     out = {}
-    for name, spec in (read_json(path).get("specs") or {}).items():
+    for name, spec in (read_manifest(path).get("specs") or {}).items():
         test = (spec.get("episodes") or {}).get("test") if isinstance(spec, dict) else None
         if isinstance(test, dict) and test.get("fingerprint"):
             out[name] = test["fingerprint"]
@@ -243,11 +302,11 @@ def environment_of(run_dir: Path) -> dict[str, str]:
     envs = []
     manifest = run_dir / "manifest.json"
     if manifest.exists():
-        m = json.loads(manifest.read_text())
+        m = read_manifest(manifest)
         envs.append(m.get("harness_environment", {}))
         envs += [c["environment"] for c in m.get("cells", []) if "environment" in c]
         envs.append({"profile": m.get("profile"), "threads": m.get("threads")})
-    envs += [json.loads(p.read_text()) for p in sorted(run_dir.glob("cells/*/environment.json"))]
+    envs += [read_json(p) for p in sorted(run_dir.glob("cells/*/environment.json"))]
     values: dict[str, set[str]] = {}
     for env in envs:
         for k, v in _flatten(env).items():
@@ -276,6 +335,11 @@ def compare_runs(run_a: Path, run_b: Path, min_effect: float = MIN_EFFECT, basel
 # -- rendering --------------------------------------------------------------------------------
 
 def steps_table(steps: pd.DataFrame) -> pd.DataFrame:
+    def adjusted(r):
+        if tables.is_missing(r.adjusted):
+            return "- (no other adapter beside it)"
+        return tables.format_ratio(1 / r.adjusted, *(1 / v if v else math.nan for v in
+                                                     (r.adjusted_ci_high, r.adjusted_ci_low)), bold=False)
     return pd.DataFrame({
         "spec / algorithm / phase": [tables.row_label(s, a, p) for s, a, p in
                                      zip(steps["spec"], steps["algorithm"], steps["phase"])],
@@ -284,6 +348,7 @@ def steps_table(steps: pd.DataFrame) -> pd.DataFrame:
         "processes": [f"{a} / {b}" for a, b in zip(steps["processes_a"], steps["processes_b"])],
         "B's speedup [95% CI]": [tables.format_ratio(r, lo, hi, bold=False) for r, lo, hi in
                                  zip(steps["speedup"], steps["speedup_ci_low"], steps["speedup_ci_high"])],
+        "adjusted for drift [95% CI]": [adjusted(r) for r in steps.itertuples()],
         "verdict": [f"**{v}**" if v in (SLOWER, FASTER) else v for v in steps["verdict"]],
     })
 
@@ -336,9 +401,24 @@ def accuracy_table(acc: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def _formatted_drift(steps: pd.DataFrame) -> pd.DataFrame:
+    t = drift_table(steps)
+    return t.assign(**{"median B / A": t["median B / A"].map(lambda v: f"{v:.3f}")})
+
+
 def notices(c: RunComparison) -> list[str]:
-    """What a reader must know before the tables: nothing in common, or one process."""
+    """What a reader must know before the tables: nothing in common, one process, or a
+    workload whose adapters all moved together beyond ``MIN_EFFECT``."""
     out = []
+    moved = drift_table(c.steps)
+    moved = moved[(moved["adapters"] > 1) & ((moved["median B / A"] > 1 + MIN_EFFECT)
+                                             | (moved["median B / A"] < 1 / (1 + MIN_EFFECT)))]
+    if not moved.empty:
+        out.append("**Every adapter of a workload moved together** ("
+                   + "; ".join(f"{r[0]}: B / A {r[2]:.2f}" for r in moved.itertuples(index=False))
+                   + "): the machine drifted between the runs, or a change common to every adapter (the harness, a "
+                   "shared library) did; this comparison cannot tell which. Verdicts are on each adapter's change "
+                   "relative to the others.")
     if c.steps.empty and c.accuracy.empty:
         out.append("**Nothing to compare**: the two runs share no timed step and no accuracy row "
                    "(see \"Only in one run\"); check that both ran the same specs, algorithms and adapters.")
@@ -357,21 +437,29 @@ def markdown(c: RunComparison, fail_above: float | None = None, tablefmt: str = 
     gate = ""
     if fail_above is not None:
         bad = c.regressions(fail_above)
-        gate = (f"\n**Regression gate** (slower by more than {fail_above:g}% with a \"slower\" verdict): "
-                + ("passed.\n" if bad.empty else
-                   "FAILED: " + "; ".join(f"{r.adapter} {r.spec} / {r.algorithm} / {r.phase} x{r.ratio:.2f}"
-                                          for r in bad.itertuples()) + "\n"))
-    said = "".join(f"\n{n}\n" for n in notices(c))
+        gate = "\n" + tables._wrap(
+            f"**Regression gate** (slower by more than {fail_above:g}% with a \"slower\" verdict): "
+            + ("passed." if bad.empty else
+               "FAILED: " + "; ".join(f"{r.adapter} {r.spec} / {r.algorithm} / {r.phase} x{r.ratio:.2f}"
+                                      + ("" if tables.is_missing(r.adjusted) else
+                                         f" (x{r.adjusted:.2f} beside its workload's other adapters)")
+                                      for r in bad.itertuples()))) + "\n"
+    said = "".join(f"\n{tables._wrap(n)}\n" for n in notices(c))
     speedups = c.speedups if c.speedups is not None else pd.DataFrame()
     counts = c.steps["verdict"].value_counts() if not c.steps.empty else pd.Series(dtype=int)
     tally = ", ".join(f"{n} {v}" for v, n in counts.items()) or "no rows"
     return (f"# metabench compare: A = {c.run_a}, B = {c.run_b}\n{gate}{said}\n"
             "## Step time: B's speedup over A\n\n"
-            f"Speedup = median A / median B: above 1, B is faster (as the summaries' speedups read). 95% CI "
-            "from a two-level bootstrap of both runs (processes, then rounds). A verdict of faster or slower "
-            f"needs the CI to exclude 1 and the change to exceed {MIN_EFFECT:.0%} (what two runs of one commit "
-            f"reached on the 2-core VM). Verdicts: {tally}.\n\n"
+            + tables._wrap(
+                "Speedup = median A / median B: above 1, B is faster (as the summaries' speedups read). 95% CI "
+                "from a two-level bootstrap of both runs (processes, then rounds). Adjusted for drift: the "
+                "speedup relative to the median of the other adapters timed beside it (same workload and "
+                "phase), which the machine's drift between the runs moved alike. A verdict of faster or slower "
+                f"needs the adjusted CI to exclude 1 and the change to exceed {MIN_EFFECT:.0%} (calibrated by "
+                f"two runs of one commit on the 2-core VM). Verdicts: {tally}.") + "\n\n"
             f"{md(steps_table(c.steps))}\n"
+            "## Drift: how each workload's adapters moved together, B / A\n\n"
+            f"{md(_formatted_drift(c.steps))}\n"
             "## Only in one run\n\n"
             f"{md(c.only)}\n"
             "## Cross-framework speedups in A and in B\n\n"

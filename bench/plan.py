@@ -12,9 +12,10 @@ from collections import Counter
 
 from bench.cell import Cell
 
-# Seconds per cell and phase on a 2-core CPU, rounded up from the committed runs:
-# 20261128-cpu-all (median timing ~12 s, accuracy 10-590 s a cell) and the smoke runs
-# (3 min 19 s for 9 cells, 56 s of it the quick parity). The parity phase is per run.
+# Seconds per cell and phase on a 2-core CPU (timing: per timing process), rounded up from
+# the committed runs: 20261128-cpu-all (median timing ~12 s, accuracy 10-590 s a cell),
+# 20261205-aa-1 (51 timing processes, 13.6 s each on average) and the smoke runs (3 min 19 s
+# for 9 cells, 56 s of it the quick parity). The parity phase is per run.
 TYPICAL_SECONDS = {
     "smoke": {"timing": 12, "memory": 4, "accuracy": 8, "parity": 60},
     "cpu": {"timing": 15, "memory": 10, "accuracy": 300, "parity": 200},

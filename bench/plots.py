@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench import tables
+from bench import stats, tables
 
 
 def _horizontal() -> dict:
@@ -142,9 +142,28 @@ def _metric_label(metric: str) -> str:
             else f"validation {metric.upper()} (lower is better)")
 
 
+def _mean_curve(g: pd.DataFrame) -> pd.DataFrame:
+    """One adapter's learning curve: with several seeds, per step the mean over the seeds of
+    the validation metric and of the wall-clock, and a 95% t interval across the seeds (the
+    band: what another seed would do); with one seed, that seed and its ``val_ci95`` (over
+    validation episodes)."""
+    seeds = g["seed"].nunique()
+    if seeds == 1:
+        s = g.sort_values("step")
+        return pd.DataFrame({"step": s["step"], "train_seconds": s["train_seconds"], "val_mean": s["val_mean"],
+                             "band": s["val_ci95"].fillna(0), "seeds": 1})
+    rows = []
+    for step, at in g.groupby("step", sort=True):
+        mean, half = stats.t_interval95(at["val_mean"])
+        rows.append({"step": step, "train_seconds": float(at["train_seconds"].mean()), "val_mean": mean,
+                     "band": 0.0 if tables.is_missing(half) else half, "seeds": len(at)})
+    return pd.DataFrame(rows)
+
+
 def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline: str = "torch"):
-    """One row per spec / algorithm, two views: wall-clock (log) and steps. The lowest seed
-    of each adapter is drawn with its ``val_ci95`` band, other seeds as thin lines."""
+    """One row per spec / algorithm, two views: wall-clock (log) and steps. Each adapter's
+    curve is the mean over its training seeds with a 95% band across them (one seed: its
+    CI over the validation episodes); each seed is a thin line behind it."""
     plt = _plt()
     c = curves.copy()
     if "seed" not in c:
@@ -155,27 +174,29 @@ def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline
     targets = _targets(accuracy)
     styles = _styles(c["label"], baseline)
     fig, axes = plt.subplots(len(workloads), 2, figsize=(10, 0.6 + 2.8 * len(workloads)), squeeze=False)
+    several = c.groupby(["spec", "algorithm", "label"])["seed"].nunique().max() > 1 if not c.empty else False
     for i, (spec, algorithm) in enumerate(workloads):
         d = c[(c["spec"] == spec) & (c["algorithm"] == algorithm)]
         metric = metric_of.get((spec, algorithm), "mse" if "sinusoid" in spec else "accuracy")
         wall, per_step = axes[i]
         for label, g in sorted(d.groupby("label"), key=lambda kv: tables._label_key(kv[0], baseline)):
             colour, marker = styles[label]
-            for n, (_seed, s) in enumerate(sorted(g.groupby("seed"), key=lambda kv: kv[0])):
-                s = s.sort_values("step")
-                main = n == 0
-                kw = {"color": colour, "lw": 1.6 if main else 0.7, "alpha": 1.0 if main else 0.5,
-                      "label": label if main else None}
-                timed = s[s["train_seconds"] > 0]  # step 0 sits at t = 0, off a log axis
-                wall.plot(timed["train_seconds"], timed["val_mean"], marker=marker if main else None, ms=3, **kw)
-                per_step.plot(s["step"], s["val_mean"], marker=marker if main else None, ms=3, **kw)
-                if main and s["val_ci95"].notna().any():
-                    band = s["val_ci95"].fillna(0)
-                    per_step.fill_between(s["step"], s["val_mean"] - band, s["val_mean"] + band, color=colour,
-                                          alpha=0.15, lw=0)
-                    tb = timed["val_ci95"].fillna(0)
-                    wall.fill_between(timed["train_seconds"], timed["val_mean"] - tb, timed["val_mean"] + tb,
-                                      color=colour, alpha=0.15, lw=0)
+            n_seeds = g["seed"].nunique()
+            if n_seeds > 1:  # the seeds themselves, faint, behind their mean
+                for _seed, s in sorted(g.groupby("seed"), key=lambda kv: kv[0]):
+                    s = s.sort_values("step")
+                    timed = s[s["train_seconds"] > 0]
+                    wall.plot(timed["train_seconds"], timed["val_mean"], color=colour, lw=0.6, alpha=0.35)
+                    per_step.plot(s["step"], s["val_mean"], color=colour, lw=0.6, alpha=0.35)
+            m = _mean_curve(g)
+            timed = m[m["train_seconds"] > 0]  # step 0 sits at t = 0, off a log axis
+            kw = {"color": colour, "lw": 1.6, "label": label + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else "")}
+            wall.plot(timed["train_seconds"], timed["val_mean"], marker=marker, ms=3, **kw)
+            per_step.plot(m["step"], m["val_mean"], marker=marker, ms=3, **kw)
+            per_step.fill_between(m["step"], m["val_mean"] - m["band"], m["val_mean"] + m["band"], color=colour,
+                                  alpha=0.15, lw=0)
+            wall.fill_between(timed["train_seconds"], timed["val_mean"] - timed["band"],
+                              timed["val_mean"] + timed["band"], color=colour, alpha=0.15, lw=0)
         target = targets.get((spec, algorithm))
         for ax in (wall, per_step):
             if target is not None:
@@ -188,9 +209,19 @@ def learning_curve_figure(curves: pd.DataFrame, accuracy: pd.DataFrame, baseline
         wall.set_xlabel("meta-training wall-clock (s, log scale)")
         per_step.set_xlabel("meta-training step")
         wall.legend(fontsize=7, loc="best")
-    fig.suptitle("Learning curves: validation metric with 95% CI")
+    fig.suptitle("Learning curves: mean over training seeds, 95% interval across them" if several else
+                 "Learning curves: validation metric with 95% CI over validation episodes")
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return fig
+
+
+def _profile(run_dir: Path) -> str | None:
+    import json
+
+    try:
+        return json.loads((run_dir / "manifest.json").read_text()).get("profile")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]:
@@ -212,7 +243,11 @@ def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]
     sweep = sweep_figure(sweep_points(Path(run_dir), tabs["steps"], tabs["memory"]))
     if sweep is not None:  # a --sweep run: step time and memory against each swept value
         figures.append(("sweeps.png", sweep))
+    smoke = _profile(Path(run_dir)) == "smoke"
     for name, fig in figures:
+        if smoke:  # the first thing a reader sees says so, as summary.md's first line does
+            fig.text(0.5, 1.0, "SMOKE RUN: these numbers prove the pipeline and are not comparable",
+                     ha="center", va="bottom", color="firebrick", fontsize=11, weight="bold")
         atomic.save_figure(Path(run_dir) / name, fig, dpi=110, bbox_inches="tight")
         plt.close(fig)
         written.append(name)

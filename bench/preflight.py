@@ -18,6 +18,7 @@ each and exits 2.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -51,12 +52,14 @@ class NotARun(MetabenchError):
     """A folder given as a run (``report``, ``compare``, ``--resume``) holds no run."""
 
 
-def check(plan) -> None:
-    """Raise ``PreflightError`` listing every problem of ``plan`` (a ``bench.runner.RunPlan``)."""
+def check(plan, dry_run: bool = False) -> None:
+    """Raise ``PreflightError`` listing every problem of ``plan`` (a ``bench.runner.RunPlan``).
+    ``dry_run`` (``metabench run --dry-run``): the same checks, except that missing data
+    files that the run would download are not fetched (nor a problem)."""
     problems = check_results_dir(plan.results_dir)
     if not problems:
         problems += check_run_id(plan)
-    problems += check_data(plan.specs.values(), plan.data_dir)
+    problems += check_data(plan.specs.values(), plan.data_dir, download=not dry_run)
     problems += check_executor(plan)
     # Cells that run elsewhere see their nodes' GPUs, not this machine's: here only the
     # imports are checked (the same installation on a shared filesystem); a node without
@@ -98,9 +101,19 @@ def check_results_dir(results_dir: Path) -> list[str]:
     if not existing.is_dir():
         what = "is a file" if existing == path else f"cannot be created: {existing} is a file"
         return [f"--results-dir {path} {what}, not a folder; give a folder (created when missing)"]
+    where = "" if existing == path else f" (it would be created in {existing})"
     if not os.access(existing, os.W_OK | os.X_OK):
-        where = "" if existing == path else f" (it would be created in {existing})"
         return [f"--results-dir {path} is not writable{where}; give a folder you can write to"]
+    try:  # os.access answers for root as if every folder were writable (/proc, a read-only mount)
+        import tempfile
+
+        before = os.stat(existing)
+        os.rmdir(tempfile.mkdtemp(prefix=".metabench-write-check-", dir=existing))
+        with contextlib.suppress(OSError):  # the probe leaves no trace, its folder's times included
+            os.utime(existing, ns=(before.st_atime_ns, before.st_mtime_ns))
+    except OSError as e:
+        return [f"--results-dir {path} is not writable{where} ({e.strerror or type(e).__name__}); "
+                f"give a folder you can write to"]
     return []
 
 
@@ -193,9 +206,9 @@ def plan_mismatch(old: dict, new: dict) -> tuple[str, str] | None:
     """The first difference that would mix two plans' cells in one run: (the plan's key, in
     words); None if none. Only keys both plans record are compared (an older run's manifest
     records fewer)."""
-    for key in ("profile", "device", "threads", "phases"):
+    for key in ("profile", "device", "threads", "phases", "repeats", "order_seed"):
         if old.get(key) is not None and key in new and old[key] != new[key]:
-            return key, f"--{key} {_show(old[key])}, not {_show(new[key])}"
+            return key, f"--{key.replace('_', '-')} {_show(old[key])}, not {_show(new[key])}"
     if "cells" in old and sorted(old["cells"]) != sorted(new["cells"]):
         missing = sorted(set(old["cells"]) - set(new["cells"]))
         extra = sorted(set(new["cells"]) - set(old["cells"]))
@@ -204,7 +217,8 @@ def plan_mismatch(old: dict, new: dict) -> tuple[str, str] | None:
         return "cells", f"other cells ({diff})"
     for name, digest in new.get("specs", {}).items():
         if old.get("specs", {}).get(name, digest) != digest:
-            return "specs", f"a different spec {name} (its file changed since)"
+            return "specs", (f"another spec {name}: plan.json records its digest {old['specs'][name]!s:.16}, "
+                             f"this command's is {digest} (the spec file, or plan.json, was changed since)")
     return None
 
 
@@ -233,8 +247,9 @@ def resume_command(command: str | None, run_id: str, extra: list[str] = ()) -> s
 
 # -- data ------------------------------------------------------------------------------------
 
-def check_data(specs, data_dir) -> list[str]:
-    """Problems with the data files of the Omniglot ``specs`` (each file checked once)."""
+def check_data(specs, data_dir, download: bool = True) -> list[str]:
+    """Problems with the data files of the Omniglot ``specs`` (each file checked once).
+    Without ``download``, files that are missing but downloadable are left for the run."""
     from bench import paths
 
     specs = [s for s in specs if s.data.dataset == "omniglot"]
@@ -246,10 +261,11 @@ def check_data(specs, data_dir) -> list[str]:
                 f"(or set METABENCH_DATA_DIR to it)"]
     splits = list(dict.fromkeys(split for s in specs for split in (s.data.train_split, s.data.val_split,
                                                                      s.data.test_split)))
-    if os.environ.get("METABENCH_OFFLINE"):
-        missing = _missing_offline(root, splits)
-        if missing:
-            return [missing]
+    missing = _missing_offline(root, splits)
+    if missing and os.environ.get("METABENCH_OFFLINE"):
+        return [missing]
+    if missing and not download:  # the run itself downloads them, then checks them
+        return []
     problems, characters = _check_zips(root)
     if problems:
         return problems  # split files are checked against the zips' contents

@@ -6,6 +6,11 @@ A block is delimited by two HTML comments (invisible when rendered)::
     ...the output of bench.tables.headline_markdown(results/20261128-cpu-all)...
     <!-- /metabench:headline -->
 
+An opening comment may name the sections it holds after the run folder, ``timing`` or
+``accuracy`` (default both): ``<!-- metabench:headline results/RUN timing -->``, so a
+README can take its step times from a run with repeated timing processes and its
+accuracies from a run that trained.
+
 ``metabench readme`` rewrites every block from the run folder its opening comment names;
 ``metabench readme --check`` exits 1 when a block differs from what the run would generate
 (the test suite runs the same check, so hand-edited or stale numbers fail CI).
@@ -19,8 +24,8 @@ from pathlib import Path
 
 from bench.errors import MetabenchError
 
-BLOCK = re.compile(r"(<!-- metabench:headline (?P<run>\S+) -->\n)(?P<body>.*?)(<!-- /metabench:headline -->)",
-                   re.DOTALL)
+BLOCK = re.compile(r"(<!-- metabench:headline (?P<run>\S+)(?: (?P<sections>[a-z,]+))? -->\n)(?P<body>.*?)"
+                   r"(<!-- /metabench:headline -->)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,21 @@ class Block:
         return self.body != self.expected
 
 
-def generate(run_dir: Path) -> str:
-    """The body of a headline block for ``run_dir``: the run's generated tables, then a
-    link to its full summary. Deterministic: no timestamps, no absolute paths."""
-    from bench.tables import headline_markdown
+def generate(run_dir: Path, sections: str | None = None) -> str:
+    """The body of a headline block for ``run_dir``: the run's generated tables (``sections``:
+    "timing", "accuracy", or both, comma-separated; None: both). Deterministic: no
+    timestamps, no absolute paths."""
+    from bench.tables import HEADLINE_SECTIONS, headline_markdown
 
     if not (run_dir / "manifest.json").is_file():
         raise MetabenchError(f"{run_dir}: not a metabench run (no manifest.json); "
                              "name a folder under results/ in the block's opening comment")
-    return f"\n{headline_markdown(run_dir).strip()}\n\n"
+    wanted = tuple(sections.split(",")) if sections else HEADLINE_SECTIONS
+    unknown = [w for w in wanted if w not in HEADLINE_SECTIONS]
+    if unknown:
+        raise MetabenchError(f"headline block of {run_dir}: unknown section {unknown[0]!r}; "
+                             f"allowed: {', '.join(HEADLINE_SECTIONS)}")
+    return f"\n{headline_markdown(run_dir, sections=wanted).strip()}\n\n"
 
 
 def blocks(path: Path, root: Path | None = None) -> list[Block]:
@@ -50,7 +61,7 @@ def blocks(path: Path, root: Path | None = None) -> list[Block]:
     against ``root`` (default: the file's folder)."""
     root = root or path.parent
     text = path.read_text(encoding="utf-8")
-    return [Block(m["run"], m["body"], generate(root / m["run"])) for m in BLOCK.finditer(text)]
+    return [Block(m["run"], m["body"], generate(root / m["run"], m["sections"])) for m in BLOCK.finditer(text)]
 
 
 def update(path: Path, root: Path | None = None) -> int:
@@ -61,9 +72,9 @@ def update(path: Path, root: Path | None = None) -> int:
 
     def regenerate(m: re.Match) -> str:
         nonlocal changed
-        body = generate(root / m["run"])
+        body = generate(root / m["run"], m["sections"])
         changed += body != m["body"]
-        return m.group(1) + body + m.group(4)
+        return m.group(1) + body + m.group(5)
 
     new = BLOCK.sub(regenerate, text)
     if changed:

@@ -28,29 +28,82 @@ from __future__ import annotations
 import json
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-import numpy as np
-
 from bench import hardware, tables
-from bench.stats import process_spread, two_level_median_ci
+from bench.stats import TOO_FEW, process_spread, two_level_median_ci
 
 CELL_COLUMNS = ["framework", "algorithm", "adapter", "spec"]
 FINGERPRINT_TRAIN_CAP = 10_000  # training episodes hashed into the manifest, at most
 
 
-def read_json(path: Path):
-    """A run folder's JSON file, or one line naming the damaged file and the fix."""
+def read_json(path: Path) -> dict:
+    """A run folder's JSON object, or one line naming the damaged file and the fix."""
     from bench.errors import MetabenchError
 
     try:
-        return json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
-        raise MetabenchError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]}); restore it from "
-                             f"git, or run that cell again with --resume after deleting its folder") from None
+        raise MetabenchError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:120]}); restore it (git "
+                             f"checkout), or delete its cell's folder and complete the run with --resume") from None
+    if not isinstance(data, dict):
+        raise MetabenchError(f"{path}: holds {type(data).__name__}, not a JSON object; restore it (git checkout), "
+                             f"or delete its cell's folder and complete the run with --resume")
+    return data
+
+
+def read_csv(path: Path, columns=()) -> pd.DataFrame:
+    """A run folder's CSV table with at least ``columns``, or one line naming the damaged
+    file and the fix."""
+    from bench.errors import MetabenchError
+
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise MetabenchError(f"{path}: cannot read it as a table ({type(e).__name__}: {str(e)[:120]}); restore "
+                             f"it (git checkout), or delete its cell's folder and complete the run with --resume"
+                             ) from None
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise MetabenchError(f"{path}: no {missing[0]!r} column; restore it (git checkout), or delete its cell's "
+                             f"folder and complete the run with --resume")
+    return table
+
+
+MANIFEST_SHAPE = {"cells": list, "specs": dict, "harness_environment": dict}
+
+
+def read_manifest(path: Path) -> dict:
+    """A run's manifest.json, its tables of the shape the report reads (or one line naming it)."""
+    from bench.errors import MetabenchError
+
+    m = read_json(path)
+    for key, kind in MANIFEST_SHAPE.items():
+        value = m.get(key)
+        if value is not None and (not isinstance(value, kind) or (kind is list and not all(
+                isinstance(c, dict) for c in value)) or (kind is dict and key == "specs" and not all(
+                isinstance(v, dict) for v in value.values()))):
+            raise MetabenchError(f"{path}: damaged ({key!r} is not the {kind.__name__} a manifest holds); restore it "
+                                 f"(git checkout), or rebuild it with `metabench report` from the run's cells")
+    return m
+
+
+@contextmanager
+def reading(path: Path):
+    """Inside it, a file whose JSON or columns lack what the report reads (a key, a type)
+    is one line naming that file, not a traceback."""
+    from bench.errors import MetabenchError
+
+    try:
+        yield
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+        raise MetabenchError(f"{path}: damaged ({type(e).__name__}: {str(e)[:100]}); restore it (git checkout), or "
+                             f"delete its cell's folder and complete the run with --resume") from None
 
 
 # -- manifest ----------------------------------------------------------------------------
@@ -87,7 +140,7 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
     from bench.environment import collect_environment
 
     path = run_dir / "manifest.json"
-    old = json.loads(path.read_text()) if path.exists() else {}
+    old = read_json(path) if path.exists() else {}
     manifest = {
         "run_id": run_dir.name,
         "command": command,
@@ -100,11 +153,11 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
     }
     for cell in cells:
         status_path = run_dir / "cells" / cell.cell_id / "status.json"
-        status = json.loads(status_path.read_text()) if status_path.exists() else {
+        status = read_json(status_path) if status_path.exists() else {
             "cell_id": cell.cell_id, **asdict(cell), "phases": {}}
         env_path = run_dir / "cells" / cell.cell_id / "environment.json"
         if env_path.exists():
-            status["environment"] = json.loads(env_path.read_text())
+            status["environment"] = read_json(env_path)
         manifest["cells"].append(status)
     from bench import atomic
 
@@ -126,12 +179,18 @@ ACCURACY_COLUMNS = ["run_id", *CELL_COLUMNS, "episodes", "metric", "mean", "ci95
 def _cells(run_dir: Path):
     for cell_dir in sorted((run_dir / "cells").glob("*")):
         if (cell_dir / "cell.json").exists():
-            yield cell_dir, json.loads((cell_dir / "cell.json").read_text())
+            yield cell_dir, read_json(cell_dir / "cell.json")
 
 
 def _phase_status(cell_dir: Path) -> dict[str, dict]:
     path = cell_dir / "status.json"
-    return json.loads(path.read_text()).get("phases", {}) if path.exists() else {}
+    phases = read_json(path).get("phases", {}) if path.exists() else {}
+    if not isinstance(phases, dict) or not all(isinstance(v, dict) for v in phases.values()):
+        from bench.errors import MetabenchError
+
+        raise MetabenchError(f"{path}: damaged (its phases are not a table of phase records); restore it (git "
+                             f"checkout), or delete its cell's folder and complete the run with --resume")
+    return phases
 
 
 def _ok(phases: dict, phase: str) -> bool:
@@ -159,49 +218,66 @@ def _pooled_stats(data: list[float]) -> dict:
     return {k: getattr(st, k) for k in STAT_KEYS}
 
 
-def _step_rows(processes: list[tuple[int, dict]], ident: dict) -> tuple[list[dict], list[dict], list[dict]]:
+def _step_rows(processes: list[tuple], ident: dict) -> tuple[list[dict], list[dict], list[dict]]:
     """(rounds, steps, per-process rows) of one cell's timing processes. A step's median is
     the median of every round of every process; its CI the two-level bootstrap's
     (``bench.stats``), NaN when there are too few processes or rounds to tell. With one
     process the other statistics are pytest-benchmark's own record."""
     rounds, per_process, by_phase = [], [], {}
-    for k, data in processes:
-        for b in data.get("benchmarks", []):
-            extra, st = b.get("extra_info", {}), b["stats"]
-            seconds = st.get("data", [])
-            if not seconds:
-                continue
-            phase = extra["phase"]
-            rounds += [{**ident, "phase": phase, "process": k, "round": i, "seconds": s, "device": extra.get("device")}
-                       for i, s in enumerate(seconds)]
-            per_process.append({**ident, "phase": phase, "process": k, "rounds": len(seconds),
-                                "median": st.get("median"), "first_step_seconds": extra.get("first_step_seconds"),
-                                "machine_pid": (data.get("machine_info") or {}).get("metabench", {}).get("pid")})
-            by_phase.setdefault(phase, []).append((extra, st, seconds))
+    for k, data, *path in processes:
+        with reading(path[0] if path else Path("benchmark.json")):
+            _process_rows(k, data, ident, rounds, per_process, by_phase)
     steps = []
     for phase, items in by_phase.items():
-        extra, st, _ = items[0]
-        groups = [seconds for _, _, seconds in items]
-        median, lo, hi = two_level_median_ci(groups)
-        pooled = st if len(items) == 1 else _pooled_stats([s for g in groups for s in g])
-        first = [e.get("first_step_seconds") for e, _, _ in items if e.get("first_step_seconds") is not None]
-        bare = [e.get("bare_loop_median_seconds") for e, _, _ in items if e.get("bare_loop_median_seconds")]
-        gemm = [e.get("gemm_gflops") for e, _, _ in items if e.get("gemm_gflops")]
-        steps.append({**ident, "phase": phase, "device": extra.get("device"),
-                      "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
-                      "first_step_seconds": float(np.median(first)) if first else None,
-                      "first_step_min": min(first) if first else None, "first_step_max": max(first) if first else None,
-                      "recompilations": max((e.get("recompilations_while_timed") or 0) for e, _, _ in items)
-                      if any(e.get("recompilations_while_timed") is not None for e, _, _ in items) else None,
-                      **{k: pooled.get(k) for k in STAT_KEYS}, "median": median,
-                      "median_ci_low": lo, "median_ci_high": hi, "processes": len(items),
-                      "rounds_per_process": min(len(g) for g in groups), "process_spread": process_spread(groups),
-                      "flops": extra.get("flops"), "gemm_gflops": float(np.median(gemm)) if gemm else None,
-                      "bare_median": float(np.median(bare)) if bare else None})
+        steps.append(_step_row(phase, items, ident))
     return rounds, steps, per_process
 
 
+def _process_rows(k: int, data: dict, ident: dict, rounds: list, per_process: list, by_phase: dict) -> None:
+    """One timing process's benchmark.json into the rows: its rounds, its own median and
+    first step, and its records by phase (for the pooled statistics)."""
+    for b in data.get("benchmarks", []):
+        extra, st = b.get("extra_info", {}), b["stats"]
+        seconds = [float(x) for x in st.get("data", [])]
+        if not seconds:
+            continue
+        phase = str(extra["phase"])
+        rounds += [{**ident, "phase": phase, "process": k, "round": i, "seconds": x, "device": extra.get("device")}
+                   for i, x in enumerate(seconds)]
+        per_process.append({**ident, "phase": phase, "process": k, "rounds": len(seconds),
+                            "median": st.get("median"), "first_step_seconds": extra.get("first_step_seconds"),
+                            "machine_pid": (data.get("machine_info") or {}).get("metabench", {}).get("pid")})
+        by_phase.setdefault(phase, []).append((extra, st, seconds))
+
+
+def _step_row(phase: str, items: list, ident: dict) -> dict:
+    """One (cell, phase) row from its processes' records: the pooled median, its two-level
+    CI, pytest-benchmark's statistics (its own record with one process, its ``Stats`` over
+    the pooled rounds with several), first step, spread, FLOPs and the harness's overhead."""
+    extra, st, _ = items[0]
+    groups = [seconds for _, _, seconds in items]
+    median, lo, hi = two_level_median_ci(groups)
+    pooled = st if len(items) == 1 else _pooled_stats([x for g in groups for x in g])
+    first = [e.get("first_step_seconds") for e, _, _ in items if e.get("first_step_seconds") is not None]
+    bare = [e.get("bare_loop_median_seconds") for e, _, _ in items if e.get("bare_loop_median_seconds")]
+    gemm = [e.get("gemm_gflops") for e, _, _ in items if e.get("gemm_gflops")]
+    recompiled = [e.get("recompilations_while_timed") for e, _, _ in items
+                  if e.get("recompilations_while_timed") is not None]
+    return {**ident, "phase": phase, "device": extra.get("device"),
+            "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
+            "first_step_seconds": float(np.median(first)) if first else None,
+            "first_step_min": min(first) if first else None, "first_step_max": max(first) if first else None,
+            "recompilations": max(recompiled) if recompiled else None,
+            **{k: pooled.get(k) for k in STAT_KEYS}, "median": median,
+            "median_ci_low": lo, "median_ci_high": hi, "processes": len(items),
+            "rounds_per_process": min(len(g) for g in groups), "process_spread": process_spread(groups),
+            "flops": extra.get("flops"), "gemm_gflops": float(np.median(gemm)) if gemm else None,
+            "bare_median": float(np.median(bare)) if bare else None}
+
+
 def _accuracy_row(a: dict, ident: dict) -> dict:
+    if not isinstance(a.get("metric"), str) or not isinstance(a.get("mean"), int | float):
+        raise ValueError("no metric name and mean value")
     row = {**ident, **{k: a.get(k) for k in ("episodes", "metric", "mean", "ci95", "train_steps", "train_seconds",
                                              "eval_seconds", "target", "target_direction", "steps_to_target",
                                              "time_to_target_seconds", "first_step_seconds")}}
@@ -221,36 +297,42 @@ def collect(run_dir: Path) -> dict[str, pd.DataFrame]:
     run_id = run_dir.name
     rounds, steps, processes, memory, accuracy, episodes, curves, status = [], [], [], [], [], [], [], []
     for cell_dir, cell in _cells(run_dir):
-        seed = int(cell.get("seed", 0) or 0)
-        ident = {"run_id": run_id, "framework": cell["framework"], "algorithm": cell["algorithm"],
-                 "adapter": cell["adapter"], "spec": cell["spec_name"], "seed": seed}
+        with reading(cell_dir / "cell.json"):
+            seed = int(cell.get("seed", 0) or 0)
+            ident = {"run_id": run_id, "framework": str(cell["framework"]), "algorithm": str(cell["algorithm"]),
+                     "adapter": str(cell["adapter"]), "spec": str(cell["spec_name"]), "seed": seed}
         phases = _phase_status(cell_dir)
-        status += [{"cell_id": cell_dir.name, **ident, "phase": p, "status": s.get("status"),
-                    "returncode": s.get("returncode"), "seconds": s.get("seconds"), "detail": _detail(cell_dir, p, s)}
-                   for p, s in phases.items()]
+        with reading(cell_dir / "status.json"):
+            status += [{"cell_id": cell_dir.name, **ident, "phase": p, "status": s.get("status"),
+                        "returncode": s.get("returncode"), "seconds": s.get("seconds"),
+                        "detail": _detail(cell_dir, p, s)} for p, s in phases.items()]
         if _ok(phases, TIMING):
-            r, s, p = _step_rows([(k, read_json(path)) for k, path in _timing_processes(cell_dir)], ident)
+            r, s, p = _step_rows([(k, read_json(path), path) for k, path in _timing_processes(cell_dir)], ident)
             rounds += r
             steps += s
             processes += p
         if _ok(phases, MEMORY) and (cell_dir / "memory.json").exists():
-            m = json.loads((cell_dir / "memory.json").read_text())
-            first = m.get("first_step_peak_bytes")  # None: not read apart (older runs, no reset)
-            memory.append({**ident, "phase": m["phase"], "peak_bytes": m["peak_bytes"],
-                           "peak_mib": m["peak_bytes"] / 2**20, "source": m["source"],
-                           "framework_api": m["framework_api"],
-                           "first_step_mib": float("nan") if first is None else first / 2**20})
+            m = read_json(cell_dir / "memory.json")
+            with reading(cell_dir / "memory.json"):
+                if not isinstance(m["peak_bytes"], int | float) or not isinstance(m["phase"], str):
+                    raise ValueError("peak_bytes is not a number of bytes")
+                first = m.get("first_step_peak_bytes")  # None: not read apart (older runs, no reset)
+                memory.append({**ident, "phase": m["phase"], "peak_bytes": m["peak_bytes"],
+                               "peak_mib": m["peak_bytes"] / 2**20, "source": m["source"],
+                               "framework_api": m["framework_api"],
+                               "first_step_mib": float("nan") if first is None else first / 2**20})
         if not _ok(phases, ACCURACY):
             continue
         if (cell_dir / "accuracy.json").exists():
-            accuracy.append(_accuracy_row(json.loads((cell_dir / "accuracy.json").read_text()), ident))
+            with reading(cell_dir / "accuracy.json"):
+                accuracy.append(_accuracy_row(read_json(cell_dir / "accuracy.json"), ident))
         ep_path = cell_dir / "episodes.csv"
         if ep_path.exists() and ep_path.stat().st_size:
-            e = pd.read_csv(ep_path)
+            e = read_csv(ep_path, ["episode", "value"])
             episodes.append(e.assign(**ident)[EPISODE_COLUMNS])
         curve_path = cell_dir / "curve.csv"
         if curve_path.exists() and curve_path.stat().st_size:
-            c = pd.read_csv(curve_path)
+            c = read_csv(curve_path, ["step", "train_seconds", "val_mean"])
             for k, v in reversed(ident.items()):
                 c.insert(0, k, v)
             curves.append(c)
@@ -295,7 +377,7 @@ def merged_benchmark_json(run_dir: Path) -> dict | None:
 
 def read_parity(run_dir: Path) -> pd.DataFrame | None:
     path = Path(run_dir) / "parity.csv"
-    return pd.read_csv(path) if path.exists() else None
+    return read_csv(path, ["adapter", "spec", "algorithm", "ok"]) if path.exists() else None
 
 
 # -- summary -------------------------------------------------------------------------------
@@ -487,10 +569,11 @@ def _failures(run_dir: Path, status: pd.DataFrame) -> str:
 
 def _fingerprints(manifest: dict) -> str:
     lines = []
-    for name, s in manifest.get("specs", {}).items():
-        for role, e in s.get("episodes", {}).items():
-            if isinstance(e, dict):
-                lines.append(f"- {name} {role}: {e['count']} episodes, `{e['fingerprint'][:16]}`")
+    for name, s in (manifest.get("specs") or {}).items():
+        episodes = s.get("episodes") if isinstance(s.get("episodes"), dict) else {}
+        for role, e in episodes.items():
+            if isinstance(e, dict) and isinstance(e.get("fingerprint"), str):
+                lines.append(f"- {name} {role}: {e.get('count')} episodes, `{e['fingerprint'][:16]}`")
     return "\n".join(lines) or "_none_"
 
 
@@ -500,7 +583,7 @@ def thread_mismatches(run_dir: Path, asked) -> list[str]:
     not comparable with the others'."""
     out = {}
     for env_path in sorted((run_dir / "cells").glob("*/environment.json")):
-        info = json.loads(env_path.read_text()).get("adapter_info", {})
+        info = read_json(env_path).get("adapter_info", {})
         if asked is not None and info.get("threads") != asked:
             out[info.get("framework", env_path.parent.name)] = info.get("threads")
     return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
@@ -540,8 +623,11 @@ def defaults_section(steps: pd.DataFrame, device: str, marks: dict) -> str:
         mark = marks.get((fastest["adapter"], spec, algorithm))
         # faster only where the medians' CIs do not overlap; else the two are level here
         apart = fastest.get("median_ci_high", math.nan) < d.get("median_ci_low", math.nan)
+        told = not (tables.is_missing(fastest.get("median_ci_high")) or tables.is_missing(d.get("median_ci_low")))
         if fastest["adapter"] == d["adapter"]:
             verdict = "the default is the fastest"
+        elif not told:  # one timing process a cell: no CI that covers process-to-process variation
+            verdict = f"{fastest['adapter']} {ratio:.2f}x: {TOO_FEW} (one timing process each)"
         elif not apart:
             verdict = f"level: {fastest['adapter']} {ratio:.2f}x, the medians' CIs overlap"
         else:
@@ -574,6 +660,46 @@ def overhead_line(steps: pd.DataFrame) -> str:
             f"{worst['spec']} `{worst['phase']}`).")
 
 
+EARLY_ROUNDS = 5  # the first timed rounds of a process, set against the rest: is the warm-up enough?
+
+
+def noise_line(timings: pd.DataFrame) -> str:
+    """Where the step times' noise lives (``bench.stats.noise_components``), over the rows
+    timed in several processes: between processes or between rounds, and whether the first
+    timed rounds still run apart from the rest (a warm-up too short)."""
+    from bench.stats import noise_components
+
+    t = timings[timings["phase"] != tables.SAMPLING] if not timings.empty else timings
+    if t.empty or "process" not in t or t["process"].nunique() < 2:
+        return ("Timing noise: one timing process per cell, so how much a new process moves a step is not "
+                "measured here (`--repeats 3` or more).")
+    rows = []
+    for key, g in t.groupby(["spec", "algorithm", "adapter", "phase"]):
+        groups = [p["seconds"].to_numpy() for _, p in g.sort_values("round").groupby("process")]
+        if len(groups) < 2:
+            continue
+        between, within = noise_components(groups)
+        early = [np.median(v[:EARLY_ROUNDS]) / np.median(v[EARLY_ROUNDS:]) - 1 for v in groups
+                 if v.size > 2 * EARLY_ROUNDS]
+        rows.append((key, between, within, float(np.median(early)) if early else math.nan))
+    if not rows:
+        return "Timing noise: no row was timed in more than one process."
+    between = np.array([r[1] for r in rows])
+    within = np.array([r[2] for r in rows])
+    early = np.array([r[3] for r in rows if not math.isnan(r[3])])
+    worst = rows[int(np.nanargmax(between))]
+    text = (f"Timing noise, over the {len(rows)} rows timed in several processes: a new process moves a "
+            f"row's median by {100 * np.nanmedian(between):.1f}% (standard deviation across processes, median "
+            f"over rows; largest {100 * worst[1]:.1f}%, {' / '.join(worst[0])}), where the rounds inside one "
+            f"process pin its own median to {100 * np.nanmedian(within):.1f}%; processes dominate in "
+            f"{int((between > within).sum())} of {len(rows)} rows, so more processes, not more rounds, "
+            "narrow these CIs.")
+    if early.size:
+        text += (f" The first {EARLY_ROUNDS} timed rounds run {100 * np.median(early):+.1f}% from the rest "
+                 f"(median over rows; within {100 * np.quantile(np.abs(early), 0.9):.1f}% in 9 rows of 10).")
+    return text
+
+
 def machine_load_line(run_dir: Path, most: int = 6) -> str:
     """One line on what else used the CPU while the cells ran (``bench.machine_load``):
     quiet, or the phases whose numbers were taken on a busy machine."""
@@ -581,7 +707,7 @@ def machine_load_line(run_dir: Path, most: int = 6) -> str:
 
     busy, recorded, unrecorded = [], 0, 0
     for path in sorted((run_dir / "cells").glob("*/status.json")):
-        for phase, s in json.loads(path.read_text()).get("phases", {}).items():
+        for phase, s in read_json(path).get("phases", {}).items():
             recorded, unrecorded = (recorded + 1, unrecorded) if s.get("machine") else (recorded, unrecorded + 1)
             if why := flagged(s.get("machine")):
                 busy.append(f"{path.parent.name} / {phase} ({why})")
@@ -595,10 +721,22 @@ def machine_load_line(run_dir: Path, most: int = 6) -> str:
             f"{more}{older}")
 
 
+def _continued(text: str, width: int = 110) -> str:
+    """A long list item's text wrapped, its continuation lines indented under it: generated
+    lines stay within the project's Markdown width limits (tests/test_docs.py)."""
+    import textwrap
+
+    return "\n  ".join(textwrap.wrap(text, width)) or text
+
+
+SMOKE_NOTE = ("\n**A smoke run: its numbers prove that every phase runs and are not comparable** (tiny budgets "
+              "and meta-batches, one timing process of 3 rounds a cell); time with `--profile cpu`.\n")
+
+
 def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str = "torch") -> str:
     """``summary.md``: the parity verdict, the generated comparison tables (two screens),
     then the detail sections, the failures and the plots."""
-    manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
+    manifest = read_manifest(run_dir / "manifest.json") if (run_dir / "manifest.json").exists() else {}
     env = manifest.get("harness_environment", {})
     parity = read_parity(run_dir)
     cells = tabs["status"].drop_duplicates("cell_id") if not tabs["status"].empty else tabs["steps"]
@@ -612,11 +750,11 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     # a long command (a sweep's spec references, a dozen adapters) as a code block of its own
     command = f"`{command}`" if len(command) <= 300 else f"\n\n      {command}\n"
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
-
+{SMOKE_NOTE if manifest.get('profile') == 'smoke' else ''}
 - command: {command}
 - profile: {manifest.get('profile')}, device: {manifest.get('device')}, threads per framework: {threads}
 - machine: {env.get('cpu')} ({env.get('cpu_count')} cores), {env.get('platform')}, Python {env.get('python')}
-- machine load: {machine_load_line(run_dir)}
+- machine load: {_continued(machine_load_line(run_dir))}
 - cells ran by: {hardware.placement_line(run_dir)}{mixed and chr(10) + '- ' + mixed}
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}
@@ -634,6 +772,8 @@ Memory is measured in a process apart from timing.
 {_sweep_section(run_dir, tabs)}{defaults_section(tabs['steps'], manifest.get('device', 'cpu'), marks)}## Step times
 
 {overhead_line(tabs['steps'])}
+
+{tables._wrap(noise_line(tabs['timings']))}
 
 {_detail_steps_table(tabs['steps'], marks)}{legend and chr(10) + legend + '.' + chr(10)}
 ## Peak memory (one outer step)
@@ -665,6 +805,29 @@ resident set; `-`: not read apart).
 """
 
 
+def _data_rows(path: Path) -> int:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return max(sum(1 for line in f if line.strip()) - 1, 0)
+    except OSError:
+        return 0
+
+
+def _refuse_to_shrink(run_dir: Path, frames: dict[str, pd.DataFrame]) -> None:
+    """Never replace a table with fewer rows than it holds: the tables are rebuilt from the
+    cells' folders, and a run whose cells/ went missing (or lost cells) would otherwise
+    overwrite its committed numbers with less. Nothing is written when one would shrink."""
+    from bench.errors import MetabenchError
+
+    for name, frame in frames.items():
+        path = run_dir / f"{name}.csv"
+        held = _data_rows(path) if path.exists() else 0
+        if held > len(frame):
+            raise MetabenchError(f"report: {path} holds {held} rows and its cells now give {len(frame)}: "
+                                 f"{run_dir / 'cells'} lacks what the tables were built from; restore it "
+                                 f"(git checkout {run_dir}) or delete {path.name} to rebuild from what is there")
+
+
 def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFrame]:
     """Rebuild every table, plot and ``summary.md`` of ``run_dir`` from its cells' folders."""
     from bench import atomic
@@ -673,7 +836,9 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
 
     run_dir = require_run(Path(run_dir), "report")  # never write a summary into a folder that holds no run
     tabs = collect(run_dir)
-    for name in ("timings", "steps", "processes", "memory", "accuracy", "curves", "episodes"):
+    names = ("timings", "steps", "processes", "memory", "accuracy", "curves", "episodes")
+    _refuse_to_shrink(run_dir, {name: tabs[name] for name in names})
+    for name in names:
         atomic.write_csv(run_dir / f"{name}.csv", tabs[name])
     merged = merged_benchmark_json(run_dir)
     if merged:
@@ -721,12 +886,15 @@ def run_headline(run_dir: Path, baseline: str = "torch") -> str:
     return "; ".join(parts)
 
 
-def index_table(results_dir: Path) -> pd.DataFrame:
-    """One row per run folder under ``results_dir`` that has a manifest, newest first."""
+def index_table(results_dir: Path, runs=None) -> pd.DataFrame:
+    """One row per run folder under ``results_dir`` that has a manifest (or per folder named
+    in ``runs``), newest first."""
     rows = []
     for manifest_path in sorted(Path(results_dir).glob("*/manifest.json")):
         run_dir = manifest_path.parent
-        m = json.loads(manifest_path.read_text())
+        if runs is not None and run_dir.name not in runs:
+            continue
+        m = read_manifest(manifest_path)
         env = m.get("harness_environment", {})
         git = env.get("git", {})
         rows.append({
@@ -742,9 +910,10 @@ def index_table(results_dir: Path) -> pd.DataFrame:
     return t.sort_values(["_started", "run"], ascending=False).drop(columns="_started")
 
 
-def index_block(results_dir: Path) -> str:
-    """The generated block of ``results_dir/README.md``, markers included."""
-    table = index_table(Path(results_dir))
+def index_block(results_dir: Path, runs=None) -> str:
+    """The generated block of ``results_dir/README.md``, markers included (``runs``: only
+    these run folders)."""
+    table = index_table(Path(results_dir), runs)
     return (f"{INDEX_BEGIN}\n{table.to_markdown(index=False) if not table.empty else '_no runs_'}\n"
             "\nGenerated by `metabench index` from each run's `manifest.json` and cells; do not edit.\n"
             f"{INDEX_END}")

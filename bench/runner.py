@@ -64,6 +64,7 @@ DEFAULT_PHASES = {"smoke": PHASE_GROUPS, "cpu": PHASE_GROUPS, "paper": PHASE_GRO
 LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
 POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 MAX_REPEATS = 100       # timing processes per cell: more is a typo, not a plan
+MAX_RUN_ID_LENGTH = 128
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path
 
 
@@ -582,6 +583,9 @@ def check_options(*, threads, timeout, run_id, resume, frameworks, adapters, her
                              f"use (every framework is pinned to that many); use at most {_available_cores()}")
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise MetabenchError(f"--cell-timeout: must be a positive number of seconds, got {timeout}")
+    if run_id is not None and len(run_id) > MAX_RUN_ID_LENGTH:
+        raise MetabenchError(f"--run-id: {len(run_id)} characters names a folder too long for most file systems; "
+                             f"use at most {MAX_RUN_ID_LENGTH}")
     if run_id is not None and not RUN_ID_PATTERN.match(run_id):
         raise MetabenchError(f"--run-id: {run_id!r} names a folder: use letters, digits, '.', '_' and '-', "
                              f"starting with a letter or digit")
@@ -767,9 +771,10 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
     echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
                        seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists(),
                        executor=r.executor, group_by=r.cluster.group_by, repeats=repeats))
+    preflight.check(run_plan, dry_run=dry_run)  # nothing is written before this passes
     if dry_run:
+        echo("  preflight: passed (data, frameworks, adapters and their options, results folder)")
         return None
-    preflight.check(run_plan)  # nothing is written before this passes
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir) as lock, _StopRequests(echo) as stops:
         if lock.stale:

@@ -29,6 +29,7 @@ OMNIGLOT_IMAGES_PER_CLASS = 20
 CONV_POOLINGS = 4  # Conv-4: each block halves the side (2x2 max-pool, floor), see bench.models
 # A spec's name names folders (cells/<adapter>__<algorithm>__<name>/) and CSV rows.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+MAX_NAME_LENGTH = 120
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,9 @@ def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
 def validate(spec: EpisodeSpec) -> None:
     """Check the values of a spec whose fields all have the right types."""
     s, d, e = spec.source, spec.data, spec.episode
+    if len(spec.name) > MAX_NAME_LENGTH:  # it names folders (cells/<adapter>__<algorithm>__<name>): 255 bytes at most
+        raise SpecError(s, "name", f"is {len(spec.name)} characters long; use at most {MAX_NAME_LENGTH} "
+                        f"(it names the run's cell folders)")
     if not NAME_PATTERN.match(spec.name):
         raise SpecError(s, "name", f"{spec.name!r} names folders and table rows: use letters, digits, "
                         f"'.', '_' and '-', starting with a letter or digit (e.g. \"omniglot-5w1s\")")
@@ -481,15 +485,16 @@ def _apply_overrides(raw: dict, overrides: list[tuple[str, str]], source: str) -
         section, dot, field_name = key.partition(".")
         if not dot:
             if key not in _TOP_LEVEL or key == "name":
-                raise SpecError(source, key, f"--set: not a field; give section.field (sections: "
+                raise SpecError(source, key, f"--set or --sweep: not a field; give section.field (sections: "
                                 f"{', '.join(_SECTIONS)}) or one of: seed, description")
             raw[key] = _override_value(text)
             continue
         if section not in _SECTIONS:
-            raise SpecError(source, key, f"--set: unknown section [{section}]; sections: {', '.join(_SECTIONS)}")
+            raise SpecError(source, key, f"--set or --sweep: unknown section [{section}]; sections: "
+                            f"{', '.join(_SECTIONS)}")
         if section not in raw:
             if section in ("maml", "protonet"):
-                raise SpecError(source, key, f"--set: this spec has no [{section}] section to change")
+                raise SpecError(source, key, f"--set or --sweep: this spec has no [{section}] section to change")
             raw[section] = {}
         value = raw[section][field_name] = _override_value(text)
         _override_profiles(raw.get("profiles"), section, field_name, value)

@@ -104,6 +104,25 @@ def process_spread(groups) -> float:
     return max(medians) / min(medians) - 1
 
 
+def noise_components(groups) -> tuple[float, float]:
+    """Where a step's noise lives, relative to its pooled median: ``(between, within)``, the
+    standard deviation across processes of their true medians (their medians' spread less
+    what each one's own rounds explain) and the standard error of one process's median
+    from its rounds (1.2533 sd / sqrt(n), the normal approximation, with sd from the IQR
+    so a stray round does not inflate it). Kalibera & Jones's allocation rule follows: when
+    ``between`` dominates, more processes narrow the CI and more rounds do not. NaN with
+    fewer than 2 processes."""
+    g = _groups(groups)
+    if len(g) < 2:
+        return math.nan, math.nan
+    centre = pooled_median(g)
+    medians = np.array([np.median(v) for v in g])
+    within = float(np.mean([1.2533 * (np.subtract(*np.quantile(v, [0.75, 0.25])) / 1.349) / math.sqrt(v.size)
+                            for v in g])) / centre
+    observed = float(np.var(medians, ddof=1)) / centre ** 2
+    return math.sqrt(max(observed - within ** 2, 0.0)), within
+
+
 def _two_level_medians(groups: list[np.ndarray], rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """``n_boot`` bootstrap medians: draw as many processes as there are, with replacement,
     then as many rounds as the longest process has, with replacement from each drawn one."""

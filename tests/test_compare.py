@@ -85,7 +85,8 @@ def test_cli_exit_code_terminal_tables_and_markdown_file(runs, tmp_path):
            "--out", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 1, r.stderr
-    assert "Regression gate" in r.stdout and "FAILED: jax-maml omni / maml / outer_step x1.30" in r.stdout
+    said = " ".join(r.stdout.split())  # prose is wrapped
+    assert "Regression gate" in said and "FAILED: jax-maml omni / maml / outer_step x1.30" in said
     text = out.read_text()
     assert "| omni / maml / `outer_step`" in text and "0.769x [" in text and "| packages.jax" in text
     r = subprocess.run(cmd[:5] + [str(runs["noise"]), "--fail-above", "5"], capture_output=True, text=True)
@@ -159,3 +160,21 @@ def test_cross_framework_speedups_of_b_fall_inside_as_cis(runs):
     slow = compare_runs(runs["a"], runs["slow"]).speedups
     jax = slow[(slow["adapter"] == "jax-maml") & (slow["spec"] == "omni") & (slow["phase"] == "outer_step")].iloc[0]
     assert not jax["b_inside_a"]  # 1.54: the 30% slowdown moved it out
+
+
+def test_a_drift_common_to_every_adapter_is_adjusted_for_and_said(tmp_path, runs):
+    """The machine ran 30% slower through run B (every framework scaled alike): no adapter
+    is called slower, the drift is named; jax slower by a further 30% on top is caught."""
+    drifted = syn.make_run(tmp_path, "drifted", failures=False, processes=3,
+                           scale={"torch": 1.3, "jax": 1.3, "tensorflow": 1.3})
+    c = compare_runs(runs["a"], drifted)
+    ranked = c.steps[c.steps["phase"] != "sample_episodes"]
+    assert set(ranked["verdict"]) == {"no change"} and c.regressions(10).empty
+    assert (ranked["ratio"].round(6) == 1.3).all() and (ranked["adjusted"].round(6) == 1.0).all()
+    assert "Every adapter of a workload moved together" in markdown(c)
+    worse = syn.make_run(tmp_path, "worse", failures=False, processes=3,
+                         scale={"torch": 1.3, "jax": 1.69, "tensorflow": 1.3})
+    c = compare_runs(runs["a"], worse)
+    bad = c.regressions(10)
+    assert set(bad["adapter"]) == {"jax-maml"} and bad["adjusted"].round(6).eq(1.3).all()
+    assert "x1.69 (x1.30 beside its workload's other adapters)" in " ".join(markdown(c, 10).split())

@@ -101,7 +101,8 @@ def test_speedup_is_the_ratio_of_medians_with_a_two_level_ci_over_both_adapters(
     tf = row(cmp, spec="omni", phase="outer_step", framework="tensorflow")
     assert jax["speedup"] == pytest.approx(2.0) and tf["speedup"] == pytest.approx(0.5)
     assert jax["processes"] == 3
-    lo, hi = brute_force_ratio_ci(processes_of("omni", "outer_step", "torch"), processes_of("omni", "outer_step", "jax"))
+    lo, hi = brute_force_ratio_ci(processes_of("omni", "outer_step", "torch"),
+                                  processes_of("omni", "outer_step", "jax"))
     assert jax["speedup_ci_low"] == pytest.approx(lo, abs=0.03)
     assert jax["speedup_ci_high"] == pytest.approx(hi, abs=0.03)
     assert jax["speedup_ci_low"] < 2.0 < jax["speedup_ci_high"]
@@ -196,7 +197,8 @@ def test_time_to_target_averages_the_seeds_that_reached_it(tabs):
     t = tables.time_to_target_pivot(acc)
     omni = t[t.iloc[:, 0] == "omni / maml"].iloc[0]
     assert omni["target"] == "accuracy >= 90 %"
-    assert omni["torch"] == "11.0 s (55 steps), 2/3 seeds, range 10.0 s to 12.0 s" and omni["jax"] == "not reached (0/3)"
+    assert omni["torch"] == "11.0 s (55 steps), 2/3 seeds, range 10.0 s to 12.0 s"
+    assert omni["jax"] == "not reached (0/3)"
     assert row(t, **{"spec / algorithm": "sine / maml"})["target"] == "mse <= 1"
 
 
@@ -389,7 +391,27 @@ def test_learning_curves_have_a_panel_per_direction_and_view_with_targets_and_ba
     assert omni_steps.get_xlabel() == "meta-training step"
     targets = [line for line in omni_steps.get_lines() if line.get_label() == "target"]
     assert len(targets) == 1 and targets[0].get_ydata()[0] == pytest.approx(0.9)
-    assert len(omni_steps.collections) == 3  # a val_ci95 band per framework
+    assert len(omni_steps.collections) == 3  # a band per framework
+
+
+def test_learning_curves_draw_the_mean_over_seeds_not_seed_0(tmp_path):
+    run = tmp_path / "seeds"
+    run.mkdir()
+    for seed, lift in ((0, 0.0), (1, 0.02), (2, 0.04)):  # seed 0 is the lowest curve
+        d = syn.write_cell(run, "torch", "omni", seed)
+        curve = pd.read_csv(d / "curve.csv")
+        curve["val_mean"] += lift
+        curve.to_csv(d / "curve.csv", index=False)
+    t = collect(run)
+    fig = plots.learning_curve_figure(t["curves"], t["accuracy"])
+    per_step = fig.axes[1]
+    main = [line for line in per_step.get_lines() if line.get_label() == "torch (mean of 3 seeds)"]
+    assert len(main) == 1
+    assert main[0].get_ydata() == pytest.approx(0.5 + 0.004 * main[0].get_xdata() + 0.02)  # the mean, not seed 0
+    mean = plots._mean_curve(t["curves"])  # the band drawn: a 95% t interval across the seeds
+    assert mean["band"].to_numpy() == pytest.approx(sps.t.ppf(0.975, 2) * 0.02 / np.sqrt(3))  # of +0, 2, 4 points
+    assert (mean["seeds"] == 3).all()
+    assert "mean over training seeds" in fig._suptitle.get_text()
 
 
 def test_single_cell_run_fills_its_canvas(tmp_path):
@@ -494,3 +516,58 @@ def test_defaults_section_names_a_variant_faster_than_the_default():
     assert "**tensorflow-maml-xla is 2.00x faster** (†: see the legend)" in gpu
     assert "| noisy / maml | tensorflow | tensorflow-maml |" in gpu and "level: tensorflow-maml-xla 2.00x" in gpu
     assert defaults_section(steps[steps["framework"] == "torch"], "cpu", {}) == ""
+
+
+# -- repeated timing: where the noise lives; what report refuses ------------------------------------
+
+def test_the_noise_line_puts_a_planted_process_shift_between_processes(tabs):
+    """Processes 10% apart, rounds 1% apart inside each, the first rounds level with the
+    rest: the line says processes dominate, by about 10%, and no warm-up trend."""
+    from bench.report import noise_line
+
+    rng = np.random.default_rng(0)
+    rows = [{"spec": "omni", "algorithm": "maml", "adapter": f"a{i}", "phase": "outer_step", "process": p,
+             "round": r, "seconds": 0.1 * (1 + shift) * (1 + rng.normal(0, 0.01))}
+            for i in range(4) for p, shift in enumerate((-0.1, 0.0, 0.1)) for r in range(20)]
+    text = noise_line(pd.DataFrame(rows))
+    between = float(text.split("moves a row's median by ")[1].split("%")[0])
+    assert 8.0 < between < 12.0 and "processes dominate in 4 of 4 rows" in text
+    early = float(text.split("timed rounds run ")[1].split("%")[0])
+    assert abs(early) < 2.0
+    # the synthetic run's shifts (2%) are within what its rounds (10% spread) can resolve
+    assert "over the 10 rows timed in several processes" in noise_line(tabs["timings"])
+    assert "one timing process per cell" in noise_line(tabs["timings"].assign(process=0))
+
+
+def test_report_refuses_to_replace_a_table_with_fewer_rows(tmp_path):
+    from bench.errors import MetabenchError
+
+    run = syn.make_run(tmp_path, processes=3)
+    write_report(run)
+    before = (run / "timings.csv").read_text()
+    shutil.rmtree(run / "cells")
+    (run / "cells").mkdir()
+    with pytest.raises(MetabenchError, match=r"timings.csv holds \d+ rows and its cells now give 0"):
+        write_report(run)
+    assert (run / "timings.csv").read_text() == before  # nothing written
+
+
+def test_a_corrupt_status_or_manifest_is_one_line_naming_the_file(tmp_path):
+    import subprocess
+    import sys
+
+    run = syn.make_run(tmp_path, processes=3)
+    status = run / "cells" / "torch-maml__maml__omni" / "status.json"
+    status.write_text('{"phases": ')
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and str(status) in r.stderr, r.stderr
+    status.write_text("[1, 2]")
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "report", str(run)], capture_output=True, text=True)
+    assert r.returncode == 2 and "not a JSON object" in r.stderr
+
+
+def test_a_smoke_summary_says_first_that_its_numbers_are_not_comparable(tmp_path):
+    run = syn.make_run(tmp_path)  # the synthetic manifest says profile smoke
+    write_report(run)
+    lines = (run / "summary.md").read_text().splitlines()
+    assert lines[2].startswith("**A smoke run: its numbers prove that every phase runs and are not comparable**")
