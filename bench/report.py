@@ -611,6 +611,8 @@ def defaults_section(steps: pd.DataFrame, device: str, marks: dict) -> str:
     rows = []
     for (spec, algorithm, framework), g in s.groupby(["spec", "algorithm", "framework"], sort=True):
         g = g.drop_duplicates("adapter").reset_index(drop=True)
+        # an adapter that failed parity is never offered as the faster choice (issue 22)
+        g = g[[marks.get((a, spec, algorithm)) != tables.FAILED_PARITY for a in g["adapter"]]].reset_index(drop=True)
         if len(g) < 2:
             continue
         defaults = [a for a in g["adapter"] if a in known and known[a].default_on(device)
@@ -641,8 +643,8 @@ def defaults_section(steps: pd.DataFrame, device: str, marks: dict) -> str:
         return ""
     return ("## Defaults against the variants measured\n\nEach framework's default adapter on this device "
             "(`metabench list`, as registered in the code that wrote this report) against the fastest adapter "
-            "of that framework timed in this run (outer step median). A default is meant to be its framework's "
-            "fastest adapter that passes parity.\n\n"
+            "of that framework timed in this run that did not fail parity (outer step median). A default is "
+            "meant to be its framework's fastest adapter that passes parity.\n\n"
             f"{pd.DataFrame(rows).to_markdown(index=False)}\n\n")
 
 

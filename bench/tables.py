@@ -285,11 +285,17 @@ def step_time_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None,
 
 
 def speedup_pivot(cmp: pd.DataFrame, baseline: str = "torch", marks=None, failed=None) -> pd.DataFrame:
-    """Speedup against the baseline [95% bootstrap CI]; sampling is never ranked."""
+    """Speedup against the baseline [95% two-level CI]; sampling is never ranked. An adapter
+    marked for parity (failed, or not checked) is never bold: it is not "faster" at the same
+    maths."""
     c = cmp[(cmp["phase"] != SAMPLING) & cmp["baseline"].notna()]
     base_labels = set(c.loc[c["adapter"] == c["baseline"], "label"])
-    return _pivot(c, lambda r: format_ratio(r.speedup, r.speedup_ci_low, r.speedup_ci_high), baseline,
-                  marks=marks, drop_labels=base_labels, failed=failed)
+    marked = marks or {}
+
+    def cell(r):
+        return format_ratio(r.speedup, r.speedup_ci_low, r.speedup_ci_high,
+                            bold=(r.adapter, r.spec, r.algorithm) not in marked)
+    return _pivot(c, cell, baseline, marks=marks, drop_labels=base_labels, failed=failed)
 
 
 def _first_step_cell(r) -> str:
