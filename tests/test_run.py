@@ -80,8 +80,9 @@ def test_results_folder_has_every_artifact(run_dir):
 
 def test_timings_have_one_row_per_round_for_every_phase(run_dir):
     t = pd.read_csv(run_dir / "timings.csv")
-    assert list(t.columns) == ["run_id", "framework", "algorithm", "adapter", "spec", "phase", "round", "seconds",
-                               "device"]
+    assert list(t.columns) == ["run_id", "framework", "algorithm", "adapter", "spec", "phase", "process", "round",
+                               "seconds", "device"]
+    assert (t["process"] == 0).all()  # smoke: one timing process a cell
     assert (t["run_id"] == RUN_ID).all() and (t["seconds"] > 0).all()
     got = {(r.framework, r.algorithm, r.spec, r.phase) for r in t.itertuples()}
     for fw, algo, spec in CELLS:

@@ -33,10 +33,11 @@ class LocalExecutor:
         phases, profile, repeats = jobs[-1].phases, jobs[-1].profile, jobs[-1].repeats
         limit = time_limit(profile, jobs[-1].timeout)
         with progress_bar(cells, phases, profile, ctx.echo, repeats) as (bar, say):
-            for cell in cells:
-                start_cell(cell, ctx.run_dir / "cells" / cell.cell_id)
-            if repeats > 1 and not self._timing_interleaved(cells, phases, repeats, limit, ctx, bar, say):
-                return 0
+            if repeats > 1:  # the interleaved timing processes need every cell's folder first
+                for cell in cells:
+                    start_cell(cell, ctx.run_dir / "cells" / cell.cell_id)
+                if not self._timing_interleaved(cells, phases, repeats, limit, ctx, bar, say):
+                    return 0
             return self._finish_cells(cells, phases, repeats, limit, ctx, bar, say)
 
     @staticmethod
@@ -69,13 +70,15 @@ class LocalExecutor:
     def _finish_cells(self, cells, phases, repeats: int, limit, ctx: RunContext, bar, say) -> int:
         """Each cell's remaining processes (all of them with one timing process a cell: the
         cells one after another), then its status.json."""
-        from bench.runner import finish_cell
+        from bench.runner import finish_cell, start_cell
 
         where = placement("local")
         done = 0
         for cell in cells:
             if self._stopping(ctx):
                 break
+            if repeats == 1:  # a cell not reached (Ctrl-C) leaves no folder
+                start_cell(cell, ctx.run_dir / "cells" / cell.cell_id)
             todo = plan.cell_phases(cell, phases)
             if repeats == 1 or [p for p in todo if p != "timing"]:
                 say(ctx.name(cell))
