@@ -126,6 +126,10 @@ def cmd_compare(args) -> int:
     if args.fail_above is not None and not (args.fail_above >= 0):
         raise MetabenchError(f"--fail-above: a percentage of at least 0, got {args.fail_above}")
     c = compare_runs(Path(args.run_a), Path(args.run_b))
+    if c.steps.empty and c.accuracy.empty:  # empty tables would read as "no change"
+        raise MetabenchError(f"compare: {args.run_a} and {args.run_b} share no timed step and no accuracy row "
+                             f"({len(c.only)} rows are in one run only); compare runs of the same specs, "
+                             f"algorithms and adapters")
     print(markdown(c, args.fail_above, tablefmt="simple"))
     if args.out:
         try:

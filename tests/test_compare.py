@@ -149,6 +149,9 @@ def test_runs_with_nothing_in_common_say_so(tmp_path, runs):
         (d / "cell.json").write_text(json.dumps(cell))
     c = compare_runs(runs["a"], other)
     assert c.steps.empty and "Nothing to compare" in markdown(c)
+    r = subprocess.run([sys.executable, "-m", "bench.cli", "compare", str(runs["a"]), str(other)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "share no timed step and no accuracy row" in r.stderr
 
 
 def test_cross_framework_speedups_of_b_fall_inside_as_cis(runs):
