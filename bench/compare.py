@@ -102,15 +102,6 @@ def _processes(steps: pd.DataFrame) -> pd.Series:
     return steps["processes"].fillna(1) if "processes" in steps else pd.Series(1, index=steps.index)
 
 
-def _ratio_draws(num, den, rng: np.random.Generator) -> np.ndarray | None:
-    """Two-level bootstrap draws of ``median(num) / median(den)`` (lists of per-process
-    rounds); None when either side is too few to tell."""
-    a, b = stats._groups(num), stats._groups(den)
-    if not a or not b or stats.too_few(a) or stats.too_few(b):
-        return None
-    return stats._two_level_medians(a, rng, stats.N_BOOT) / stats._two_level_medians(b, rng, stats.N_BOOT)
-
-
 def _quantiles(draws: np.ndarray) -> tuple[float, float]:
     lo, hi = np.quantile(draws, [0.025, 0.975])
     return float(lo), float(hi)
@@ -135,7 +126,7 @@ def compare_steps(a: dict, b: dict, min_effect: float = MIN_EFFECT) -> pd.DataFr
     both = sa.merge(sb, on=KEYS, suffixes=("_a", "_b"))
     rng = np.random.default_rng(stats.SEED)
     keys = [(r.spec, r.algorithm, r.adapter, r.phase) for r in both.itertuples()]
-    draws = {k: _ratio_draws(rounds_b.get(k, []), rounds_a.get(k, []), rng) for k in keys}
+    draws = {k: stats.two_level_ratio_draws(rounds_b.get(k, []), rounds_a.get(k, []), rng) for k in keys}
     point = {}
     for r, k in zip(both.itertuples(), keys):
         ratio = stats.pooled_median(rounds_b.get(k, [])) / stats.pooled_median(rounds_a.get(k, [])) \

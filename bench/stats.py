@@ -159,12 +159,21 @@ def two_level_ratio_ci(numerator, denominator, n_boot: int = N_BOOT, seed: int =
     if not a or not b:
         return math.nan, math.nan, math.nan
     ratio = pooled_median(a) / pooled_median(b)
-    if too_few(a) or too_few(b):
+    ratios = two_level_ratio_draws(a, b, np.random.default_rng(seed), n_boot)
+    if ratios is None:
         return ratio, math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    ratios = _two_level_medians(a, rng, n_boot) / _two_level_medians(b, rng, n_boot)
     lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
     return ratio, float(lo), float(hi)
+
+
+def two_level_ratio_draws(numerator, denominator, rng: np.random.Generator,
+                          n_boot: int = N_BOOT) -> np.ndarray | None:
+    """``n_boot`` two-level bootstrap draws of ``pooled_median(numerator) /
+    pooled_median(denominator)``; None when either side is ``too_few``."""
+    a, b = _groups(numerator), _groups(denominator)
+    if not a or not b or too_few(a) or too_few(b):
+        return None
+    return _two_level_medians(a, rng, n_boot) / _two_level_medians(b, rng, n_boot)
 
 
 def welch_diff_ci(a, b) -> tuple[float, float, float]:
