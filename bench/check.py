@@ -1,11 +1,12 @@
-"""``metabench check ADAPTER``: the adapter contract, checked in the adapter's own process on
-small synthetic episodes, then (``--parity``) a quick parity run against the reference.
+"""``metabench check ADAPTER [ADAPTER ...]``: the adapter contract, checked in the adapter's
+framework's own process on small synthetic episodes, then (``--parity``) a quick parity run
+against the reference. A run checks its adapters the same way first (``cached_contract``).
 
 The contract checks need no data and take seconds: they build the adapter for every
 algorithm it serves, on a regression spec (MAML family) and a small image spec, and check
 what the harness relies on (``bench.adapter``): parameters round-trip in the canonical
-layout, the probe's and the predictions' shapes, that an outer step changes the parameters
-deterministically and leaves a finite loss, that the probe leaves the parameters alone, that
+layout, the probe's and the predictions' shapes, that each of four outer steps in a row
+changes the parameters, deterministically, and leaves a finite loss, that the probe leaves the parameters alone, that
 identical steps do not recompile, that the float64 diagnostic builds, and that ``sync``
 waits for a step's results. The same checks run in the test suite for every registered
 adapter, plugins included (``tests/test_adapter_contract.py``).
@@ -31,6 +32,7 @@ from bench.models import init_params
 from bench.spec import EpisodeSpec, load_spec
 
 BATCH = 2  # tasks per synthetic meta-batch
+OUTER_STEPS = 4  # consecutive outer steps that must each change the parameters
 
 
 @dataclass(frozen=True)
@@ -68,14 +70,24 @@ def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0, tasks: int = BATCH)
 
 
 # The sync check times one outer step on a meta-batch this large (the small image spec):
-# long enough (10-20 ms in JAX on a CPU) that reading the results after a sync that did not
-# wait takes most of the step, while reading after a real sync is a copy of a few kB.
+# 10-20 ms of CPU time in each framework on a CPU, so that the work a sync that did not wait
+# leaves behind is far above the CPU time an idle process spends anyway.
 SYNC_TASKS = 16
-SYNC_ROUNDS = 3
-# Fraction of a step's time that reading its results right after sync may exceed the same
-# read once the device is idle.
+SYNC_ROUNDS = 5
+# The host sleeps this many times the synchronised step's wall time (plus SYNC_PAUSE_MIN s)
+# after sync: long enough for any work left behind to finish, even on a loaded machine.
+SYNC_PAUSE_FACTOR = 3.0
+SYNC_PAUSE_MIN = 0.02
+# CPU work that may run after sync returned: this fraction of the step's CPU time, or this
+# many seconds (thread pools that spin a little after their last task), whichever is larger.
+# The built-in adapters leave 0-3% (20 repetitions each, docs/fairness.md); a step that
+# returns after 60% of its work leaves 40%.
+SYNC_LEFT_FRACTION = 0.15
+SYNC_LEFT_FLOOR = 1.5e-3
+# On an accelerator: fraction of a step's time that reading its results right after sync
+# may exceed the same read once the device is idle.
 SYNC_READ_FRACTION = 0.5
-# Below this (seconds, step and read together) the check cannot judge: numpy placeholders.
+# Below this (seconds, step and read together) the read comparison cannot judge.
 SYNC_MIN_STEP = 2e-3
 
 
@@ -98,6 +110,73 @@ def _same_params(a: dict, b: dict) -> str | None:
         if not np.array_equal(x, y):
             return f"{k}: values differ by up to {np.abs(x.astype(np.float64) - y).max():.3g}"
     return None
+
+
+@dataclass(frozen=True)
+class SyncMeasure:
+    left_cpu: float               # median CPU seconds run after sync returned
+    work_cpu: float               # median CPU seconds of a step, left-over work included
+    read_extra: float | None = None  # accelerators: median extra read time right after sync
+    read_step: float | None = None   # accelerators: median synchronised step, extra included
+
+    @property
+    def left_fraction(self) -> float:
+        return self.left_cpu / self.work_cpu if self.work_cpu > 0 else 0.0
+
+
+def measure_sync(adapter, batch, device: str, rounds: int = SYNC_ROUNDS) -> SyncMeasure:
+    """Whether ``sync`` waits for a step (a compiled, warm ``adapter`` on ``batch``). After
+    ``sync(out)`` returns, the step is computed. A sync that does not wait (asynchronous
+    dispatch: JAX, CUDA; a step run in a thread) leaves work running after it, and the
+    harness would time part of the step. Two measurements, each of which a partly
+    asynchronous step cannot pass:
+
+    - CPU work left over (every device): the process's CPU time (all its threads) while the
+      host sleeps right after ``sync`` returned, less the same sleep's CPU time once the
+      results were read (nothing left to run). Whatever the step left behind runs during the
+      first sleep. A synchronous step leaves nothing; a step that returns after 60% of its
+      work leaves 40% of its CPU time. A busy machine slows that work down but adds no CPU
+      time to it, so the margin does not shrink under load (the wall-clock reads did).
+    - Reads after sync (an accelerator, whose work is not the host's CPU time): reading the
+      loss and the parameters right after ``sync`` against the same read after a pause long
+      enough for any device to finish; the first one's extra time is compute that ``sync``
+      left behind (the copy itself, which on a GPU can exceed a small step, cancels)."""
+    def read(loss) -> float:
+        t = time.perf_counter()
+        float(loss)  # a 0-d tensor of any framework, on any device (np.asarray fails on CUDA)
+        adapter.get_params()
+        return time.perf_counter() - t
+
+    def idle_cpu(seconds: float) -> float:
+        c = time.process_time()  # every thread of the process
+        time.sleep(seconds)
+        return time.process_time() - c
+
+    step_cpu, left_cpu, reads = [], [], []
+    for _ in range(rounds):
+        c0, t0 = time.process_time(), time.perf_counter()
+        loss = adapter.outer_step(batch)
+        adapter.sync(loss)
+        c1, t1 = time.process_time(), time.perf_counter()
+        pause = SYNC_PAUSE_FACTOR * (t1 - t0) + SYNC_PAUSE_MIN
+        after = idle_cpu(pause)
+        read(loss)  # whatever was still pending is done after this
+        baseline = idle_cpu(pause)
+        step_cpu.append(c1 - c0)
+        left_cpu.append(max(0.0, after - baseline))
+        if device != "cpu":
+            t0 = time.perf_counter()
+            loss = adapter.outer_step(batch)
+            adapter.sync(loss)
+            synced = time.perf_counter() - t0
+            right_after = read(loss)
+            loss = adapter.outer_step(batch)
+            adapter.sync(loss)
+            time.sleep(2 * (synced + right_after) + 0.01)  # whatever was dispatched is done by now
+            extra = max(0.0, right_after - read(loss))
+            reads.append((extra, synced + extra))
+    return SyncMeasure(float(np.median(left_cpu)), float(np.median(np.add(step_cpu, left_cpu))),
+                       *(tuple(float(np.median(c)) for c in zip(*reads)) if reads else ()))
 
 
 def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, device: str = "cpu",
@@ -156,15 +235,21 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         for _ in range(2):
             a = build()
             b = a.to_device(train)
-            loss = a.outer_step(b)
-            a.sync(loss)
-            runs.append((float(loss), a.get_params()))
+            losses, params = [], [init]
+            for _ in range(OUTER_STEPS):  # every step updates: none skipped, none a no-op
+                loss = a.outer_step(b)
+                a.sync(loss)
+                losses.append(float(loss))
+                params.append(a.get_params())
+            runs.append((losses, params))
         (l1, p1), (l2, p2) = runs
-        _expect(math.isfinite(l1), f"outer_step returned a non-finite loss {l1}")
-        _expect(l1 == l2 and _same_params(p1, p2) is None,
-                f"two adapters from the same weights on the same batch disagree (loss {l1} vs {l2}; "
-                f"{_same_params(p1, p2)})")
-        _expect(_same_params(p1, init) is not None, "outer_step left the parameters unchanged")
+        _expect(all(map(math.isfinite, l1)), f"outer_step returned a non-finite loss: {l1}")
+        _expect(l1 == l2 and _same_params(p1[-1], p2[-1]) is None,
+                f"two adapters from the same weights on the same batches disagree (losses {l1} vs {l2}; "
+                f"{_same_params(p1[-1], p2[-1])})")
+        still = [i for i in range(1, OUTER_STEPS + 1) if _same_params(p1[i], p1[i - 1]) is None]
+        _expect(not still, f"outer step {', '.join(map(str, still))} of {OUTER_STEPS} left the parameters unchanged "
+                           f"(every outer step must apply its update)")
 
     def identical_steps_do_not_recompile():
         a = build()
@@ -185,53 +270,30 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
                 "options dtype=float64 must compute (and return) float64: the parity's float64 tier needs it")
 
     def sync_waits():
-        """After ``sync(out)`` returns, the step is computed: reading its loss and the new
-        parameters then costs a copy. A sync that does not wait (asynchronous dispatch:
-        JAX, CUDA) leaves the compute to whoever reads next, and the harness would time the
-        dispatch only. So each round reads a step's results twice over: right after
-        ``sync`` returned, and, for a second identical step, after ``sync`` and a pause long
-        enough for any device to have finished. The reads should cost the same (the copy
-        alone, which on a GPU can exceed a small step: so the copy is never what is judged);
-        the first one's extra time is compute that ``sync`` left behind. On a device that
-        runs every op synchronously (torch and TF on a CPU) a missing sync cannot be seen,
-        and there it costs nothing either."""
+        """See ``measure_sync``: no work may be left running after ``sync`` returned."""
         a = build()
         b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
         a.sync(a.outer_step(b))  # compiles
-
-        def read(loss) -> float:
-            t = time.perf_counter()
-            float(loss)  # a 0-d tensor of any framework, on any device (np.asarray fails on CUDA)
-            a.get_params()
-            return time.perf_counter() - t
-
-        left, steps = [], []
-        for _ in range(SYNC_ROUNDS):
-            t0 = time.perf_counter()
-            loss = a.outer_step(b)
-            a.sync(loss)
-            synced = time.perf_counter() - t0
-            after_sync = read(loss)
-            loss = a.outer_step(b)
-            a.sync(loss)
-            time.sleep(2 * (synced + after_sync) + 0.01)  # whatever was dispatched is done by now
-            settled = read(loss)
-            left.append(max(0.0, after_sync - settled))
-            steps.append(synced + left[-1])
-        step, extra = float(np.median(steps)), float(np.median(left))
-        if step < SYNC_MIN_STEP:
-            return  # a step this short is mostly the copy itself: no sync could be told from none
-        _expect(extra <= SYNC_READ_FRACTION * step,
-                f"reading the results right after sync() took {extra * 1e3:.1f} ms longer than once the device "
-                f"was idle, {extra / step:.0%} of the step ({step * 1e3:.1f} ms): sync must block until the "
+        a.get_params()
+        m = measure_sync(a, b, device)
+        _expect(m.left_cpu <= max(SYNC_LEFT_FRACTION * m.work_cpu, SYNC_LEFT_FLOOR),
+                f"{m.left_cpu * 1e3:.1f} ms of CPU work ran after sync() returned, {m.left_fraction:.0%} of the "
+                f"step's {m.work_cpu * 1e3:.1f} ms (median of {SYNC_ROUNDS} steps): sync must block until the "
                 f"returned loss and the updated parameters are computed (e.g. jax.block_until_ready, "
-                f"torch.cuda.synchronize)")
+                f"torch.cuda.synchronize, joining the thread that runs the step)")
+        if m.read_step is not None and m.read_step >= SYNC_MIN_STEP:
+            # shorter is mostly the copy itself: no sync could be told from none
+            _expect(m.read_extra <= SYNC_READ_FRACTION * m.read_step,
+                    f"reading the results right after sync() took {m.read_extra * 1e3:.1f} ms longer than once "
+                    f"the device was idle, {m.read_extra / m.read_step:.0%} of the step ({m.read_step * 1e3:.1f} "
+                    f"ms): sync must block until the returned loss and the updated parameters are computed (e.g. "
+                    f"jax.block_until_ready, torch.cuda.synchronize)")
 
     checks = [("parameters round-trip in the canonical layout", params_round_trip),
             ("probe: support loss, query outputs, meta-gradient per parameter", probe_layout),
             ("predict: query outputs [B, n_query, n_out]", predictions_layout),
             ("every timed phase runs", steps_run),
-            ("outer step: deterministic, finite, changes the parameters", outer_step_is_deterministic_and_learns),
+            ("outer steps: deterministic, finite, each changes the parameters", outer_step_is_deterministic_and_learns),
             ("identical steps do not recompile", identical_steps_do_not_recompile),
             ("the float64 diagnostic builds and computes float64", float64_diagnostic_builds)]
     if with_sync:
@@ -265,14 +327,91 @@ def run_contract(name: str, device: str = "cpu", threads: int = 1) -> list[Resul
 
 def check_in_subprocess(name: str, device: str = "cpu", threads: int = 1) -> list[Result]:
     """``run_contract`` in a process of its own (one framework per process)."""
-    registry.get(name)  # an unknown name is a one-line error here, not in the child
-    proc = subprocess.run([sys.executable, "-m", "bench.check", name, device, str(threads)],
-                          capture_output=True, text=True)
+    return check_many_in_subprocess([name], device, threads)[name]
+
+
+def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int = 1) -> dict[str, list[Result]]:
+    """``run_contract`` for each of ``names``, one process per framework (its import paid
+    once): ``{name: results}``."""
+    by_framework: dict[str, list[str]] = {}
+    for name in names:  # an unknown name is a one-line error here, not in the child
+        by_framework.setdefault(registry.get(name).framework, []).append(name)
+    out = {}
+    for group in by_framework.values():
+        proc = subprocess.run([sys.executable, "-m", "bench.check", ",".join(group), device, str(threads)],
+                              capture_output=True, text=True)
+        try:
+            found = json.loads(proc.stdout.strip().splitlines()[-1])
+            out.update({name: [Result(**r) for r in found[name]] for name in group})
+        except (ValueError, IndexError, KeyError, TypeError):
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise MetabenchError(f"check {', '.join(group)}: its process failed (exit {proc.returncode}: "
+                                 f"{last})") from None
+    return {name: out[name] for name in names}
+
+
+def _contract_key(name: str, device: str, threads: int) -> str:
+    """What a contract result depends on: the adapter's entry (target, options), the source
+    of the module that defines it and of every adapter in this project (its base classes
+    live there), the harness's side of the contract, the framework's installed version,
+    device and threads. Found without importing the adapter (one framework per process)."""
+    import hashlib
+    import importlib.util
+    from importlib import metadata
+    from pathlib import Path
+
+    entry = registry.get(name)
+    h = hashlib.sha256(json.dumps([entry.target, entry.options, entry.framework, device, threads],
+                                  sort_keys=True, default=str).encode())
+    here = Path(__file__).resolve().parent
+    files = [here / n for n in ("check.py", "adapter.py", "algorithms.py", "models.py", "episodes.py")]
+    files += sorted((here.parent / "implementations").rglob("*.py"))
     try:
-        return [Result(**r) for r in json.loads(proc.stdout.strip().splitlines()[-1])]
-    except (ValueError, IndexError):
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise MetabenchError(f"check {name}: its process failed (exit {proc.returncode}: {last})") from None
+        origin = importlib.util.find_spec(entry.target.partition(":")[0]).origin
+        files.append(Path(origin))
+    except (ImportError, AttributeError, ValueError):
+        h.update(b"module not found")
+    for f in files:
+        h.update(f.read_bytes() if f.is_file() else b"")
+    versions = sorted(f"{d}=={metadata.version(d)}" for d in metadata.packages_distributions().get(entry.framework, []))
+    h.update(" ".join(versions).encode())
+    return h.hexdigest()[:24]
+
+
+def cached_contract(names: list[str], device: str, threads: int,
+                    cache_dir=None) -> dict[str, tuple[list[Result], bool]]:
+    """``{name: (results, from the cache)}``: the contract of each adapter, computed (in a
+    process per framework) only where the cache has no result for what it depends on
+    (``_contract_key``). A run checks its adapters this way before timing them."""
+    from pathlib import Path
+
+    from bench import paths
+
+    root = paths.cache_dir(cache_dir) / "contract"
+    out, todo = {}, []
+    for name in names:
+        path = root / f"{name}-{_contract_key(name, device, threads)}.json"
+        try:
+            out[name] = ([Result(**r) for r in json.loads(path.read_text())], True)
+        except (OSError, ValueError, TypeError):
+            todo.append((name, path))
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for name, path in todo:
+        groups.setdefault(registry.get(name).framework, []).append((name, path))
+    for group in groups.values():
+        try:
+            fresh = check_many_in_subprocess([n for n, _ in group], device, threads)
+        except MetabenchError as e:  # the framework's process died: every adapter in it fails
+            fresh = {n: [Result("the contract checks run", "all", False, str(e))] for n, _ in group}
+        for name, path in group:
+            out[name] = (fresh[name], False)
+            if all(r.ok for r in fresh[name]):  # a failure is checked again next time
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_text(json.dumps([r.__dict__ for r in fresh[name]]))
+                except OSError:
+                    pass  # a read-only cache: checked again next time
+    return {name: out[name] for name in names}
 
 
 def format_results(name: str, results: list[Result]) -> str:
@@ -283,8 +422,9 @@ def format_results(name: str, results: list[Result]) -> str:
 
 
 if __name__ == "__main__":
-    # python -m bench.check NAME DEVICE THREADS: prints the results as one JSON line
+    # python -m bench.check NAME[,NAME...] DEVICE THREADS: prints {name: results} as one JSON line
     from bench.cell import pin_threads
 
     pin_threads(int(sys.argv[3]))
-    print(json.dumps([r.__dict__ for r in run_contract(sys.argv[1], sys.argv[2], int(sys.argv[3]))]))
+    print(json.dumps({name: [r.__dict__ for r in run_contract(name, sys.argv[2], int(sys.argv[3]))]
+                      for name in sys.argv[1].split(",")}))

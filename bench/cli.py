@@ -172,22 +172,48 @@ def cmd_readme(args) -> int:
 
 
 def cmd_check(args) -> int:
-    """The contract on synthetic episodes, then (``--parity``) a quick parity run."""
+    """The contract on synthetic episodes, then (``--parity``) a quick parity run, for each
+    adapter named; one verdict line per adapter at the end."""
+    import tempfile
+    from pathlib import Path
+
+    import pandas as pd
+
     from bench import check, registry
     from bench.parity import reference_adapter, run_parity
 
-    results = check.check_in_subprocess(args.adapter, args.device, args.threads)
-    print(check.format_results(args.adapter, results))
-    failed = not all(r.ok for r in results)
-    entry = registry.get(args.adapter)
-    compared = [a for a in entry.algorithms if reference_adapter(a) != args.adapter]  # torch variants too
-    if args.parity and compared:
-        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in compared) + \
-                ["omniglot-5w1s"] * ("protonet" in compared)
-        failed |= bool(run_parity(specs=specs, algorithms=compared, adapters=[args.adapter],
-                                  data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=2,
-                                  device=args.device, threads=args.threads, quick=True))
-    return 1 if failed else 0
+    names = list(dict.fromkeys(args.adapters))
+    contract = check.check_many_in_subprocess(names, args.device, args.threads)
+    for name in names:
+        print(check.format_results(name, contract[name]))
+    verdicts = {name: [f"contract: {r.check} ({r.case})" for r in contract[name] if not r.ok] for name in names}
+    entries = {name: registry.get(name) for name in names}
+    # torch variants are compared too; the reference adapters are what the others are compared with
+    compared = {name: [a for a in e.algorithms if reference_adapter(a) != name] for name, e in entries.items()}
+    algorithms = list(dict.fromkeys(a for algos in compared.values() for a in algos))
+    if args.parity and algorithms:
+        # the MAML family on the sinusoid (the MLP) and on Omniglot (Conv-4: BatchNorm, max-pool)
+        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in algorithms) + ["omniglot-5w1s"]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "parity.csv"
+            run_parity(specs=specs, algorithms=algorithms, adapters=[n for n in names if compared[n]],
+                       data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=2, device=args.device,
+                       threads=args.threads, quick=True, out=out)
+            table = pd.read_csv(out) if out.exists() else None
+        for name in names:
+            if not compared[name]:
+                continue
+            rows = table[table["adapter"] == name] if table is not None else None
+            if rows is None or rows.empty:
+                verdicts[name].append("parity: not compared (see above)")
+            else:
+                verdicts[name] += [f"parity on {r.spec} / {r.algorithm}" for r in rows.itertuples() if not r.ok]
+    print()
+    for name in names:
+        bad = verdicts[name]
+        print(f"{name}: " + (f"FAILED: {'; '.join(bad)}" if bad else
+                             "passes the contract" + (" and quick parity" if args.parity and compared[name] else "")))
+    return 1 if any(verdicts.values()) else 0
 
 
 def cmd_new_adapter(args) -> int:
@@ -329,8 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results_dir", nargs="?", default="results", help="folder of run folders (default results)")
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("check", help="an adapter's contract on synthetic episodes (seconds), and quick parity")
-    p.add_argument("adapter", metavar="ADAPTER")
+    p = sub.add_parser("check", help="adapters' contract on synthetic episodes (seconds), and quick parity")
+    p.add_argument("adapters", metavar="ADAPTER", nargs="+", help="one or more registered adapters")
     p.add_argument("--parity", action=argparse.BooleanOptionalAction, default=True,
                    help="also compare with torch on 2 tasks (default: on; the reference is cached)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")

@@ -376,7 +376,27 @@ def merged_benchmark_json(run_dir: Path) -> dict | None:
 
 
 def read_parity(run_dir: Path) -> pd.DataFrame | None:
+    """``parity.csv``, with a failed row (``error``: which contract checks failed) added for
+    each (adapter, spec, algorithm) whose adapter failed the run's contract check
+    (``contract.csv``): every table marks both alike, as timings that are not of the
+    reference maths, or not of the whole step."""
     path = Path(run_dir) / "parity.csv"
+    parity = read_csv(path, ["adapter", "spec", "algorithm", "ok"]) if path.exists() else None
+    contract = read_contract(run_dir)
+    if contract is None:
+        return parity
+    bad = contract[~contract["ok"].astype(bool)]
+    if bad.empty:
+        return parity
+    rows = pd.DataFrame({"adapter": bad["adapter"], "spec": bad["spec"], "algorithm": bad["algorithm"], "ok": False,
+                         "check": "contract",
+                         "error": "contract check failed: " + bad["failed"].fillna("").astype(str)})
+    return rows if parity is None else pd.concat([parity, rows], ignore_index=True)
+
+
+def read_contract(run_dir: Path) -> pd.DataFrame | None:
+    """``contract.csv`` (``bench.runner.run_contract_phase``), or None for a run without it."""
+    path = Path(run_dir) / "contract.csv"
     return read_csv(path, ["adapter", "spec", "algorithm", "ok"]) if path.exists() else None
 
 
@@ -492,11 +512,13 @@ def _parity_rows(t: pd.DataFrame) -> list[dict]:
     for r in t.itertuples():
         if isinstance(getattr(r, "error", None), str):
             rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": False,
-                         "meta_grad float32 (torch floor)": r.error, "max float64": ""})
+                         "meta_grad float32 (torch floor)": "", "max float64": "",
+                         "diagnosis": r.error, "contract": getattr(r, "check", None) == "contract"})
             continue
         rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": bool(r.ok),
                      "meta_grad float32 (torch floor)": f"{r.meta_grad:.1e} ({r.meta_grad_floor:.1e})",
-                     "max float64": f"{max(getattr(r, q + '_64') for q in QUANTITIES):.1e}",
+                     # a run from before a quantity was compared has no column for it
+                     "max float64": f"{np.nanmax([getattr(r, q + '_64', np.nan) for q in QUANTITIES]):.1e}",
                      "diagnosis": d if isinstance(d := getattr(r, "diagnosis", None), str) else ""})
     return rows
 
@@ -514,8 +536,9 @@ def _parity_verdict(run_dir: Path) -> str:
     failed = sorted({r["adapter"] for r in _parity_rows(t) if not r["ok"]})
     checked = ", ".join(sorted(set(t["adapter"])))
     if failed:
-        return (f"FAILED for {', '.join(failed)}: their timings compare different maths (marked "
-                f"{tables.FAILED_PARITY} below; the comparisons are under Failures). Checked: {checked}.\n")
+        return (f"FAILED for {', '.join(failed)}: their timings compare different maths, or not the whole "
+                f"step (marked {tables.FAILED_PARITY} below; the comparisons and contract checks that failed are "
+                f"under Failures). Checked: {checked}.\n")
     return (f"every adapter computes torch's function (float64 within {TOLERANCE_64:g}) and its float32 "
             f"result is within tolerance: {checked}. Details under Parity details and in `parity.csv`.\n")
 
@@ -561,7 +584,10 @@ def _failures(run_dir: Path, status: pd.DataFrame) -> str:
             if not r["ok"]:
                 why = r.get("diagnosis") or (f"{r['meta_grad float32 (torch floor)']} (meta_grad float32 "
                                              f"error, torch floor)")
-                lines.append(f"- parity {r['adapter']} vs torch on {r['spec']} / {r['algorithm']}: {why}")
+                if r.get("contract") is True:
+                    lines.append(f"- contract {r['adapter']} on {r['spec']} / {r['algorithm']}: {why}")
+                else:
+                    lines.append(f"- parity {r['adapter']} vs torch on {r['spec']} / {r['algorithm']}: {why}")
     elif (run_dir / "parity.log").exists():
         lines.append(f"- parity: {(run_dir / 'parity.log').read_text().strip().splitlines()[-1]}")
     return "\n".join(lines) + "\n" if lines else "none\n"

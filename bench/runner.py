@@ -421,12 +421,44 @@ def _finished(cell_dir: Path, phases) -> bool:
     return all(isinstance(done.get(p), dict) and done[p].get("status") == "ok" for p in phases)
 
 
+def run_contract_phase(run_dir: Path, cells, *, device: str, cache_dir, echo) -> None:
+    """Every adapter of the run through the contract checks of ``metabench check`` (sync
+    waits for the step, every outer step updates, ...), cached per adapter and code
+    version: ``contract.csv``, one row per (adapter, spec, algorithm) of the run's cells."""
+    import pandas as pd
+
+    from bench import check
+
+    names = sorted({c.adapter for c in cells})
+    t0 = time.perf_counter()
+    try:  # single-threaded, as `metabench check` by default: the contract does not depend on threads
+        results = check.cached_contract(names, device, 1, cache_dir)
+    except Exception as e:  # noqa: BLE001 - a broken registry entry: said, never fatal
+        echo(f"[contract] not checked: {type(e).__name__}: {e}")
+        return
+    rows = []
+    for c in cells:
+        found, cached = results[c.adapter]
+        bad = [f"{r.check} ({r.case}): {r.detail}" for r in found if not r.ok]
+        rows.append({"adapter": c.adapter, "spec": c.spec, "algorithm": c.algorithm, "ok": not bad,
+                     "failed": "; ".join(bad), "cached": cached})
+    table = pd.DataFrame(rows).drop_duplicates(["adapter", "spec", "algorithm"])
+    atomic.write_csv(run_dir / "contract.csv", table, index=False)
+    failed = sorted(set(table.loc[~table["ok"], "adapter"]))
+    cached = sum(results[n][1] for n in names)
+    echo(f"[contract] {len(names) - len(failed)} of {len(names)} adapters keep the contract ({cached} from the "
+         f"cache) in {time.perf_counter() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+
+
 def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_dir, cache_dir, echo,
                      quick: bool = False) -> None:
-    """``metabench parity`` for the run's adapters, specs and algorithms, into
-    ``parity.csv`` and ``parity.log``. A failure is reported, never fatal: the cells run."""
+    """The contract check of every adapter in the run (``bench.check``, cached), into
+    ``contract.csv``, then ``metabench parity`` for the run's adapters, specs and
+    algorithms, into ``parity.csv`` and ``parity.log``. A failure is reported and marked in
+    every table, never fatal: the cells run."""
     from bench.parity import REFERENCE, reference_adapter, run_parity
 
+    run_contract_phase(run_dir, cells, device=device, cache_dir=cache_dir, echo=echo)
     adapters = sorted({c.adapter for c in cells if c.adapter != reference_adapter(c.algorithm)})
     if not adapters:
         echo("[parity] only the reference adapters in this run: nothing to compare")
@@ -476,6 +508,12 @@ def failures(run_dir: Path) -> list[str]:
         out += [f"parity {a}" for a in sorted(set(table.loc[~table["ok"].astype(bool), "adapter"]))]
     elif (run_dir / "parity.log").exists():  # the parity phase ran but produced no table
         out.append("parity (see parity.log)")
+    contract = run_dir / "contract.csv"
+    if contract.exists():
+        import pandas as pd
+
+        table = pd.read_csv(contract)
+        out += [f"contract {a}" for a in sorted(set(table.loc[~table["ok"].astype(bool), "adapter"]))]
     return out
 
 

@@ -496,17 +496,19 @@ def parity_marks(parity: pd.DataFrame | None, cells: pd.DataFrame, reference: st
     the reference framework is what the others are checked against."""
     if parity is None or cells.empty:
         return {}
-    ok = {}
-    for r in parity.itertuples():
-        ok[(r.adapter, r.spec, r.algorithm)] = bool(r.ok) if not is_missing(getattr(r, "ok", None)) else False
+    ok: dict = {}
+    for r in parity.itertuples():  # a contract row's failure stands over its parity row's pass
+        key = (r.adapter, r.spec, r.algorithm)
+        ok[key] = ok.get(key, True) and (bool(r.ok) if not is_missing(getattr(r, "ok", None)) else False)
     from bench.parity import reference_adapter
 
     marks = {}
     for r in cells.drop_duplicates(["adapter", "spec", "algorithm"]).itertuples():
-        if r.framework == reference and _is_reference(r.adapter, r.algorithm, reference_adapter):
-            continue
         key = (r.adapter, r.spec, r.algorithm)
-        marks[key] = UNCHECKED_PARITY if key not in ok else (None if ok[key] else FAILED_PARITY)
+        if key in ok:  # the reference too, where it failed the contract check
+            marks[key] = None if ok[key] else FAILED_PARITY
+        elif not (r.framework == reference and _is_reference(r.adapter, r.algorithm, reference_adapter)):
+            marks[key] = UNCHECKED_PARITY
     return {k: v for k, v in marks.items() if v}
 
 
@@ -522,7 +524,8 @@ def _is_reference(adapter: str, algorithm: str, reference_adapter) -> bool:
 def marks_legend(marks: dict) -> str:
     parts = []
     if FAILED_PARITY in marks.values():
-        parts.append(f"{FAILED_PARITY} failed parity (its timings compare different maths)")
+        parts.append(f"{FAILED_PARITY} failed parity or the contract check (its timings compare different maths, "
+                     "or not the whole step)")
     if UNCHECKED_PARITY in marks.values():
         parts.append(f"{UNCHECKED_PARITY} not checked by parity")
     return "; ".join(parts)

@@ -24,7 +24,7 @@ def test_jax_and_tensorflow_match_torch_for_every_algorithm(data_env, tmp_path):
     (small models), which keeps this test's compiles, XLA's above all, to two algorithms."""
     out = tmp_path / "parity.csv"
     r = _parity(data_env, "--frameworks", "jax,tensorflow", "--specs", "omniglot-5w1s,sinusoid-10shot",
-                "--algorithms", "maml,protonet", "--out", str(out))
+                "--algorithms", "maml,protonet", "--batch-size", "2", "--out", str(out))
     assert r.returncode == 0, r.stdout + r.stderr[-2000:]
     assert "all 6 comparisons within" in r.stdout
     table = pd.read_csv(out)
