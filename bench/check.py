@@ -91,6 +91,13 @@ SYNC_READ_FRACTION = 0.5
 SYNC_MIN_STEP = 2e-3
 
 
+# The checks a run makes before timing (``cached_contract(..., for_run=True)``): the two that
+# guard the timing itself, which parity cannot see, on the image case of the adapter's first
+# algorithm only. Every check recompiles a jitted adapter, so the whole contract is minutes
+# for an XLA adapter; these two are seconds. ``metabench check`` and the tests run them all.
+RUN_CHECKS = ("outer steps on the timed batch: each changes the parameters", "sync waits for the step's results")
+
+
 class CheckFailed(AssertionError):
     pass
 
@@ -179,10 +186,26 @@ def measure_sync(adapter, batch, device: str, rounds: int = SYNC_ROUNDS) -> Sync
                        *(tuple(float(np.median(c)) for c in zip(*reads)) if reads else ()))
 
 
+def _expect_sync(m: SyncMeasure) -> None:
+    _expect(m.left_cpu <= max(SYNC_LEFT_FRACTION * m.work_cpu, SYNC_LEFT_FLOOR),
+            f"{m.left_cpu * 1e3:.1f} ms of CPU work ran after sync() returned, {m.left_fraction:.0%} of the "
+            f"step's {m.work_cpu * 1e3:.1f} ms (median of {SYNC_ROUNDS} steps): sync must block until the "
+            f"returned loss and the updated parameters are computed (e.g. jax.block_until_ready, "
+            f"torch.cuda.synchronize, joining the thread that runs the step)")
+    if m.read_step is not None and m.read_step >= SYNC_MIN_STEP:
+        # shorter is mostly the copy itself: no sync could be told from none
+        _expect(m.read_extra <= SYNC_READ_FRACTION * m.read_step,
+                f"reading the results right after sync() took {m.read_extra * 1e3:.1f} ms longer than once "
+                f"the device was idle, {m.read_extra / m.read_step:.0%} of the step ({m.read_step * 1e3:.1f} "
+                f"ms): sync must block until the returned loss and the updated parameters are computed (e.g. "
+                f"jax.block_until_ready, torch.cuda.synchronize)")
+
+
 def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, device: str = "cpu",
-                    with_sync: bool = False):
+                    with_sync: bool = False, for_run: bool = False):
     """(check name, function) pairs for one case; each function raises CheckFailed.
-    ``with_sync`` adds the sync check (timed, on a larger batch: once per adapter)."""
+    ``with_sync`` adds the sync check (timed, on a larger batch: once per adapter);
+    ``for_run``: only ``RUN_CHECKS``, both on one adapter."""
     algo = get_algorithm(algorithm)
     spec = algo.resolve(spec)
     init = init_params(spec, algorithm)
@@ -275,19 +298,32 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
         a.sync(a.outer_step(b))  # compiles
         a.get_params()
-        m = measure_sync(a, b, device)
-        _expect(m.left_cpu <= max(SYNC_LEFT_FRACTION * m.work_cpu, SYNC_LEFT_FLOOR),
-                f"{m.left_cpu * 1e3:.1f} ms of CPU work ran after sync() returned, {m.left_fraction:.0%} of the "
-                f"step's {m.work_cpu * 1e3:.1f} ms (median of {SYNC_ROUNDS} steps): sync must block until the "
-                f"returned loss and the updated parameters are computed (e.g. jax.block_until_ready, "
-                f"torch.cuda.synchronize, joining the thread that runs the step)")
-        if m.read_step is not None and m.read_step >= SYNC_MIN_STEP:
-            # shorter is mostly the copy itself: no sync could be told from none
-            _expect(m.read_extra <= SYNC_READ_FRACTION * m.read_step,
-                    f"reading the results right after sync() took {m.read_extra * 1e3:.1f} ms longer than once "
-                    f"the device was idle, {m.read_extra / m.read_step:.0%} of the step ({m.read_step * 1e3:.1f} "
-                    f"ms): sync must block until the returned loss and the updated parameters are computed (e.g. "
-                    f"jax.block_until_ready, torch.cuda.synchronize)")
+        _expect_sync(measure_sync(a, b, device))
+
+    if for_run:
+        # one adapter on one batch, compiled once: every check above builds its own adapter,
+        # and a jitted one compiles again each time (minutes for an XLA MAML)
+        timed = {}
+
+        def every_timed_step_updates():
+            a = build()
+            b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
+            before, still = a.get_params(), []
+            for i in range(OUTER_STEPS):
+                a.sync(a.outer_step(b))
+                now = a.get_params()
+                if _same_params(now, before) is None:
+                    still.append(i + 1)
+                before = now
+            timed.update(adapter=a, batch=b)
+            _expect(not still, f"outer step {', '.join(map(str, still))} of {OUTER_STEPS} left the parameters "
+                               f"unchanged (every outer step must apply its update)")
+
+        def sync_waits_for_the_timed_step():
+            _expect("adapter" in timed, "not measured: the outer steps failed")
+            _expect_sync(measure_sync(timed["adapter"], timed["batch"], device))
+
+        return [(RUN_CHECKS[0], every_timed_step_updates), (RUN_CHECKS[1], sync_waits_for_the_timed_step)]
 
     checks = [("parameters round-trip in the canonical layout", params_round_trip),
             ("probe: support loss, query outputs, meta-gradient per parameter", probe_layout),
@@ -301,18 +337,21 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
     return checks
 
 
-def run_contract(name: str, device: str = "cpu", threads: int = 1) -> list[Result]:
-    """Every contract check of adapter ``name`` in this process (which imports its framework)."""
+def run_contract(name: str, device: str = "cpu", threads: int = 1, for_run: bool = False) -> list[Result]:
+    """Every contract check of adapter ``name`` in this process (which imports its framework);
+    ``for_run``: only ``RUN_CHECKS``."""
     entry = registry.get(name)
     cls = registry.load_adapter_class(entry)
     cls.configure(threads, device)
     results = []
-    for algorithm in entry.algorithms:
+    for algorithm in entry.algorithms[:1] if for_run else entry.algorithms:
         for spec in small_specs(algorithm):
+            if for_run and spec.is_regression and len(small_specs(algorithm)) > 1:
+                continue
             case = f"{spec.name} / {algorithm}"
             # the sync check once per adapter: its first algorithm's image case
             with_sync = algorithm == entry.algorithms[0] and not spec.is_regression
-            for check, fn in contract_checks(cls, entry.options, spec, algorithm, device, with_sync):
+            for check, fn in contract_checks(cls, entry.options, spec, algorithm, device, with_sync, for_run):
                 try:
                     fn()
                     results.append(Result(check, case, True))
@@ -330,7 +369,8 @@ def check_in_subprocess(name: str, device: str = "cpu", threads: int = 1) -> lis
     return check_many_in_subprocess([name], device, threads)[name]
 
 
-def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int = 1) -> dict[str, list[Result]]:
+def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int = 1,
+                             for_run: bool = False) -> dict[str, list[Result]]:
     """``run_contract`` for each of ``names``, one process per framework (its import paid
     once): ``{name: results}``."""
     by_framework: dict[str, list[str]] = {}
@@ -338,8 +378,8 @@ def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int
         by_framework.setdefault(registry.get(name).framework, []).append(name)
     out = {}
     for group in by_framework.values():
-        proc = subprocess.run([sys.executable, "-m", "bench.check", ",".join(group), device, str(threads)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "bench.check", ",".join(group), device, str(threads),
+                               *(["run"] if for_run else [])], capture_output=True, text=True)
         try:
             found = json.loads(proc.stdout.strip().splitlines()[-1])
             out.update({name: [Result(**r) for r in found[name]] for name in group})
@@ -350,7 +390,7 @@ def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int
     return {name: out[name] for name in names}
 
 
-def _contract_key(name: str, device: str, threads: int) -> str:
+def _contract_key(name: str, device: str, threads: int, for_run: bool) -> str:
     """What a contract result depends on: the adapter's entry (target, options), the source
     of the module that defines it and of every adapter in this project (its base classes
     live there), the harness's side of the contract, the framework's installed version,
@@ -361,7 +401,7 @@ def _contract_key(name: str, device: str, threads: int) -> str:
     from pathlib import Path
 
     entry = registry.get(name)
-    h = hashlib.sha256(json.dumps([entry.target, entry.options, entry.framework, device, threads],
+    h = hashlib.sha256(json.dumps([entry.target, entry.options, entry.framework, device, threads, for_run],
                                   sort_keys=True, default=str).encode())
     here = Path(__file__).resolve().parent
     files = [here / n for n in ("check.py", "adapter.py", "algorithms.py", "models.py", "episodes.py")]
@@ -378,8 +418,8 @@ def _contract_key(name: str, device: str, threads: int) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_contract(names: list[str], device: str, threads: int,
-                    cache_dir=None) -> dict[str, tuple[list[Result], bool]]:
+def cached_contract(names: list[str], device: str, threads: int, cache_dir=None,
+                    for_run: bool = False) -> dict[str, tuple[list[Result], bool]]:
     """``{name: (results, from the cache)}``: the contract of each adapter, computed (in a
     process per framework) only where the cache has no result for what it depends on
     (``_contract_key``). A run checks its adapters this way before timing them."""
@@ -390,7 +430,7 @@ def cached_contract(names: list[str], device: str, threads: int,
     root = paths.cache_dir(cache_dir) / "contract"
     out, todo = {}, []
     for name in names:
-        path = root / f"{name}-{_contract_key(name, device, threads)}.json"
+        path = root / f"{name}-{'run-' if for_run else ''}{_contract_key(name, device, threads, for_run)}.json"
         try:
             out[name] = ([Result(**r) for r in json.loads(path.read_text())], True)
         except (OSError, ValueError, TypeError):
@@ -400,7 +440,7 @@ def cached_contract(names: list[str], device: str, threads: int,
         groups.setdefault(registry.get(name).framework, []).append((name, path))
     for group in groups.values():
         try:
-            fresh = check_many_in_subprocess([n for n, _ in group], device, threads)
+            fresh = check_many_in_subprocess([n for n, _ in group], device, threads, for_run)
         except MetabenchError as e:  # the framework's process died: every adapter in it fails
             fresh = {n: [Result("the contract checks run", "all", False, str(e))] for n, _ in group}
         for name, path in group:
@@ -422,9 +462,10 @@ def format_results(name: str, results: list[Result]) -> str:
 
 
 if __name__ == "__main__":
-    # python -m bench.check NAME[,NAME...] DEVICE THREADS: prints {name: results} as one JSON line
+    # python -m bench.check NAME[,NAME...] DEVICE THREADS [run]: prints {name: results} as one JSON line
     from bench.cell import pin_threads
 
     pin_threads(int(sys.argv[3]))
-    print(json.dumps({name: [r.__dict__ for r in run_contract(name, sys.argv[2], int(sys.argv[3]))]
+    for_run = sys.argv[4:] == ["run"]
+    print(json.dumps({name: [r.__dict__ for r in run_contract(name, sys.argv[2], int(sys.argv[3]), for_run)]
                       for name in sys.argv[1].split(",")}))

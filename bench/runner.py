@@ -422,9 +422,10 @@ def _finished(cell_dir: Path, phases) -> bool:
 
 
 def run_contract_phase(run_dir: Path, cells, *, device: str, cache_dir, echo) -> None:
-    """Every adapter of the run through the contract checks of ``metabench check`` (sync
-    waits for the step, every outer step updates, ...), cached per adapter and code
-    version: ``contract.csv``, one row per (adapter, spec, algorithm) of the run's cells."""
+    """Every adapter of the run through the contract checks that guard the timing
+    (``bench.check.RUN_CHECKS``: sync waits for the step, every outer step updates), cached
+    per adapter and code version: ``contract.csv``, one row per (adapter, spec, algorithm)
+    of the run's cells. Parity checks the maths."""
     import pandas as pd
 
     from bench import check
@@ -432,7 +433,7 @@ def run_contract_phase(run_dir: Path, cells, *, device: str, cache_dir, echo) ->
     names = sorted({c.adapter for c in cells})
     t0 = time.perf_counter()
     try:  # single-threaded, as `metabench check` by default: the contract does not depend on threads
-        results = check.cached_contract(names, device, 1, cache_dir)
+        results = check.cached_contract(names, device, 1, cache_dir, for_run=True)
     except Exception as e:  # noqa: BLE001 - a broken registry entry: said, never fatal
         echo(f"[contract] not checked: {type(e).__name__}: {e}")
         return
