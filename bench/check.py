@@ -73,7 +73,7 @@ def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0, tasks: int = BATCH)
 # 10-20 ms of CPU time in each framework on a CPU, so that the work a sync that did not wait
 # leaves behind is far above the CPU time an idle process spends anyway.
 SYNC_TASKS = 16
-SYNC_ROUNDS = 5
+SYNC_ROUNDS = 3
 # The host sleeps this many times the synchronised step's wall time (plus SYNC_PAUSE_MIN s)
 # after sync: long enough for any work left behind to finish, even on a loaded machine.
 SYNC_PAUSE_FACTOR = 3.0
@@ -93,8 +93,9 @@ SYNC_MIN_STEP = 2e-3
 
 # The checks a run makes before timing (``cached_contract(..., for_run=True)``): the two that
 # guard the timing itself, which parity cannot see, on the image case of the adapter's first
-# algorithm only. Every check recompiles a jitted adapter, so the whole contract is minutes
-# for an XLA adapter; these two are seconds. ``metabench check`` and the tests run them all.
+# algorithm only, both on one adapter compiled once. Every check of the whole contract builds
+# (so recompiles) its own adapter: minutes for TF's XLA MAML alone, where these two took 138 s
+# for the smoke run's six adapters on 2 cores, uncached. ``metabench check`` runs them all.
 RUN_CHECKS = ("outer steps on the timed batch: each changes the parameters", "sync waits for the step's results")
 
 
