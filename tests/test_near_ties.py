@@ -80,6 +80,7 @@ def _quantities(prefix: str, grad: np.ndarray) -> dict:
     """A comparison's arrays for one request: a 1-parameter model whose meta-gradient is ``grad``."""
     return {f"{prefix}support_loss": np.ones(4), f"{prefix}query_logits": np.ones((4, 5, 5)),
             f"{prefix}meta_grad/w": grad, f"{prefix}params_after/w": -1e-3 * np.sign(grad),
+            f"{prefix}trajectory/w": -3e-3 * np.sign(grad), f"{prefix}test_outputs": np.ones((4, 5, 5)),
             f"{prefix}init/w": np.zeros_like(grad)}
 
 
