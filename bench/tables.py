@@ -313,10 +313,10 @@ def _first_step_cell(r) -> str:
     return f"{text}, repaid after {int(r.break_even_steps)} steps"
 
 
-def first_step_pivot(cmp: pd.DataFrame, baseline: str = "torch", failed=None) -> pd.DataFrame:
+def first_step_pivot(cmp: pd.DataFrame, baseline: str = "torch", failed=None, marks=None) -> pd.DataFrame:
     """First-step (compile) time, and for compiled adapters the break-even step count
     against the fastest eager adapter of the same phase."""
-    return _pivot(cmp[cmp["phase"] != SAMPLING], _first_step_cell, baseline, failed=failed)
+    return _pivot(cmp[cmp["phase"] != SAMPLING], _first_step_cell, baseline, failed=failed, marks=marks)
 
 
 # -- accuracy -----------------------------------------------------------------------------
@@ -571,7 +571,7 @@ def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFram
                   _para("**First step** (compilation included; with several processes, their median and "
                         "range) and, for compiled adapters, the step count at which the extra first-step "
                         "time is repaid against the fastest eager adapter of the same phase.",
-                        first_step_pivot(cmp, baseline, failed=timing_failed))]
+                        first_step_pivot(cmp, baseline, failed=timing_failed, marks=marks))]
     if not acc.empty:
         paired = paired_comparisons(tables.get("episodes", pd.DataFrame()), baseline)
         text = _para("**Accuracy** on the test episodes: mean ± 95% CI over the episodes (with several "

@@ -287,8 +287,20 @@ def metabench(env, *args, timeout=900) -> subprocess.CompletedProcess:
 
 def test_list_shows_the_installed_plugin(plugin_env):
     out = metabench(plugin_env, "list").stdout
-    for name in ("throwaway-sign", "throwaway-unsquared", "throwaway-nosync", "throwaway-faithful"):
+    for name in (*PLANTED, CONTROL):
         assert name in out
+
+
+def markdown_tables(text: str) -> list[list[list[str]]]:
+    """Every markdown table in ``text``: its lines' cells, header first."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
 
 
 def contract_block(out: str, name: str) -> list[str]:
@@ -373,15 +385,23 @@ def test_a_run_marks_every_planted_bug_and_never_calls_one_faster(plugin_env, tm
         assert f"- {caught_by} {name} " in failures, (name, failures)
     assert CONTROL not in failures
     assert "failed parity or the contract check" in summary
-    timing = summary.split("## Failures")[0]
-    for line in timing.splitlines():
-        for name in PLANTED:
-            if f"{name}" in line and line.startswith("|"):
-                assert f"{name} †" in line, line  # marked in every table
-            if name in line:
-                assert "**" not in line and "faster" not in line, line  # never the faster choice
-        if CONTROL in line:
-            assert f"{CONTROL} †" not in line and f"{CONTROL} ‡" not in line, line
+    timing = summary.split("## Comparison")[1].split("## Parity details")[0]  # every timing table
+    marked = 0
+    for table in markdown_tables(timing):
+        header, rows = table[0], table[2:]
+        for row in rows:
+            for name in (*PLANTED, CONTROL):
+                if name in row[0]:  # a table with one row per adapter
+                    assert (f"{name} †" in row[0]) == (name != CONTROL), row
+                    marked += name != CONTROL
+            for col, title in enumerate(header):  # a table with one column per adapter
+                name = title.split(" (")[0]
+                if name in PLANTED and row[col] not in ("", "-"):
+                    assert "†" in row[col] and "**" not in row[col], (title, row)
+                    marked += 1
+                if name == CONTROL:
+                    assert "†" not in row[col] and "‡" not in row[col], (title, row)
+    assert marked >= 3 * len(PLANTED)  # step times, speedups and first steps at least
     # what else used the CPU while the cells ran is recorded, phase by phase
     load = next(line for line in summary.splitlines() if line.startswith("- machine load: "))
     assert "quiet" in load or "BUSY" in load
