@@ -365,11 +365,6 @@ def run_contract(name: str, device: str = "cpu", threads: int = 1, for_run: bool
     return results
 
 
-def check_in_subprocess(name: str, device: str = "cpu", threads: int = 1) -> list[Result]:
-    """``run_contract`` in a process of its own (one framework per process)."""
-    return check_many_in_subprocess([name], device, threads)[name]
-
-
 def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int = 1,
                              for_run: bool = False) -> dict[str, list[Result]]:
     """``run_contract`` for each of ``names``, one process per framework (its import paid
