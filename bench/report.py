@@ -615,6 +615,24 @@ def thread_mismatches(run_dir: Path, asked) -> list[str]:
     return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
 
 
+def adapters_section(run_dir: Path) -> str:
+    """``## How each adapter ran``: each adapter's own description (``Adapter.describe``'s
+    notes) with the cells it held for. An adapter that picks its form by shape (torch-maml:
+    a loop or vmap over tasks) says here which form ran where."""
+    held: dict[tuple[str, str], list[str]] = {}
+    for env_path in sorted((run_dir / "cells").glob("*/environment.json")):
+        info = read_json(env_path).get("adapter_info", {})
+        cell = read_json(env_path.with_name("cell.json")) if env_path.with_name("cell.json").exists() else {}
+        adapter = cell.get("adapter") or env_path.parent.name.split("__")[0]
+        where = f"{cell.get('spec', '?')} / {cell.get('algorithm', '?')}"
+        if info.get("notes"):
+            held.setdefault((adapter, info["notes"]), []).append(where)
+    if not held:
+        return ""
+    lines = [f"- **{adapter}** ({', '.join(sorted(set(cells)))}): {notes}" for (adapter, notes), cells in held.items()]
+    return "## How each adapter ran\n\n" + "\n".join(lines) + "\n\n"
+
+
 def _sweep_section(run_dir: Path, tabs: dict) -> str:
     """``## How cost grows``, for a run with ``--sweep`` (``bench.sweeps``); else nothing."""
     from bench.sweeps import sweep_markdown, sweep_points
@@ -777,6 +795,7 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
     command = manifest.get("command", "?")
     # a long command (a sweep's spec references, a dozen adapters) as a code block of its own
     command = f"`{command}`" if len(command) <= 300 else f"\n\n      {command}\n"
+    defaults = defaults_section(tabs['steps'], manifest.get('device', 'cpu'), marks)
     return f"""# metabench run {manifest.get('run_id', run_dir.name)}
 {SMOKE_NOTE if manifest.get('profile') == 'smoke' else ''}
 - command: {command}
@@ -797,7 +816,7 @@ Step times are rounds of one step each, the device synchronised inside the timed
 `sample_episodes` (host-side numpy) is left out of these tables and shown in the details.
 Memory is measured in a process apart from timing.
 
-{_sweep_section(run_dir, tabs)}{defaults_section(tabs['steps'], manifest.get('device', 'cpu'), marks)}## Step times
+{_sweep_section(run_dir, tabs)}{defaults}{adapters_section(run_dir)}## Step times
 
 {overhead_line(tabs['steps'])}
 

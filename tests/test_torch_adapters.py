@@ -254,3 +254,62 @@ def test_compiled_maml_matches_eager_and_a_second_adapter_reuses_its_compiled_co
         np.testing.assert_allclose(first.get_params()[k], v, rtol=1e-5, atol=1e-7)
     assert second.compilation_count() == 0 and eager.compilation_count() is None
     assert second.describe().compilation == "torch.compile"
+
+
+# -- tasks vmapped or in a loop (the ``tasks`` option) ------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
+@pytest.mark.parametrize("spec_name", ["sinusoid", "omniglot"])
+def test_task_loop_and_vmap_compute_the_same_maths(algorithm, spec_name):
+    """Float64: the probe (support loss, query logits after adaptation, meta-gradient), one
+    inner step, predict after test-time adaptation and two outer steps agree to rounding,
+    two inner steps so the second-order graph goes through an adapted BatchNorm."""
+    if spec_name == "sinusoid":
+        spec = load_spec("sinusoid-10shot")
+        spec = replace(spec, model=replace(spec.model, hidden=8), maml=replace(spec.maml, inner_steps=2))
+        batch = sinusoid_batch(spec, 3)
+    else:
+        spec = tiny_omniglot(inner_steps=2, test_inner_steps=3)
+        batch = random_image_batch(spec, b=3)
+    params = init_params(spec, algorithm, seed=1)
+    forms = {f: TorchMAML(spec, algorithm, params, options={"tasks": f, "dtype": "float64"}) for f in ("vmap", "loop")}
+    out = {}
+    for f, a in forms.items():
+        b = a.to_device(batch)
+        probe = a.probe(b)
+        inner = {k: v.detach().numpy() for k, v in a.inner_step(b).items()}
+        logits = a.predict(b)
+        a.outer_step(b)
+        a.outer_step(b)
+        out[f] = (probe, inner, logits, a.get_params())
+    for part in range(4):
+        ref, got = out["vmap"][part], out["loop"][part]
+        if isinstance(ref, dict):
+            assert ref.keys() == got.keys()
+            for k in ref:
+                np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, atol=1e-11, err_msg=f"part {part}: {k}")
+        else:
+            np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-11, err_msg=f"part {part}")
+
+
+def test_auto_picks_the_task_form_by_shape_and_says_which():
+    """On a CPU, Conv-4: inner steps loop always, the meta-gradient from 25 query images per
+    task; the MLP stays vmapped; ``describe`` names the forms of the training shape."""
+    from implementations.torch.maml import TASK_LOOP_QUERY_FROM
+
+    small = tiny_omniglot()  # 3-way; training query = k_shot = 1 per class: 3 query images per task
+    a = TorchMAML(small, "maml", init_params(small, "maml"))
+    assert a.task_loop_for(3) and not a.task_loop_for(3, meta_gradient=True)
+    assert a.task_loop_for(TASK_LOOP_QUERY_FROM, meta_gradient=True)
+    assert not a.task_loop_for(TASK_LOOP_QUERY_FROM - 1, meta_gradient=True)
+    assert "the meta-gradient vmapped over tasks (3 query images" in a.describe().notes
+    big = tiny_omniglot(train_n_query=9)  # 27 query images per training task
+    assert "the meta-gradient a loop over tasks (27 query images" in \
+        TorchMAML(big, "maml", init_params(big, "maml")).describe().notes
+    sinusoid = load_spec("sinusoid-10shot")
+    s = TorchMAML(sinusoid, "maml", init_params(sinusoid, "maml"))
+    assert not s.task_loop_for(100) and not s.task_loop_for(100, meta_gradient=True)
+    forced = TorchMAML(sinusoid, "maml", init_params(sinusoid, "maml"), options={"tasks": "loop"})
+    assert forced.task_loop_for(1, meta_gradient=True)
+    with pytest.raises(ValueError, match="tasks=loop"):
+        TorchMAML(small, "maml", init_params(small, "maml"), options={"tasks": "loop", "compile": True})

@@ -14,6 +14,12 @@ HEAD = ("head.weight", "head.bias")
 
 class TorchANIL(TorchMAML):
     algorithms = ("anil",)
+    # ANIL's inner loop is on the head over features computed once: always vmapped (its tasks'
+    # per-step work is a linear layer), so MAML's task-loop option is not offered.
+    OPTIONS = {k: v for k, v in TorchMAML.OPTIONS.items() if k != "tasks"}
+
+    def task_loop_for(self, query_per_task: int, meta_gradient: bool = False) -> bool:
+        return False
 
     def _make_adapt(self, steps: int):
         def adapt(params, x, y):

@@ -4,11 +4,31 @@ A task's query loss after adaptation is a pure function of the parameters,
 ``task_loss(params, support, query)``; the meta-gradient is ``grad`` of the mean over the
 meta-batch. First order stops the gradient through the inner gradients.
 
-Every task-batched computation is ``vmap``ped, the second-order meta-gradient included:
-BatchNorm is written out from mean and variance (``common.batch_norm``) because torch
-2.13's vmapped second derivative through ``F.batch_norm`` is wrong. Measured on 2 CPU
-threads, one meta-gradient: sinusoid (25 tasks) 3.3 ms vmapped against 46.6 ms in a
-Python loop over tasks; Omniglot 5-way 1-shot (8 tasks) 172 ms against 188 ms.
+Tasks run vmapped or in a Python loop, by shape (the ``tasks`` option; "auto" by default).
+Vmapped, BatchNorm is written out from mean and variance (``common.batch_norm``) because
+torch 2.13's vmapped second derivative through ``F.batch_norm`` is wrong; in the loop,
+``F.batch_norm`` is right and fused. Under vmap, a task's adapted weights make every query
+convolution a grouped one, which on a CPU grows worse than a loop with the query set.
+Measured on 2 CPU threads, float32, Omniglot Conv-4, both forms in one process, rounds
+alternated, medians (``/tmp``-style script in the closing note of issue 23), ms,
+vmap / loop:
+
+    way shot query/class meta-batch inner-steps | outer step    | inner step
+    5   1    1           8          1           | 141 / 144     | 36 / 24
+    5   1    1           32         1           | 602 / 595     | 163 / 107
+    5   1    1           8          5           | 575 / 632     | 35 / 26
+    20  1    1           8          1           | 619 / 643     | 161 / 69
+    5   1    5           8          1           | 462 / 208     | 39 / 28
+    5   1    5           4          5           | 396 / 374     | 27 / 13
+    5   1    15          4          1           | 565 / 189     | 20 / 13
+    5   1    15          8          1           | 1161 / 342    | 40 / 25
+    5   5    15          4          1           | 755 / 471     | 118 / 39
+    20  1    5           4          1           | 960 / 459     | 77 / 32
+
+So on a CPU, for Conv-4: inner steps and test-time adaptation loop over tasks, and the
+meta-gradient loops from ``TASK_LOOP_QUERY_FROM`` (25) query images per task, vmapped below.
+The sinusoid MLP stays vmapped (25 tasks: 3.3 ms vmapped against 46.6 ms in a loop), and so
+does an accelerator (not measured there). Both forms agree to 1e-13 in float64.
 
 ``options["compile"]``: the outer step's meta-gradient (second order included: ``grad`` of
 the vmapped task losses) as one ``torch.compile`` graph (Inductor, ``dynamic=False``,
@@ -32,15 +52,25 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from bench.adapter import AdapterInfo
+from bench.adapter import AdapterInfo, Option
 from implementations.torch import common
+
+# From this many query images per task, the meta-gradient runs in a loop over tasks on a CPU
+# (the ``tasks`` option's "auto"; measured: the module's docstring).
+TASK_LOOP_QUERY_FROM = 25
 
 
 class TorchMAML(common.TorchAdapter):
     algorithms = ("maml", "fomaml")
+    OPTIONS = {**common.TorchAdapter.OPTIONS,
+               "tasks": Option(str, "auto", ("auto", "vmap", "loop"),
+                               "how the meta-batch's tasks run: vmapped, in a Python loop (one task's "
+                               "graph at a time, fused BatchNorm), or auto: by task size and device")}
 
     def __init__(self, spec, algorithm, params, device="cpu", options=None):
         super().__init__(spec, algorithm, params, device, options)
+        if self._compiled and self.options.get("tasks") == "loop":
+            raise ValueError("option tasks=loop runs eager: it cannot be combined with compile=true")
         self.set_params(params)
         self._vmapped_adapt = {steps: vmap(self._make_adapt(steps), in_dims=(None, 0, 0))
                                for steps in {1, self.inner_steps, self.test_inner_steps}}
@@ -75,6 +105,70 @@ class TorchMAML(common.TorchAdapter):
             return params
         return adapt
 
+    # -- the task loop: one task at a time, what wins on a CPU when tasks are large -----------
+    def loop_features(self, params, x):
+        """``features`` for one task outside ``vmap``: BatchNorm as one fused kernel
+        (``F.batch_norm``), whose second derivative is right wherever no ``vmap`` goes through it."""
+        if self.regression:
+            return common.mlp_features(params, x)
+        return common.conv4(params, x, self._bn, self._eps, norm=common.fused_batch_norm)
+
+    def loop_loss(self, params, x, y):
+        return self.loss_of_outputs(self.head(params, self.loop_features(params, x)), y)
+
+    def loop_adapt(self, params, x, y, steps: int, create_graph: bool):
+        """One task's inner loop by ``torch.autograd.grad`` (``higher``'s way): ``params``
+        require grad; ``create_graph`` keeps the second-order graph for the meta-gradient."""
+        for _ in range(steps):
+            g = torch.autograd.grad(self.loop_loss(params, x, y), list(params.values()),
+                                    create_graph=create_graph and not self.first_order)
+            params = {k: p - self.inner_lr * gk for (k, p), gk in zip(params.items(), g)}
+        return params
+
+    def _loop_meta_grad(self, b):
+        """The meta-gradient task by task: each task's query loss differentiated on its own and
+        the gradients summed, so one task's second-order graph is alive at a time."""
+        params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        n = len(b)
+        total = {k: torch.zeros_like(v) for k, v in params.items()}
+        loss_sum = torch.zeros((), dtype=self._dtype, device=self._dev)
+        for t in range(n):
+            adapted = self.loop_adapt(params, b.support_x[t], b.support_y[t], self.inner_steps, create_graph=True)
+            loss = self.loop_loss(adapted, b.query_x[t], b.query_y[t]) / n
+            for k, g in zip(params, torch.autograd.grad(loss, list(params.values()))):
+                total[k] += g
+            loss_sum += loss.detach()
+        return total, loss_sum
+
+    def _loop_adapt_tasks(self, batch, steps: int):
+        """Every task adapted in turn, stacked as ``vmap`` stacks them ([tasks, ...] per name)."""
+        params = {k: v.detach().requires_grad_() for k, v in self.params.items()}
+        per_task = [self.loop_adapt(params, batch.support_x[t], batch.support_y[t], steps, create_graph=False)
+                    for t in range(len(batch))]
+        return {k: torch.stack([a[k].detach() for a in per_task]) for k in params}
+
+    def task_loop_for(self, query_per_task: int, meta_gradient: bool = False) -> bool:
+        """Whether tasks run in a loop, for a batch of ``query_per_task`` query images per
+        task: the ``tasks`` option, or under "auto" the rule measured on a CPU for Conv-4
+        (module docstring): inner steps and test-time adaptation always, the meta-gradient
+        from ``TASK_LOOP_QUERY_FROM`` query images per task. The sinusoid MLP, an accelerator
+        and the compiled variant (which compiles the vmapped meta-gradient) keep vmap."""
+        form = self.options["tasks"]
+        if form != "auto":
+            return form == "loop"
+        if self._dev.type != "cpu" or self.regression or self._compiled:
+            return False
+        return not meta_gradient or query_per_task >= TASK_LOOP_QUERY_FROM
+
+    def task_forms(self) -> str:
+        """Which form each step takes on the training shape: what ``describe`` records."""
+        shape = self.config.train_shape
+        query = shape.n_way * shape.n_query
+        form = lambda loop: "a loop over tasks" if loop else "vmapped over tasks"
+        return (f"inner steps and test-time adaptation {form(self.task_loop_for(query))}, the meta-gradient "
+                f"{form(self.task_loop_for(query, meta_gradient=True))} ({query} query images per training "
+                f"task; option tasks={self.options['tasks']})")
+
     def _task_query_loss(self, params, sx, sy, qx, qy):
         adapted = self._make_adapt(self.inner_steps)(params, sx, sy)
         return self.loss(adapted, qx, qy)
@@ -103,27 +197,45 @@ class TorchMAML(common.TorchAdapter):
 
     # -- contract --------------------------------------------------------------------------
     def describe(self) -> AdapterInfo:
-        return self.describe_as("torch.func; every step vmapped over tasks, the second-order meta-gradient "
-                                "included (BatchNorm written out from mean and variance); Adam from torch.optim "
-                                "(fused)")
-
+        return self.describe_as(f"torch.func; {self.task_forms()}; vmapped steps write BatchNorm out from mean "
+                                "and variance (second order included), looped ones use F.batch_norm; Adam from "
+                                "torch.optim (fused)")
 
     def inner_step(self, batch):
+        if self.task_loop_for(batch.query_x.shape[1]):
+            return self._loop_adapt_tasks(batch, 1)
         # self.params do not require grad: torch.func.grad builds only the inner graph
         return self._vmapped_adapt[1](self.params, batch.support_x, batch.support_y)
 
     def outer_step(self, batch):
-        grads, loss = self._meta_grad_step(batch)
+        grads, loss = self._meta_grad_for(batch)
         self.apply_meta_grad(grads)
         return loss
 
+    def _meta_grad_for(self, batch):
+        if self.task_loop_for(batch.query_x.shape[1], meta_gradient=True):
+            return self._loop_meta_grad(batch)
+        return self._meta_grad_step(batch)
+
+    def _adapt_steps(self, batch, steps: int):
+        if self.task_loop_for(batch.query_x.shape[1]):
+            return self._loop_adapt_tasks(batch, steps)
+        return self._vmapped_adapt[steps](self.params, batch.support_x, batch.support_y)
+
+    def _task_logits(self, batch, adapted):
+        with torch.no_grad():
+            if self.task_loop_for(batch.query_x.shape[1]):
+                return torch.stack([self.head({k: v[t] for k, v in adapted.items()},
+                                              self.loop_features({k: v[t] for k, v in adapted.items()},
+                                                                 batch.query_x[t]))
+                                    for t in range(len(batch))])
+            return vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x)
+
     def adapt(self, batch):
-        return self._vmapped_adapt[self.test_inner_steps](self.params, batch.support_x, batch.support_y)
+        return self._adapt_steps(batch, self.test_inner_steps)
 
     def predict(self, batch) -> np.ndarray:
-        adapted = self.adapt(batch)
-        with torch.no_grad():
-            return vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x).cpu().numpy()
+        return self._task_logits(batch, self.adapt(batch)).cpu().numpy()
 
     def activations(self, batch):
         """The body's blocks on the first task's support set, from the current parameters."""
@@ -136,7 +248,5 @@ class TorchMAML(common.TorchAdapter):
     def probe(self, batch):
         with torch.no_grad():
             support_loss = vmap(self.loss, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.support_y)
-        adapted = self._vmapped_adapt[self.inner_steps](self.params, batch.support_x, batch.support_y)
-        with torch.no_grad():
-            logits = vmap(self.forward, in_dims=(0, 0))(adapted, batch.query_x)
-        return self.probe_result(support_loss, logits, self._meta_grad_step(batch)[0])
+        logits = self._task_logits(batch, self._adapt_steps(batch, self.inner_steps))
+        return self.probe_result(support_loss, logits, self._meta_grad_for(batch)[0])
