@@ -173,6 +173,25 @@ def test_adam_matches_the_textbook_update():
     np.testing.assert_allclose(a.get_params()["fc2.weight"], expected, rtol=1e-5, atol=1e-7)
 
 
+def test_adam_update_is_right_for_a_channels_last_gradient():
+    """autograd returns Conv weights' gradients channels_last on a CPU; torch 2.13's fused
+    Adam read such a gradient in its parameter's order and moved half the entries the wrong
+    way. ``apply_meta_grad`` hands Adam a gradient in its parameter's layout."""
+    spec = tiny_omniglot()
+    params = init_params(spec, "protonet")
+    a = TorchProtoNet(spec, "protonet", params, options={"dtype": "float64"})
+    rng = np.random.default_rng(0)
+    grads = {k: torch.tensor(rng.standard_normal(v.shape)) for k, v in params.items()}
+    grads = {k: g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g for k, g in grads.items()}
+    assert not grads["conv2.weight"].is_contiguous()
+    a.apply_meta_grad(grads)
+    lr, eps = a.meta_optimizer.lr, a.meta_optimizer.eps
+    for k, g in grads.items():
+        g = g.numpy()
+        np.testing.assert_allclose(a.get_params()[k], params[k] - lr * g / (np.abs(g) + eps), rtol=1e-12,
+                                   atol=1e-15, err_msg=k)
+
+
 def _vmapped_and_looped_meta_gradients(norm):
     """float64 meta-gradients of a tiny Conv-4 MAML, tasks vmapped and tasks in a loop,
     with BatchNorm computed by ``norm``."""

@@ -269,7 +269,11 @@ class TorchAdapter(Adapter):
     def apply_meta_grad(self, grads: Params) -> None:
         """One Adam update from a meta-gradient computed by ``torch.func``."""
         for k, p in self.params.items():
-            p.grad = grads[k]
+            g = grads[k]
+            # torch 2.13's fused Adam reads a gradient as if it had its parameter's strides:
+            # autograd returns conv weights' gradients channels_last on a CPU (oneDNN), and
+            # fused Adam then moved 46% of conv2.weight the wrong way (float64, ProtoNet)
+            p.grad = g if g.stride() == p.stride() else torch.empty_like(p).copy_(g)
         self.opt.step()
         if self.sched is not None:
             self.sched.step()
