@@ -53,13 +53,39 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _styles(labels, baseline: str) -> dict[str, tuple]:
-    """(colour, marker) per column label, the same in every figure of a run."""
-    import seaborn as sns
+# One colour per framework in every figure of every run (Okabe-Ito's colour-blind-safe hues),
+# never picked from a run's own labels: torch vermillion, JAX blue, TensorFlow orange. A
+# plugin framework gets one of the others, chosen by its name's checksum (the same in every
+# run); a framework's variants get shades of its hue and their own markers.
+FRAMEWORK_COLOURS = {"torch": "#D55E00", "jax": "#0072B2", "tensorflow": "#E69F00"}
+OTHER_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+SHADES = (0.0, -0.35, 0.45, -0.6, 0.7)  # variant i of a framework: darker (< 0) or lighter (> 0)
 
+
+def framework_colour(framework: str) -> str:
+    import zlib
+
+    return FRAMEWORK_COLOURS.get(framework) or OTHER_COLOURS[zlib.crc32(framework.encode()) % len(OTHER_COLOURS)]
+
+
+def _shade(colour: str, amount: float) -> tuple:
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(colour))
+    return tuple(rgb + (1 - rgb) * amount if amount > 0 else rgb * (1 + amount))
+
+
+def _styles(labels, baseline: str) -> dict[str, tuple]:
+    """(colour, marker) per column label: the framework's hue (``framework_colour``; the
+    label's first word is its framework), its variants in shades, markers by variant."""
     ordered = sorted(set(labels), key=lambda lb: tables._label_key(lb, baseline))
-    colours = sns.color_palette("colorblind", max(len(ordered), 3))
-    return {lb: (colours[i], MARKERS[i % len(MARKERS)]) for i, lb in enumerate(ordered)}
+    seen: dict[str, int] = {}
+    out = {}
+    for lb in ordered:
+        fw = lb.split("-")[0]
+        i = seen[fw] = seen.get(fw, -1) + 1
+        out[lb] = (_shade(framework_colour(fw), SHADES[i % len(SHADES)]), MARKERS[i % len(MARKERS)])
+    return out
 
 
 def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch"):

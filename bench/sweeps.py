@@ -115,7 +115,7 @@ def sweep_markdown(points: pd.DataFrame) -> str:
 def sweep_figure(points: pd.DataFrame):
     """A panel per swept key and quantity, log-log, a line per framework (and fixed
     values); None without a sweep."""
-    from bench.plots import _plt
+    from bench.plots import MARKERS, SHADES, _plt, _shade, framework_colour
 
     if points.empty:
         return None
@@ -124,12 +124,15 @@ def sweep_figure(points: pd.DataFrame):
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, (key, quantity) in zip(axes[0], panels):
         g = points[(points["key"] == key) & (points["quantity"] == quantity)]
+        drawn: dict[str, int] = {}  # lines per framework so far: its shades and markers
         for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
             s = s.groupby("value", as_index=False)["y"].median().sort_values("value")
             if len(s) < 2:  # a one-at-a-time sweep's other points: a single value, no series
                 continue
             label = f"{framework} {base}/{algorithm}" + (f" ({fixed})" if fixed else "")
-            ax.plot(s["value"], s["y"], marker="o", label=label)
+            i = drawn[framework] = drawn.get(framework, -1) + 1
+            ax.plot(s["value"], s["y"], marker=MARKERS[i % len(MARKERS)], label=label,
+                    color=_shade(framework_colour(framework), SHADES[i % len(SHADES)]))
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(key)

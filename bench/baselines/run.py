@@ -25,7 +25,8 @@ from pathlib import Path
 
 from bench import atomic
 from bench.baselines.worker import PAIRS, TOLERANCE, WARMUP_SECONDS
-from bench.baselines.workloads import WORKLOADS
+from bench.baselines.workloads import GRIDS, WORKLOADS
+from bench.baselines.workloads import workload as workload_named
 
 FRAMEWORKS = tuple(PAIRS)
 COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_with", "median_ms", "iqr_ms",
@@ -187,6 +188,77 @@ def defaults_verdict(by_pair: dict) -> list[str]:
     return lines
 
 
+def grid_rows(rows: list[dict]) -> list[dict]:
+    """Per shape and framework, the default adapter against the fastest plain form: its ratio
+    and CI come from that pair, timed in alternation in one process. The grid's plain forms
+    (``GRID_PAIRS``) all compute the default's maths; a float32 difference above
+    ``TOLERANCE`` (max-pool near-ties on Omniglot's binary images) is shown, not excused."""
+    best: dict[tuple[str, str], dict] = {}
+    plain_ms = {(r["workload"], r["framework"], r["implementation"]): r["median_ms"] for r in rows
+                if r["kind"] == "plain"}
+    for r in rows:
+        if r["kind"] != "metabench" or not r.get("adapter_is_default"):
+            continue
+        key = (r["workload"], r["framework"])
+        p = plain_ms[(r["workload"], r["framework"], r["compared_with"])]
+        if key not in best or p < best[key]["plain_ms"]:
+            best[key] = {"workload": r["workload"], "framework": r["framework"], "adapter": r["implementation"],
+                         "adapter_ms": r["median_ms"], "plain": r["compared_with"], "plain_ms": p,
+                         "ratio": r["ratio"], "ratio_ci_low": r["ratio_ci_low"], "ratio_ci_high": r["ratio_ci_high"],
+                         "max_rel_diff": r["max_rel_diff"]}
+    return list(best.values())
+
+
+def grid_markdown(grid: list[dict]) -> list[str]:
+    """``## Per shape``: the grid's verdict table (at most 1.0, or a CI reaching it)."""
+    if len({g["workload"] for g in grid}) < 2:
+        return []
+    over = [g for g in grid if g["ratio_ci_low"] > 1.0]
+    lines = ["", "## Per shape: each default against the fastest plain form with the same maths", "",
+             f"{len(grid) - len(over)} of {len(grid)} shapes at or below 1.0 or level (CI reaching 1.0)"
+             + (f"; above: {', '.join(g['workload'] + ' ' + g['framework'] for g in over)}" if over else "") + ".",
+             "", "| shape | framework | default | ms | fastest plain form | ms | ratio [95% CI] | verdict | "
+                 "max rel diff (float32) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {g['workload']} | {g['framework']} | {g['adapter']} | {_ms(g['adapter_ms'])} | {g['plain']} | "
+              f"{_ms(g['plain_ms'])} | {g['ratio']:.2f} [{g['ratio_ci_low']:.2f}, {g['ratio_ci_high']:.2f}] | "
+              f"{verdict(g['ratio'], g['ratio_ci_low'])} | {g['max_rel_diff']:.1e} |" for g in grid]
+    return lines
+
+
+def grid_figure(grid: list[dict], path: Path) -> bool:
+    """``grid.png``: the ratio per shape with its CI, one row per shape, one colour per
+    framework, a line at 1.0. False when there is no grid to draw."""
+    if len({g["workload"] for g in grid}) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots import framework_colour
+
+    frameworks = sorted({g["framework"] for g in grid})
+    shapes = list(dict.fromkeys(g["workload"] for g in grid))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(shapes) * len(frameworks) + 1.2))
+    step = 0.8 / len(frameworks)
+    for i, fw in enumerate(frameworks):
+        mine = {g["workload"]: g for g in grid if g["framework"] == fw}
+        ys = [k - 0.4 + step * (i + 0.5) for k, sh in enumerate(shapes) if sh in mine]
+        gs = [mine[sh] for sh in shapes if sh in mine]
+        ax.errorbar([g["ratio"] for g in gs], ys,
+                    xerr=[[g["ratio"] - g["ratio_ci_low"] for g in gs], [g["ratio_ci_high"] - g["ratio"] for g in gs]],
+                    fmt="o", color=framework_colour(fw), label=fw, capsize=2)
+    ax.axvline(1.0, color="0.3", lw=1, ls="--")
+    ax.set_yticks(range(len(shapes)), shapes)
+    ax.invert_yaxis()
+    ax.set_xlabel("default / fastest plain form (median outer step), 95% CI")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def _warmup_text(results: dict, warmup: int) -> str:
     """The warm-up the run did: runs from before the worker recorded its warm-up rounds
     had no minimum duration."""
@@ -230,6 +302,7 @@ def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[s
                      f"{m['ratio']:.3f} [{m['ratio_ci_low']:.3f}, {m['ratio_ci_high']:.3f}] | "
                      f"{verdict(m['ratio'], m['ratio_ci_low'])} | {agree} |")
     lines += defaults_verdict(by_pair)
+    lines += grid_markdown(grid_rows(rows))
     lines += ["", "First calls, seconds: the meta-gradient at the initial weights (the agreement check, "
               "first: where it shares a compiled function with the step, as torch.compile's meta-gradient "
               "does, the compilation is here) and the first outer step (compile or trace of the step):", "",
@@ -290,11 +363,23 @@ def _wrapped(line: str, width: int = 100) -> str:
     return textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
 
+def _known_workload(name: str) -> bool:
+    try:
+        workload_named(name)
+    except KeyError:
+        return False
+    return True
+
+
 def parse_args(argv, prog: str = "python -m bench.baselines"):
     ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("out_dir")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
+                    help=f"subset of {','.join(WORKLOADS)}, or grid shapes by name (bench/baselines/workloads.py)")
+    ap.add_argument("--grid", choices=tuple(GRIDS),
+                    help="time the grid of shapes instead of --workloads: each default against the plain forms "
+                         "that compute its maths (maml: query x meta-batch, way, inner steps; protonet: way x shot)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds of each implementation (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="warm-up rounds after the first call (default 3)")
     ap.add_argument("--threads", type=int, default=_available_cores(),
@@ -306,12 +391,14 @@ def parse_args(argv, prog: str = "python -m bench.baselines"):
                          "rounds; give that run's other flags)")
     args = ap.parse_args(argv)
     args.frameworks = [f for f in args.frameworks.split(",") if f]
-    args.workloads = [w for w in args.workloads.split(",") if w]
-    for flag, values, known in (("--frameworks", args.frameworks, FRAMEWORKS),
-                                ("--workloads", args.workloads, tuple(WORKLOADS))):
-        unknown = [v for v in values if v not in known]
-        if unknown or not values:
-            ap.error(f"{flag}: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    args.workloads = GRIDS[args.grid] if args.grid else [w for w in args.workloads.split(",") if w]
+    unknown = [f for f in args.frameworks if f not in FRAMEWORKS]
+    if unknown or not args.frameworks:
+        ap.error(f"--frameworks: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(FRAMEWORKS)}")
+    unknown = [w for w in args.workloads if not _known_workload(w)]
+    if unknown or not args.workloads:
+        ap.error(f"--workloads: unknown {', '.join(unknown) or '(none given)'}; known: {', '.join(WORKLOADS)}, "
+                 f"or a grid shape such as {GRIDS['maml'][0]} or {GRIDS['protonet'][0]}")
     if args.rounds < 2:
         ap.error("--rounds: at least 2 (a median and its interval)")
     if args.warmup < 0:
@@ -350,6 +437,8 @@ def main(argv=None, prog: str = "python -m bench.baselines") -> int:
         writer.writeheader()
         writer.writerows(rows)
     atomic.write_json(out_dir / "baselines.json", results, default=str)
+    if grid_figure(grid_rows(rows), out_dir / "grid.png"):
+        print(f"wrote {out_dir / 'grid.png'}")
     command = [*prog.split(), *argv]
     atomic.write_text(out_dir / "baselines.md", markdown(rows, results, failures, args, command))
     print(f"wrote {out_dir / 'baselines.md'}")

@@ -51,19 +51,45 @@ PAIRS = {
 }
 
 
+# The grid's pairs (``--grid``): only plain forms that compute metabench's maths, each
+# framework's default adapter on a CPU against them; algorithm -> pairs.
+GRID_PAIRS = {
+    "torch": {"maml": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True}),
+                       ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAMLLoop", {}),
+                       ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAMLLoop", {"channels_last": True})],
+              "protonet": [("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet", {}),
+                           ("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet",
+                            {"channels_last": True})]},
+    "jax": {"maml": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})]},
+    "tensorflow": {"maml": [("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML",
+                             {"jit_compile": True, "exact_bn": True})]},
+}
+
+
+def pairs_for(framework: str, workload) -> list:
+    """What one workload times in ``framework``'s process: a named workload's pairs
+    (``PAIRS``), or a grid shape's (``GRID_PAIRS``; none where the framework has no plain
+    form of that algorithm yet)."""
+    from bench.baselines.workloads import WORKLOADS
+
+    if workload.name in WORKLOADS:
+        return PAIRS[framework]
+    return GRID_PAIRS.get(framework, {}).get(workload.algorithm, [])
+
+
 def _load(target: str):
     module, _, name = target.partition(":")
     return getattr(importlib.import_module(module), name)
 
 
-def build_adapter(name: str, spec, params, threads: int, dtype: str = "float32"):
+def build_adapter(name: str, spec, params, threads: int, dtype: str = "float32", algorithm: str = "maml"):
     from bench import registry
 
     entry = registry.get(name)  # "torch-maml@compile=true": torch-maml with options["compile"] = True
     cls = registry.load_adapter_class(entry)
     cls.configure(threads, DEVICE)
     options = {**entry.options, "dtype": dtype}
-    return cls(spec, "maml", params, device=DEVICE, options=options)
+    return cls(spec, algorithm, params, device=DEVICE, options=options)
 
 
 def _is_default(name: str) -> bool:
@@ -168,21 +194,21 @@ def measure_pair(adapter, plain, batch, params, config, rounds: int, warmup: int
 
 
 def run(framework: str, workloads: list[str], rounds: int, warmup: int, threads: int, log) -> dict:
-    from bench.baselines.workloads import WORKLOADS, batch_digest, describe
+    from bench.baselines.workloads import batch_digest, describe, workload
 
     out = {"framework": framework, "workloads": {}, "errors": []}
     for name in workloads:
         try:
-            spec, config, params, batch = WORKLOADS[name].build()
+            spec, config, params, batch = workload(name).build()
         except Exception:
             out["errors"].append({"workload": name, "error": traceback.format_exc()})
             log(f"{name}: building the workload failed")
             continue
         record = out["workloads"][name] = {"spec": spec.name, "description": describe(spec, config),
                                            "batch_digest": batch_digest(batch), "pairs": []}
-        for adapter_name, target, options in PAIRS[framework]:
+        for adapter_name, target, options in pairs_for(framework, workload(name)):
             try:
-                adapter = build_adapter(adapter_name, spec, params, threads)
+                adapter = build_adapter(adapter_name, spec, params, threads, algorithm=config.algorithm)
                 plain = _load(target)(config, params, **options)
                 log(f"{name}: {adapter_name} against {plain.name} ...")
                 pair = measure_pair(adapter, plain, batch, params, config, rounds, warmup)
