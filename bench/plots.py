@@ -77,14 +77,15 @@ def _shade(colour: str, amount: float) -> tuple:
 
 def _styles(labels, baseline: str) -> dict[str, tuple]:
     """(colour, marker) per column label: the framework's hue (``framework_colour``; the
-    label's first word is its framework), its variants in shades, markers by variant."""
+    label's first word is its framework), its variants in shades; a marker of its own per
+    label too, for print and colour-blind readers."""
     ordered = sorted(set(labels), key=lambda lb: tables._label_key(lb, baseline))
     seen: dict[str, int] = {}
     out = {}
-    for lb in ordered:
+    for n, lb in enumerate(ordered):
         fw = lb.split("-")[0]
         i = seen[fw] = seen.get(fw, -1) + 1
-        out[lb] = (_shade(framework_colour(fw), SHADES[i % len(SHADES)]), MARKERS[i % len(MARKERS)])
+        out[lb] = (_shade(framework_colour(fw), SHADES[i % len(SHADES)]), MARKERS[n % len(MARKERS)])
     return out
 
 

@@ -9,7 +9,9 @@ A block is delimited by two HTML comments (invisible when rendered)::
 An opening comment may name the sections it holds after the run folder, ``timing`` or
 ``accuracy`` (default both): ``<!-- metabench:headline results/RUN timing -->``, so a
 README can take its step times from a run with repeated timing processes and its
-accuracies from a run that trained.
+accuracies from a run that trained. ``answer`` is the README's first table
+(``bench.answer``): ``<!-- metabench:headline results/TIMING answer results/ACCURACY -->``
+takes its step times from the first run and its accuracies from the second.
 
 ``metabench readme`` rewrites every block from the run folder its opening comment names;
 ``metabench readme --check`` exits 1 when a block differs from what the run would generate
@@ -24,8 +26,8 @@ from pathlib import Path
 
 from bench.errors import MetabenchError
 
-BLOCK = re.compile(r"(<!-- metabench:headline (?P<run>\S+)(?: (?P<sections>[a-z,]+))? -->\n)(?P<body>.*?)"
-                   r"(<!-- /metabench:headline -->)", re.DOTALL)
+BLOCK = re.compile(r"(<!-- metabench:headline (?P<run>\S+)(?: (?P<sections>[a-z,]+))?(?: (?P<second>\S+))? -->\n)"
+                   r"(?P<body>.*?)(<!-- /metabench:headline -->)", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -39,15 +41,20 @@ class Block:
         return self.body != self.expected
 
 
-def generate(run_dir: Path, sections: str | None = None) -> str:
+def generate(run_dir: Path, sections: str | None = None, second: Path | None = None) -> str:
     """The body of a headline block for ``run_dir``: the run's generated tables (``sections``:
     "timing", "accuracy", or both, comma-separated; None: both). Deterministic: no
     timestamps, no absolute paths."""
     from bench.tables import HEADLINE_SECTIONS, headline_markdown
 
-    if not (run_dir / "manifest.json").is_file():
-        raise MetabenchError(f"{run_dir}: not a metabench run (no manifest.json); "
-                             "name a folder under results/ in the block's opening comment")
+    for d in (run_dir, second):
+        if d is not None and not (d / "manifest.json").is_file():
+            raise MetabenchError(f"{d}: not a metabench run (no manifest.json); "
+                                 "name a folder under results/ in the block's opening comment")
+    if sections == "answer":
+        from bench.answer import answer_markdown
+
+        return f"\n{answer_markdown(run_dir, second).strip()}\n\n"
     wanted = tuple(sections.split(",")) if sections else HEADLINE_SECTIONS
     unknown = [w for w in wanted if w not in HEADLINE_SECTIONS]
     if unknown:
@@ -61,7 +68,12 @@ def blocks(path: Path, root: Path | None = None) -> list[Block]:
     against ``root`` (default: the file's folder)."""
     root = root or path.parent
     text = path.read_text(encoding="utf-8")
-    return [Block(m["run"], m["body"], generate(root / m["run"], m["sections"])) for m in BLOCK.finditer(text)]
+    return [Block(m["run"], m["body"], generate(root / m["run"], m["sections"], _second(root, m)))
+            for m in BLOCK.finditer(text)]
+
+
+def _second(root: Path, m: re.Match) -> Path | None:
+    return root / m["second"] if m["second"] else None
 
 
 def update(path: Path, root: Path | None = None) -> int:
@@ -72,9 +84,9 @@ def update(path: Path, root: Path | None = None) -> int:
 
     def regenerate(m: re.Match) -> str:
         nonlocal changed
-        body = generate(root / m["run"], m["sections"])
+        body = generate(root / m["run"], m["sections"], _second(root, m))
         changed += body != m["body"]
-        return m.group(1) + body + m.group(5)
+        return m.group(1) + body + m.group(6)
 
     new = BLOCK.sub(regenerate, text)
     if changed:

@@ -112,3 +112,73 @@ def test_the_defaults_verdict_names_every_plain_version_above_and_why():
     jax = next(line for line in lines if line.startswith("- omniglot, jax:"))
     assert "at or below all 1" in jax and "0.220" in jax
     assert defaults_verdict({k: v for k, v in by_pair.items() if k[2].endswith("true")}) == []
+
+
+# -- the grid of shapes (issue 23) ---------------------------------------------------------
+
+def test_grid_names_parse_back_to_their_shapes_and_cover_every_axis_value():
+    from bench.baselines.workloads import GRIDS, MAML_SHAPES, PROTONET_SHAPES, maml_name, workload
+
+    assert {s[2] for s in MAML_SHAPES} == {1, 5, 15} and {s[3] for s in MAML_SHAPES} == {1, 4, 8, 32}
+    assert {s[0] for s in MAML_SHAPES} == {5, 20} and {s[4] for s in MAML_SHAPES} == {1, 5}
+    assert {(w, s) for w, s, _ in PROTONET_SHAPES} == {(w, s) for w in (5, 20, 60) for s in (1, 5)}
+    assert len(set(GRIDS["all"])) == len(MAML_SHAPES) + len(PROTONET_SHAPES)
+    w = workload(maml_name(20, 1, 5, 4, 1))
+    assert w.episode_overrides == {"n_way": 20, "k_shot": 1}
+    assert w.maml_overrides == {"train_n_query": 5, "meta_batch_size": 4, "inner_steps": 1}
+    p = workload("protonet-60w5s-5q")
+    assert p.algorithm == "protonet" and p.protonet_overrides["train_n_way"] == 60
+    assert p.episode_overrides == {"k_shot": 5}
+    for bad in ("maml-5w1s-15q", "protonet-60w", "omniglot-5w1s"):
+        with pytest.raises(KeyError):
+            workload(bad)
+    assert parse_args(["out", "--grid", "protonet"]).workloads == GRIDS["protonet"]
+    assert parse_args(["out", "--workloads", "maml-5w1s-15q-mb4-1step"]).workloads == ["maml-5w1s-15q-mb4-1step"]
+    with pytest.raises(SystemExit):
+        parse_args(["out", "--workloads", "maml-5w1s-15q"])
+
+
+def test_grid_shapes_build_the_episodes_their_names_say(data_env, monkeypatch):
+    from bench.baselines.workloads import workload
+
+    monkeypatch.setenv("METABENCH_DATA_DIR", data_env["METABENCH_DATA_DIR"])
+    spec, config, params, batch = workload("maml-20w1s-5q-mb4-5step").build(data_dir=data_env["METABENCH_DATA_DIR"],
+                                                                          cache_dir=data_env["METABENCH_CACHE_DIR"])
+    assert batch.support_x.shape[:2] == (4, 20) and batch.query_x.shape[:2] == (4, 100)
+    assert config.inner.steps == 5
+    spec, config, params, batch = workload("protonet-20w5s-5q").build(data_dir=data_env["METABENCH_DATA_DIR"],
+                                                                    cache_dir=data_env["METABENCH_CACHE_DIR"])
+    assert batch.support_x.shape[:2] == (1, 100) and batch.query_x.shape[:2] == (1, 100)
+
+
+def _grid_row(workload, framework, plain, adapter_ms, plain_ms, low, high, default=True):
+    shared = {"workload": workload, "framework": framework, "max_rel_diff": 1e-6,
+              "adapter_is_default": default}
+    return [{**shared, "kind": "metabench", "implementation": f"{framework}-maml", "compared_with": plain,
+             "median_ms": adapter_ms, "ratio": adapter_ms / plain_ms, "ratio_ci_low": low, "ratio_ci_high": high},
+            {**shared, "kind": "plain", "implementation": plain, "compared_with": f"{framework}-maml",
+             "median_ms": plain_ms}]
+
+
+def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
+    import matplotlib.colors as mcolors
+
+    from bench.baselines.run import grid_figure, grid_markdown, grid_rows
+    from bench.plots import framework_colour
+
+    rows = (_grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-torch-loop", 100, 110, 0.85, 0.95)
+            + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-torch-exactbn", 105, 90, 1.1, 1.3)
+            + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-x", 50, 10, 4, 6, default=False)
+            + _grid_row("maml-5w1s-15q-mb4-1step", "torch", "plain-torch-loop", 200, 190, 0.98, 1.12)
+            + _grid_row("maml-5w1s-15q-mb4-1step", "jax", "plain-jax", 300, 200, 1.4, 1.6))
+    grid = {(g["workload"], g["framework"]): g for g in grid_rows(rows)}
+    assert len(grid) == 3  # a variant that is not a default is not judged
+    first = grid[("maml-5w1s-1q-mb8-1step", "torch")]
+    assert first["plain"] == "plain-torch-exactbn" and first["ratio"] == pytest.approx(105 / 90)  # the fastest plain
+    md = "\n".join(grid_markdown(list(grid.values())))
+    assert "1 of 3 shapes at or below 1.0 or level" in md
+    assert "above: maml-5w1s-1q-mb8-1step torch, maml-5w1s-15q-mb4-1step jax" in md
+    assert "| maml-5w1s-15q-mb4-1step | torch | torch-maml | 200 | plain-torch-loop | 190 |" in md
+    assert grid_figure(list(grid.values()), tmp_path / "grid.png") and (tmp_path / "grid.png").stat().st_size > 0
+    assert grid_markdown(grid_rows(rows[:2])) == [] and not grid_figure(grid_rows(rows[:2]), tmp_path / "x.png")
+    assert mcolors.to_hex(framework_colour("jax")) != mcolors.to_hex(framework_colour("torch"))

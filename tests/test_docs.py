@@ -147,14 +147,31 @@ def command_problem(command: str) -> str | None:
     return f"{command!r}: {problem}" if problem else None
 
 
+def anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped,
+    spaces to hyphens."""
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if m := re.match(r"#+ (.*)", line):
+            slug = re.sub(r"[^\w\- ]", "", m[1].strip().lower().replace("`", "")).replace(" ", "-")
+            out.add(slug)
+    return out
+
+
 def link_problems(path: Path) -> list[str]:
+    """Relative links that point nowhere: a missing file, or a heading anchor that the
+    Markdown file it names does not have (sections moved between files break these)."""
     text = path.read_text(encoding="utf-8")
     out = []
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z]+:", target) or target.startswith("#"):
-            continue  # a URL or an anchor in the same file
-        if not (path.parent / target.split("#")[0]).exists():
+        if re.match(r"[a-z]+:", target):
+            continue  # a URL
+        file, _, anchor = target.partition("#")
+        where = path if not file else path.parent / file
+        if not where.exists():
             out.append(f"{path.name}: link to {target} points nowhere")
+        elif anchor and where.suffix == ".md" and anchor not in anchors(where):
+            out.append(f"{path.name}: link to {target}: no such heading")
     return out
 
 
@@ -188,9 +205,9 @@ def test_a_wrong_command_is_caught():
     assert command_problem("nox -s bench -- --profile smoke") is None
 
 
-def test_every_run_flag_is_documented_in_the_readme():
-    """The README's flag list names every flag of ``metabench run`` (``--resume`` was missing)."""
-    text = (REPO / "README.md").read_text(encoding="utf-8")
+def test_every_run_flag_is_documented_in_the_cli_page():
+    """docs/cli.md's flag list names every flag of ``metabench run`` (``--resume`` was missing)."""
+    text = (REPO / "docs" / "cli.md").read_text(encoding="utf-8")
     run = build_parser()._subparsers._group_actions[0].choices["run"]
     flags = [o for a in run._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
     assert [f for f in flags if f"`{f}" not in text] == []
@@ -201,12 +218,33 @@ def test_every_relative_link_resolves(path):
     assert link_problems(path) == []
 
 
-def test_readme_numbers_are_generated_from_a_committed_run():
-    found = readme.blocks(REPO / "README.md", REPO)
-    assert found, "the README's status tables must be a generated block (metabench readme)"
+@pytest.mark.parametrize("name", ["README.md", "docs/findings.md"])
+def test_readme_numbers_are_generated_from_a_committed_run(name):
+    found = readme.blocks(REPO / name, REPO)
+    assert found, f"{name}'s results tables must be generated blocks (metabench readme)"
     for block in found:
         assert (REPO / block.run / "manifest.json").is_file()
-        assert not block.stale, f"the README's block from {block.run} is stale: run `metabench readme`"
+        assert not block.stale, f"{name}'s block from {block.run} is stale: run `metabench readme {name}`"
+
+
+README_MAX_LINES = 250
+# A commit hash in prose (7 to 40 hex digits with a digit and a letter): history, which
+# belongs in docs/findings.md or a run's notes, not in the README
+HASH = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+HISTORY = ("since `", "used to ", "no longer", "until recently", "we changed", "was changed")
+
+
+def test_the_readme_answers_first_and_stays_short():
+    """Issue 25: at most 250 lines; the answer table (a generated block) inside the first
+    40; no commit hashes and no history in its prose."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
+    head = "\n".join(lines[:40])
+    assert re.search(r"<!-- metabench:headline \S+ answer", head) and "| workload |" in head
+    prose = "\n".join(line for _, line in prose_lines(text))
+    assert HASH.findall(prose) == []
+    assert [h for h in HISTORY if h in prose.lower()] == []
 
 
 def test_a_corrupted_readme_is_rejected(tmp_path):
@@ -228,8 +266,10 @@ def test_a_corrupted_readme_is_rejected(tmp_path):
 
 def test_a_dead_link_is_caught(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("See [the spec](docs/nowhere.md) and [home](https://example.org).\n")
-    assert link_problems(page) == ["page.md: link to docs/nowhere.md points nowhere"]
+    page.write_text("# Top\n\n## How it `works`, then\n\nSee [the spec](docs/nowhere.md) and [home](https://example.org),"
+                    " [here](#how-it-works-then), [gone](#moved-away) and [self](page.md#top).\n")
+    assert link_problems(page) == ["page.md: link to docs/nowhere.md points nowhere",
+                                   "page.md: link to #moved-away: no such heading"]
 
 
 def test_the_results_index_is_generated_from_the_manifests():

@@ -582,3 +582,24 @@ def test_an_adapter_marked_for_parity_is_never_bold(cmp):
     marks = {("tensorflow-maml", "omni", "maml"): tables.FAILED_PARITY}
     text = tables.speedup_pivot(cmp, "torch", marks).to_string()
     assert "0.500x [" in text and "**0.500x**" not in text and "**2.00x**" in text
+
+
+def test_each_framework_keeps_its_colour_whatever_else_the_run_holds():
+    """One palette keyed by framework (issue 25): two runs with different adapter sets give
+    torch, JAX and TF the same colours; a variant gets a shade of its framework's hue; a
+    plugin framework gets a colour of its own, the same in every run."""
+    from matplotlib.colors import to_hex
+
+    a = plots._styles(["torch", "jax", "tensorflow"], "torch")
+    b = plots._styles(["tensorflow-maml-xla", "tensorflow", "jax", "mlx-maml"], "torch")
+    for fw in ("jax", "tensorflow"):
+        assert to_hex(a[fw][0]) == to_hex(b[fw][0]) == to_hex(plots.framework_colour(fw))
+    assert to_hex(a["torch"][0]) == to_hex(plots.framework_colour("torch"))
+    assert len({to_hex(c) for c, _ in a.values()}) == 3
+    variant = b["tensorflow-maml-xla"][0]
+    assert to_hex(variant) != to_hex(b["tensorflow"][0])
+    r, g, bl = variant  # a shade of orange, not another hue
+    assert r > bl and g > bl
+    mlx = to_hex(b["mlx-maml"][0])
+    assert mlx == to_hex(plots._styles(["mlx-maml"], "torch")["mlx-maml"][0])
+    assert mlx not in {to_hex(plots.framework_colour(f)) for f in ("torch", "jax", "tensorflow")}
