@@ -1,14 +1,20 @@
 """What a run will do, said before it starts: its cells, their phases, a duration estimate,
 and a quicker command to try first (``metabench run`` prints it; ``--dry-run`` stops there).
 
-Estimates are per phase and profile, from the committed 2-core CPU runs (results/): they
-say "minutes" or "an hour", not a promise. A GPU runs the ``paper`` profile, whose budget
-is GPU hours per cell; its estimate is flagged as unmeasured.
+Estimates come from what the committed runs in the results folder recorded (``History``:
+each cell's phase durations, each run's time outside its cells), per profile, framework,
+algorithm, spec and phase; ``TYPICAL_SECONDS`` where none matches. A GPU runs the
+``paper`` profile, whose budget is GPU hours per cell; its estimate is flagged as
+unmeasured.
 """
 
 from __future__ import annotations
 
+import json
+import statistics
 from collections import Counter
+from datetime import datetime
+from pathlib import Path
 
 from bench.cell import Cell
 
@@ -56,11 +62,95 @@ def timing_order(cells, repeats: int, seed: int = 0) -> list[tuple[str, int]]:
     return order
 
 
-def estimate_seconds(cells, phases, profile: str, repeats: int = 1) -> float:
-    typical = TYPICAL_SECONDS[profile]
-    total = typical["parity"] if "parity" in phases else 0
+def _seconds_between(start: str, end: str) -> float:
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))
+    return (parse(end) - parse(start)).total_seconds()
+
+
+# The memory probe and the accuracy phase of a cell run in one process, whose record both
+# phases carry: one duration, counted once
+SHARED = "memory+accuracy"
+
+
+def _same_process(a: dict | None, b: dict | None) -> bool:
+    return bool(a and b) and a.get("seconds") == b.get("seconds") and a.get("machine") == b.get("machine")
+
+
+class History:
+    """Phase durations that committed runs recorded (``cells/*/status.json``), by profile,
+    device, framework, algorithm, spec and phase (timing: per timing process), and each
+    run's time outside its cells (parity, the contract checks, the report). The estimate
+    takes the median of the closest match: the same cell, else the same framework and
+    phase, else ``TYPICAL_SECONDS``."""
+
+    def __init__(self, results_dir: Path | None = None, exclude: str | None = None):
+        self.cell: dict[tuple, list[float]] = {}
+        self.framework: dict[tuple, list[float]] = {}
+        self.overhead: dict[tuple, list[float]] = {}
+        if results_dir is None or not Path(results_dir).is_dir():
+            return
+        for manifest_path in sorted(Path(results_dir).glob("*/manifest.json")):
+            if manifest_path.parent.name == exclude:
+                continue
+            try:
+                self._read_run(manifest_path)
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a run folder from another version, or half written: not history
+
+    def _read_run(self, manifest_path: Path) -> None:
+        run = manifest_path.parent
+        manifest = json.loads(manifest_path.read_text())
+        in_cells = 0.0
+        profile = None
+        for status_path in run.glob("cells/*/status.json"):
+            st = json.loads(status_path.read_text())
+            profile, device = st["profile"], st["device"]
+            processes = max(1, len(list(status_path.parent.glob("timing/*/status.json"))))
+            phases = dict(st.get("phases", {}))
+            if _same_process(phases.get("memory"), phases.get("accuracy")):
+                phases = {k: v for k, v in phases.items() if k not in ("memory", "accuracy")}
+                phases[SHARED] = st["phases"]["accuracy"]
+            for phase, rec in phases.items():
+                if rec.get("status") != "ok" or not rec.get("seconds"):
+                    continue
+                in_cells += rec["seconds"]
+                seconds = rec["seconds"] / (processes if phase == "timing" else 1)
+                self.cell.setdefault((profile, device, st["framework"], st["algorithm"], st["spec_name"], phase),
+                                     []).append(seconds)
+                self.framework.setdefault((profile, device, st["framework"], phase), []).append(seconds)
+        if profile and manifest.get("started") and manifest.get("finished"):
+            rest = _seconds_between(manifest["started"], manifest["finished"]) - in_cells
+            self.overhead.setdefault((profile, (run / "parity.csv").exists()), []).append(rest)
+
+    def phase_seconds(self, cell: Cell, phase: str, profile: str, device: str) -> float:
+        for table, key in ((self.cell, (profile, device, cell.framework, cell.algorithm, cell.spec_name, phase)),
+                           (self.framework, (profile, device, cell.framework, phase))):
+            if table.get(key):
+                return statistics.median(table[key])
+        if phase == SHARED:
+            return sum(self.phase_seconds(cell, p, profile, device) for p in ("memory", "accuracy"))
+        return TYPICAL_SECONDS[profile][phase]
+
+    def outside_cells(self, profile: str, parity: bool) -> float:
+        """Parity, the contract checks and the report: what a run spends outside its cells."""
+        if self.overhead.get((profile, parity)):
+            return max(0.0, statistics.median(self.overhead[(profile, parity)]))
+        return TYPICAL_SECONDS[profile]["parity"] if parity else 0.0
+
+
+def estimate_seconds(cells, phases, profile: str, repeats: int = 1, history: History | None = None,
+                     device: str = "cpu") -> float:
+    """Seconds the run should take on a 2-core CPU: each cell's phases (timing once per
+    timing process), from the committed runs' records where there are some (``History``),
+    plus the time outside the cells (parity, contract, report)."""
+    history = history or History()
+    total = history.outside_cells(profile, "parity" in phases) if cells else 0.0
     for cell in cells:
-        total += sum(typical[p] * (repeats if p == "timing" else 1) for p in cell_phases(cell, phases))
+        mine = list(cell_phases(cell, phases))
+        if "memory" in mine and "accuracy" in mine:  # one process (``SHARED``)
+            mine = [p for p in mine if p not in ("memory", "accuracy")] + [SHARED]
+        total += sum(history.phase_seconds(cell, p, profile, device) * (repeats if p == "timing" else 1)
+                     for p in mine)
     return float(total)
 
 
@@ -81,7 +171,9 @@ def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir,
     frameworks = Counter(c.framework for c in cells)
     workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
     todo = [c for c in cells if c.cell_id not in done]
-    est = estimate_seconds(todo, [p for p in phases if not (p == "parity" and parity_done)], profile, repeats)
+    history = History(Path(run_dir).parent)  # the committed runs beside this one
+    est = estimate_seconds(todo, [p for p in phases if not (p == "parity" and parity_done)], profile, repeats,
+                           history, "cpu" if device == "cuda" else device)
     lines = [
         f"metabench: {len(cells)} cells ({', '.join(f'{n} {fw}' for fw, n in frameworks.items())}), "
         f"profile {profile}, device {device}, {threads} threads per framework -> {run_dir}",

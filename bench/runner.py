@@ -537,7 +537,7 @@ class _Progress:
                          bar_format="{l_bar}{bar}| {elapsed} elapsed, about {remaining} left {postfix}")
 
     def update(self, cell, phases) -> None:
-        self.tqdm.update(round(plan.estimate_seconds([cell], phases, self.profile)))
+        self.tqdm.update(round(plan.estimate_seconds([cell], [p for p in phases if p != "parity"], self.profile)))
 
     def advance(self, seconds: float) -> None:
         self.tqdm.update(round(seconds))

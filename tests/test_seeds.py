@@ -155,3 +155,30 @@ def test_a_bad_target_is_a_one_line_error_naming_the_field(tmp_path, table, fiel
         load_spec(path)
     assert e.value.field == field and "\n" not in str(e.value)
 
+
+
+def test_the_estimate_is_calibrated_by_the_committed_runs():
+    """Issue 25: ``--dry-run``'s estimate comes from what the committed runs recorded. The
+    cpu profile's full run (20261130-cpu-all, 54 min), estimated from every other committed
+    run, lands within 25% of its actual duration; with no history, the fixed typical
+    durations are used."""
+    import json
+
+    from tests.conftest import REPO
+
+    results = REPO / "results"
+    run = results / "20261130-cpu-all"
+    manifest, recorded = json.loads((run / "manifest.json").read_text()), json.loads((run / "plan.json").read_text())
+    keys = ("adapter", "framework", "algorithm", "spec", "spec_name", "profile", "device", "threads")
+    cells = [Cell(**{k: c[k] for k in keys}) for c in
+             (json.loads((run / "cells" / cid / "cell.json").read_text()) for cid in recorded["cells"])]
+    history = plan.History(results, exclude=run.name)
+    estimate = plan.estimate_seconds(cells, recorded["phases"], "cpu", 1, history)
+    actual = plan._seconds_between(manifest["started"], manifest["finished"])
+    assert abs(estimate / actual - 1) <= 0.25, (estimate, actual)
+    # memory and accuracy share one process: counted once, not twice
+    both = plan.estimate_seconds(cells[:1], ("memory", "accuracy"), "cpu", 1, history)
+    assert both < plan.estimate_seconds(cells[:1], ("memory",), "cpu", 1, history) + \
+        plan.estimate_seconds(cells[:1], ("accuracy",), "cpu", 1, history)
+    empty = plan.History(None)
+    assert plan.estimate_seconds(cells[:1], ("timing",), "cpu", 3, empty) == 3 * plan.TYPICAL_SECONDS["cpu"]["timing"]
