@@ -3,8 +3,9 @@ by ``write_plots``.
 
 - ``speedups.png``: speedup against the baseline per workload and phase, log scale, CI
   whiskers, one marker per framework. Sampling is left out (it stays in the tables).
-- ``step_times.png``: distribution of the rounds, log axis, one row per workload, one
-  column per phase in a fixed order, each panel listing only its own adapters.
+- ``step_times.png``: distribution of the rounds, log axis, one row per workload, its
+  phases left to right in a fixed order (no empty panel between them), each panel listing
+  only its own adapters, the median drawn above the rounds.
 - ``learning_curves.png``: one row per workload (its metric's direction in the y label,
   the target as a line, ``val_ci95`` as a band) and two views: against meta-training
   wall-clock (log axis) and against steps, so "slower per step" and "learns differently
@@ -126,20 +127,25 @@ def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
     t = timings[timings["phase"].isin(STEP_PHASES)].copy()
     t["label"] = [tables.column_label(f, a, al) for f, a, al in zip(t["framework"], t["adapter"], t["algorithm"])]
     workloads = sorted({(r.spec, r.algorithm) for r in t.itertuples()}, key=lambda k: tables.row_key(*k))
-    phases = [p for p in STEP_PHASES if p in set(t["phase"])]
+    # each row's own phases, left to right in the fixed order, with no gap where an algorithm
+    # has no such phase (ProtoNet: outer step and adapt side by side); unused panels hidden
+    row_phases = {w: [p for p in STEP_PHASES if ((t["spec"] == w[0]) & (t["algorithm"] == w[1])
+                                                  & (t["phase"] == p)).any()] for w in workloads}
+    ncols = max((len(v) for v in row_phases.values()), default=1)
     styles = _styles(t["label"], baseline)
-    fig, axes = plt.subplots(len(workloads), len(phases), figsize=(4.2 * len(phases), 0.5 + 1.9 * len(workloads)),
+    fig, axes = plt.subplots(len(workloads), ncols, figsize=(4.2 * ncols, 0.5 + 1.9 * len(workloads)),
                              squeeze=False)
     for i, (spec, algorithm) in enumerate(workloads):
-        for j, phase in enumerate(phases):
+        for ax in axes[i][len(row_phases[(spec, algorithm)]):]:
+            ax.set_visible(False)
+        for j, phase in enumerate(row_phases[(spec, algorithm)]):
             ax = axes[i][j]
             d = t[(t["spec"] == spec) & (t["algorithm"] == algorithm) & (t["phase"] == phase)]
-            if d.empty:  # this algorithm has no such phase: no empty frame
-                ax.set_visible(False)
-                continue
             labels = sorted(set(d["label"]), key=lambda lb: tables._label_key(lb, baseline))
             data = [d.loc[d["label"] == lb, "seconds"].to_numpy() * 1e3 for lb in labels]
-            box = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=False, **_HORIZONTAL)
+            # the median drawn above the points, so that a tight box's median stays visible
+            box = ax.boxplot(data, widths=0.6, patch_artist=True, showfliers=False,
+                             medianprops={"color": "black", "lw": 1.6, "zorder": 5}, **_HORIZONTAL)
             for patch, lb in zip(box["boxes"], labels):
                 patch.set_facecolor(styles[lb][0])
                 patch.set_alpha(0.5)

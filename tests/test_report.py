@@ -603,3 +603,40 @@ def test_each_framework_keeps_its_colour_whatever_else_the_run_holds():
     mlx = to_hex(b["mlx-maml"][0])
     assert mlx == to_hex(plots._styles(["mlx-maml"], "torch")["mlx-maml"][0])
     assert mlx not in {to_hex(plots.framework_colour(f)) for f in ("torch", "jax", "tensorflow")}
+
+
+def test_step_time_rows_have_no_gap_and_medians_stay_visible():
+    """Issue 25: a ProtoNet row (outer step, adapt) sits left-aligned beside a MAML row
+    (outer step, inner step): no hidden panel between two visible ones; every box's median
+    is drawn above its rounds."""
+    rows = [{"framework": fw, "adapter": f"{fw}-{algo}", "algorithm": algo, "spec": "omni", "phase": phase,
+             "process": 0, "round": r, "seconds": 0.01 * (1 + r % 3) * (2 if fw == "jax" else 1)}
+            for algo, phases in (("maml", ("outer_step", "inner_step")), ("protonet", ("outer_step", "adapt")))
+            for phase in phases for fw in ("torch", "jax") for r in range(12)]
+    fig = plots.step_time_figure(pd.DataFrame(rows))
+    grid = np.array(fig.axes).reshape(2, -1)
+    assert grid.shape == (2, 2)
+    titles = [[ax.get_title() if ax.get_visible() else None for ax in row] for row in grid]
+    assert titles == [["omni / maml / outer_step", "omni / maml / inner_step"],
+                      ["omni / protonet / outer_step", "omni / protonet / adapt"]]
+    for ax in fig.axes:
+        points = max(c.get_zorder() for c in ax.collections)
+        medians = [line for line in ax.get_lines() if line.get_linewidth() == 1.6]  # the medians
+        assert len(medians) == 2 and all(m.get_zorder() > points for m in medians)
+
+
+def test_the_summary_says_how_each_adapter_ran(tmp_path):
+    """An adapter that picks its form by shape says which form ran on which cells."""
+    from bench.report import adapters_section
+
+    for cell, spec, notes in (("torch-maml__maml__a", "a", "loop"), ("torch-maml__maml__b", "b", "vmap"),
+                              ("torch-maml__fomaml__a", "a", "loop")):
+        d = tmp_path / "cells" / cell
+        d.mkdir(parents=True)
+        adapter, algorithm, _ = cell.split("__")
+        (d / "cell.json").write_text(json.dumps({"adapter": adapter, "algorithm": algorithm, "spec": spec}))
+        (d / "environment.json").write_text(json.dumps({"adapter_info": {"framework": "torch", "notes": notes}}))
+    text = adapters_section(tmp_path)
+    assert text.startswith("## How each adapter ran")
+    assert "- **torch-maml** (a / fomaml, a / maml): loop" in text and "- **torch-maml** (b / maml): vmap" in text
+    assert adapters_section(tmp_path / "nothing") == ""
