@@ -25,7 +25,7 @@ def tiny_omniglot(**maml):
     s = load_spec("omniglot-5w1s")
     return replace(s, data=replace(s.data, image_size=16), model=replace(s.model, hidden=4),
                    episode=replace(s.episode, n_way=3, n_query=2),
-                   maml=replace(s.maml, meta_batch_size=2, **maml))
+                   maml=replace(s.maml, **{"meta_batch_size": 2, **maml}))
 
 
 def random_image_batch(spec, b=2, k=1, q=2, seed=0) -> EpisodeBatch:
@@ -313,22 +313,29 @@ def test_task_loop_and_vmap_compute_the_same_maths(algorithm, spec_name):
 
 def test_auto_picks_the_task_form_by_shape_and_says_which():
     """On a CPU, Conv-4: inner steps loop always, the meta-gradient from 25 query images per
-    task; the MLP stays vmapped; ``describe`` names the forms of the training shape."""
-    from implementations.torch.maml import TASK_LOOP_QUERY_FROM
+    task or with 1-2 tasks; the MLP stays vmapped; ``describe`` names the forms of the
+    training shape."""
+    from implementations.torch.maml import TASK_LOOP_QUERY_FROM, TASK_LOOP_UP_TO_TASKS
 
     small = tiny_omniglot()  # 3-way; training query = k_shot = 1 per class: 3 query images per task
     a = TorchMAML(small, "maml", init_params(small, "maml"))
-    assert a.task_loop_for(3) and not a.task_loop_for(3, meta_gradient=True)
-    assert a.task_loop_for(TASK_LOOP_QUERY_FROM, meta_gradient=True)
-    assert not a.task_loop_for(TASK_LOOP_QUERY_FROM - 1, meta_gradient=True)
-    assert "the meta-gradient vmapped over tasks (3 query images" in a.describe().notes
-    big = tiny_omniglot(train_n_query=9)  # 27 query images per training task
-    assert "the meta-gradient a loop over tasks (27 query images" in \
+    assert a.task_loop_for(3, 8) and not a.task_loop_for(3, 8, meta_gradient=True)
+    assert a.task_loop_for(TASK_LOOP_QUERY_FROM, 8, meta_gradient=True)
+    assert not a.task_loop_for(TASK_LOOP_QUERY_FROM - 1, 8, meta_gradient=True)
+    assert a.task_loop_for(3, TASK_LOOP_UP_TO_TASKS, meta_gradient=True)  # vmap over 1-2 tasks: overhead
+    assert not a.task_loop_for(3, TASK_LOOP_UP_TO_TASKS + 1, meta_gradient=True)
+    # the spec's meta-batch is 2 here: the meta-gradient loops, and describe says so
+    assert "the meta-gradient a loop over tasks (2 tasks of 3 query images" in a.describe().notes
+    big = tiny_omniglot(train_n_query=9, meta_batch_size=8)  # 27 query images per training task
+    assert "the meta-gradient a loop over tasks (8 tasks of 27 query images" in \
         TorchMAML(big, "maml", init_params(big, "maml")).describe().notes
+    many = tiny_omniglot(meta_batch_size=8)
+    assert "the meta-gradient vmapped over tasks (8 tasks of 3 query images" in \
+        TorchMAML(many, "maml", init_params(many, "maml")).describe().notes
     sinusoid = load_spec("sinusoid-10shot")
     s = TorchMAML(sinusoid, "maml", init_params(sinusoid, "maml"))
-    assert not s.task_loop_for(100) and not s.task_loop_for(100, meta_gradient=True)
+    assert not s.task_loop_for(100, 1) and not s.task_loop_for(100, 1, meta_gradient=True)
     forced = TorchMAML(sinusoid, "maml", init_params(sinusoid, "maml"), options={"tasks": "loop"})
-    assert forced.task_loop_for(1, meta_gradient=True)
+    assert forced.task_loop_for(1, 25, meta_gradient=True)
     with pytest.raises(ValueError, match="tasks=loop"):
         TorchMAML(small, "maml", init_params(small, "maml"), options={"tasks": "loop", "compile": True})

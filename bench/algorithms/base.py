@@ -73,6 +73,7 @@ class AdapterConfig:
     test_shape: EpisodeShape        # an evaluation episode (the spec's ``[episode]``)
     meta_optimizer: MetaOptimizer
     inner: InnerLoop | None = None  # the MAML family's inner loop; None for ProtoNet
+    meta_batch_size: int = 0        # tasks (episodes) per training step; 0: not given
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Algorithm:
         model = ModelConfig("mlp" if spec.is_regression else "conv4", m.hidden, m.batch_norm != "none", m.bn_eps,
                             0 if spec.is_regression else spec.data.image_size, fmap)
         return AdapterConfig(self.name, model, spec.is_regression, self.train_shape(spec), spec.episode,
-                             self.meta_optimizer(spec), self.inner_loop(spec))
+                             self.meta_optimizer(spec), self.inner_loop(spec), self.meta_batch_size(spec))
 
     # -- what the harness computes from an adapter's outputs -------------------------------
     @staticmethod

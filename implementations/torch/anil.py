@@ -18,7 +18,7 @@ class TorchANIL(TorchMAML):
     # per-step work is a linear layer), so MAML's task-loop option is not offered.
     OPTIONS = {k: v for k, v in TorchMAML.OPTIONS.items() if k != "tasks"}
 
-    def task_loop_for(self, query_per_task: int, meta_gradient: bool = False) -> bool:
+    def task_loop_for(self, query_per_task: int, tasks: int, meta_gradient: bool = False) -> bool:
         return False
 
     def _make_adapt(self, steps: int):

@@ -55,9 +55,11 @@ from torch.func import grad, vmap
 from bench.adapter import AdapterInfo, Option
 from implementations.torch import common
 
-# From this many query images per task, the meta-gradient runs in a loop over tasks on a CPU
-# (the ``tasks`` option's "auto"; measured: the module's docstring).
+# From this many query images per task, or with at most this many tasks, the meta-gradient
+# runs in a loop over tasks on a CPU (the ``tasks`` option's "auto"; measured: the module's
+# docstring and results/20261206-cpu-baselines-grid)
 TASK_LOOP_QUERY_FROM = 25
+TASK_LOOP_UP_TO_TASKS = 2
 
 
 class TorchMAML(common.TorchAdapter):
@@ -147,27 +149,29 @@ class TorchMAML(common.TorchAdapter):
                     for t in range(len(batch))]
         return {k: torch.stack([a[k].detach() for a in per_task]) for k in params}
 
-    def task_loop_for(self, query_per_task: int, meta_gradient: bool = False) -> bool:
-        """Whether tasks run in a loop, for a batch of ``query_per_task`` query images per
-        task: the ``tasks`` option, or under "auto" the rule measured on a CPU for Conv-4
-        (module docstring): inner steps and test-time adaptation always, the meta-gradient
-        from ``TASK_LOOP_QUERY_FROM`` query images per task. The sinusoid MLP, an accelerator
-        and the compiled variant (which compiles the vmapped meta-gradient) keep vmap."""
+    def task_loop_for(self, query_per_task: int, tasks: int, meta_gradient: bool = False) -> bool:
+        """Whether tasks run in a loop, for a batch of ``tasks`` tasks with ``query_per_task``
+        query images each: the ``tasks`` option, or under "auto" the rule measured on a CPU
+        for Conv-4 (module docstring): inner steps and test-time adaptation always, the
+        meta-gradient from ``TASK_LOOP_QUERY_FROM`` query images per task or with at most
+        ``TASK_LOOP_UP_TO_TASKS`` tasks (vmap over one task is overhead alone: 24 ms against
+        the loop's 19). The sinusoid MLP, an accelerator and the compiled variant (which
+        compiles the vmapped meta-gradient) keep vmap."""
         form = self.options["tasks"]
         if form != "auto":
             return form == "loop"
         if self._dev.type != "cpu" or self.regression or self._compiled:
             return False
-        return not meta_gradient or query_per_task >= TASK_LOOP_QUERY_FROM
+        return not meta_gradient or query_per_task >= TASK_LOOP_QUERY_FROM or tasks <= TASK_LOOP_UP_TO_TASKS
 
     def task_forms(self) -> str:
         """Which form each step takes on the training shape: what ``describe`` records."""
         shape = self.config.train_shape
-        query = shape.n_way * shape.n_query
+        query, tasks = shape.n_way * shape.n_query, self.config.meta_batch_size
         form = lambda loop: "a loop over tasks" if loop else "vmapped over tasks"
-        return (f"inner steps and test-time adaptation {form(self.task_loop_for(query))}, the meta-gradient "
-                f"{form(self.task_loop_for(query, meta_gradient=True))} ({query} query images per training "
-                f"task; option tasks={self.options['tasks']})")
+        return (f"inner steps and test-time adaptation {form(self.task_loop_for(query, tasks))}, the meta-gradient "
+                f"{form(self.task_loop_for(query, tasks, meta_gradient=True))} ({tasks} tasks of {query} query "
+                f"images in training; option tasks={self.options['tasks']})")
 
     def _task_query_loss(self, params, sx, sy, qx, qy):
         adapted = self._make_adapt(self.inner_steps)(params, sx, sy)
@@ -202,7 +206,7 @@ class TorchMAML(common.TorchAdapter):
                                 "torch.optim (fused)")
 
     def inner_step(self, batch):
-        if self.task_loop_for(batch.query_x.shape[1]):
+        if self.task_loop_for(batch.query_x.shape[1], len(batch)):
             return self._loop_adapt_tasks(batch, 1)
         # self.params do not require grad: torch.func.grad builds only the inner graph
         return self._vmapped_adapt[1](self.params, batch.support_x, batch.support_y)
@@ -213,18 +217,18 @@ class TorchMAML(common.TorchAdapter):
         return loss
 
     def _meta_grad_for(self, batch):
-        if self.task_loop_for(batch.query_x.shape[1], meta_gradient=True):
+        if self.task_loop_for(batch.query_x.shape[1], len(batch), meta_gradient=True):
             return self._loop_meta_grad(batch)
         return self._meta_grad_step(batch)
 
     def _adapt_steps(self, batch, steps: int):
-        if self.task_loop_for(batch.query_x.shape[1]):
+        if self.task_loop_for(batch.query_x.shape[1], len(batch)):
             return self._loop_adapt_tasks(batch, steps)
         return self._vmapped_adapt[steps](self.params, batch.support_x, batch.support_y)
 
     def _task_logits(self, batch, adapted):
         with torch.no_grad():
-            if self.task_loop_for(batch.query_x.shape[1]):
+            if self.task_loop_for(batch.query_x.shape[1], len(batch)):
                 return torch.stack([self.head({k: v[t] for k, v in adapted.items()},
                                               self.loop_features({k: v[t] for k, v in adapted.items()},
                                                                  batch.query_x[t]))
