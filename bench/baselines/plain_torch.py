@@ -104,18 +104,21 @@ class PlainTorchMAMLLoop(PlainTorchMAML):
     over the tasks, the inner step by ``torch.autograd.grad(create_graph=True)``,
     ``F.batch_norm`` (right outside ``vmap``), each task's query loss ``.backward()`` into
     the accumulated ``.grad``, ``torch.optim.Adam``. ``channels_last``: images and conv
-    weights in that memory format (oneDNN's preferred layout on a CPU)."""
+    weights in that memory format (oneDNN's preferred layout on a CPU); ``exact_bn``:
+    BatchNorm written out (``F.batch_norm``'s CPU float32 statistics are thread-dependent and
+    imprecise: up to 1.4e-2 on the meta-gradient at 1 thread)."""
 
-    def __init__(self, config, params: dict[str, np.ndarray], channels_last: bool = False):
+    def __init__(self, config, params: dict[str, np.ndarray], channels_last: bool = False, exact_bn: bool = False):
         super().__init__(config, params)
-        self.name = "plain-torch-loop" + ("-cl" if channels_last else "")
+        self.name = "plain-torch-loop" + ("-cl" if channels_last else "") + ("-exactbn" if exact_bn else "")
         self.channels_last = channels_last
         inner = config.inner
         if config.regression:
             forward, loss_of = mlp, F.mse_loss
         else:
             eps = config.model.bn_eps
-            forward, loss_of = (lambda p, x: conv4(p, x, eps)), F.cross_entropy
+            norm = batch_norm_exact if exact_bn else batch_norm_functional
+            forward, loss_of = (lambda p, x: conv4(p, x, eps, norm)), F.cross_entropy
 
         def loss(p, x, y):
             return loss_of(forward(p, x), y)

@@ -51,11 +51,13 @@ PAIRS = {
 }
 
 
-# The grid's pairs (``--grid``): only plain forms that compute metabench's maths, each
-# framework's default adapter on a CPU against them; algorithm -> pairs.
+# The grid's pairs (``--grid``): plain forms of metabench's maths, each framework's default
+# adapter on a CPU against them; algorithm -> pairs. (The grid's verdict counts a plain form
+# only where its float32 numbers agree with the adapter's: ``run.grid_rows``.)
 GRID_PAIRS = {
     "torch": {"maml": [("torch-maml", "bench.baselines.plain_torch:PlainTorchMAML", {"exact_bn": True}),
                        ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAMLLoop", {}),
+                       ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAMLLoop", {"exact_bn": True}),
                        ("torch-maml", "bench.baselines.plain_torch:PlainTorchMAMLLoop", {"channels_last": True})],
               "protonet": [("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet", {}),
                            ("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet",

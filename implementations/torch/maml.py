@@ -5,13 +5,17 @@ A task's query loss after adaptation is a pure function of the parameters,
 meta-batch. First order stops the gradient through the inner gradients.
 
 Tasks run vmapped or in a Python loop, by shape (the ``tasks`` option; "auto" by default).
-Vmapped, BatchNorm is written out from mean and variance (``common.batch_norm``) because
-torch 2.13's vmapped second derivative through ``F.batch_norm`` is wrong; in the loop,
-``F.batch_norm`` is right and fused. Under vmap, a task's adapted weights make every query
-convolution a grouped one, which on a CPU grows worse than a loop with the query set.
-Measured on 2 CPU threads, float32, Omniglot Conv-4, both forms in one process, rounds
-alternated, medians (``/tmp``-style script in the closing note of issue 23), ms,
-vmap / loop:
+BatchNorm is written out from mean and variance (``common.batch_norm``) in both: torch
+2.13's vmapped second derivative through ``F.batch_norm`` is wrong, and outside vmap its
+float32 statistics are imprecise on a CPU (the second-order meta-gradient 4.9e-4 from
+float64 at 2 threads and 1.4e-2 at 1 thread, Omniglot 15 query images per class x 4 tasks,
+against 2e-6 written out; ``F.batch_norm`` would be 1.2-1.6x faster in the loop). Under
+vmap, a task's adapted weights make every query convolution a grouped one, which on a CPU
+grows worse than a loop with the query set. Measured on 2 CPU threads, float32, Omniglot
+Conv-4, both forms in one process, rounds alternated, medians, ms, vmap / loop (the loop
+with ``F.batch_norm`` here; with the written-out form, rerun: 1 query x 1 task 28 / 25,
+x 2 tasks 47 / 46, x 8 tasks 156 / 181; 5 query x 4 tasks 174 / 149; 15 query x 4 tasks
+593 / 339; 20-way 1 query x 4 tasks 291 / 281; inner steps level to 1.5x faster looped):
 
     way shot query/class meta-batch inner-steps | outer step    | inner step
     5   1    1           8          1           | 141 / 144     | 36 / 24
@@ -28,7 +32,10 @@ vmap / loop:
 So on a CPU, for Conv-4: inner steps and test-time adaptation loop over tasks, and the
 meta-gradient loops from ``TASK_LOOP_QUERY_FROM`` (25) query images per task, vmapped below.
 The sinusoid MLP stays vmapped (25 tasks: 3.3 ms vmapped against 46.6 ms in a loop), and so
-does an accelerator (not measured there). Both forms agree to 1e-13 in float64.
+does an accelerator (not measured there). Both forms agree to 1e-13 in float64. In float32
+the loop's meta-gradient is 1.2e-4 (15 query) and 1.5e-3 (20-way) from float64, the same at
+1 and 2 threads: max-pool windows whose top two float32 cannot order (``bench.near_ties``),
+which the vmapped form happens to order as float64 does.
 
 ``options["compile"]``: the outer step's meta-gradient (second order included: ``grad`` of
 the vmapped task losses) as one ``torch.compile`` graph (Inductor, ``dynamic=False``,
@@ -109,11 +116,11 @@ class TorchMAML(common.TorchAdapter):
 
     # -- the task loop: one task at a time, what wins on a CPU when tasks are large -----------
     def loop_features(self, params, x):
-        """``features`` for one task outside ``vmap``: BatchNorm as one fused kernel
-        (``F.batch_norm``), whose second derivative is right wherever no ``vmap`` goes through it."""
-        if self.regression:
-            return common.mlp_features(params, x)
-        return common.conv4(params, x, self._bn, self._eps, norm=common.fused_batch_norm)
+        """``features`` for one task outside ``vmap``, with the same written-out BatchNorm:
+        ``F.batch_norm``'s float32 statistics on a CPU put the second-order meta-gradient
+        4.9e-4 (2 threads) to 1.4e-2 (1 thread) from float64 at 15 query images per class,
+        against 2e-6 for this form (module docstring); it would be 1.2-1.6x faster."""
+        return self.features(params, x)
 
     def loop_loss(self, params, x, y):
         return self.loss_of_outputs(self.head(params, self.loop_features(params, x)), y)
@@ -201,9 +208,8 @@ class TorchMAML(common.TorchAdapter):
 
     # -- contract --------------------------------------------------------------------------
     def describe(self) -> AdapterInfo:
-        return self.describe_as(f"torch.func; {self.task_forms()}; vmapped steps write BatchNorm out from mean "
-                                "and variance (second order included), looped ones use F.batch_norm; Adam from "
-                                "torch.optim (fused)")
+        return self.describe_as(f"torch.func; {self.task_forms()}; BatchNorm written out from mean and variance "
+                                "(second order included); Adam from torch.optim (fused)")
 
     def inner_step(self, batch):
         if self.task_loop_for(batch.query_x.shape[1], len(batch)):
