@@ -360,6 +360,8 @@ def _wrapped(line: str, width: int = 100) -> str:
     bullet's continuation lines indented under its text."""
     if len(line) <= width or line.startswith(("|", "    ")):
         return line
+    if line.startswith("- **") and len(line) <= 400:  # a workload's one-line description: the grid's are
+        return line                                   # near-copies, whose wrapped halves would repeat
     indent = "  " if line.startswith("- ") else ""
     return textwrap.fill(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False)
 
