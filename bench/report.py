@@ -615,21 +615,37 @@ def thread_mismatches(run_dir: Path, asked) -> list[str]:
     return [f"{fw} reports {n if n is not None else 'no'} threads" for fw, n in sorted(out.items())]
 
 
+def _adapter_info(cell_dir: Path) -> dict:
+    """A cell's ``Adapter.describe()``, from its memory/accuracy process (environment.json)
+    or, in a timing-only run, from its timing process's benchmark.json."""
+    if (cell_dir / "environment.json").exists():
+        return read_json(cell_dir / "environment.json").get("adapter_info", {})
+    for path in sorted(cell_dir.glob("**/benchmark.json")):
+        for b in read_json(path).get("benchmarks", []):
+            if b.get("extra_info", {}).get("adapter_info"):
+                return b["extra_info"]["adapter_info"]
+    return {}
+
+
 def adapters_section(run_dir: Path) -> str:
     """``## How each adapter ran``: each adapter's own description (``Adapter.describe``'s
     notes) with the cells it held for. An adapter that picks its form by shape (torch-maml:
     a loop or vmap over tasks) says here which form ran where."""
     held: dict[tuple[str, str], list[str]] = {}
-    for env_path in sorted((run_dir / "cells").glob("*/environment.json")):
-        info = read_json(env_path).get("adapter_info", {})
-        cell = read_json(env_path.with_name("cell.json")) if env_path.with_name("cell.json").exists() else {}
-        adapter = cell.get("adapter") or env_path.parent.name.split("__")[0]
+    for cell_dir in sorted(p for p in (run_dir / "cells").glob("*") if p.is_dir()):
+        info = _adapter_info(cell_dir)
+        cell = read_json(cell_dir / "cell.json") if (cell_dir / "cell.json").exists() else {}
+        adapter = cell.get("adapter") or cell_dir.name.split("__")[0]
         where = f"{cell.get('spec', '?')} / {cell.get('algorithm', '?')}"
         if info.get("notes"):
             held.setdefault((adapter, info["notes"]), []).append(where)
     if not held:
         return ""
-    lines = [f"- **{adapter}** ({', '.join(sorted(set(cells)))}): {notes}" for (adapter, notes), cells in held.items()]
+    import textwrap
+
+    lines = [textwrap.fill(f"- **{adapter}** ({', '.join(sorted(set(cells)))}): {notes}", 100,
+                           subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+             for (adapter, notes), cells in held.items()]
     return "## How each adapter ran\n\n" + "\n".join(lines) + "\n\n"
 
 

@@ -636,7 +636,14 @@ def test_the_summary_says_how_each_adapter_ran(tmp_path):
         adapter, algorithm, _ = cell.split("__")
         (d / "cell.json").write_text(json.dumps({"adapter": adapter, "algorithm": algorithm, "spec": spec}))
         (d / "environment.json").write_text(json.dumps({"adapter_info": {"framework": "torch", "notes": notes}}))
+    timing_only = tmp_path / "cells" / "jax-maml__maml__a" / "timing" / "0"  # a run without memory/accuracy
+    timing_only.mkdir(parents=True)
+    (timing_only / "benchmark.json").write_text(json.dumps(
+        {"benchmarks": [{"extra_info": {"adapter_info": {"framework": "jax", "notes": "jit"}}}]}))
+    (timing_only.parent.parent / "cell.json").write_text(json.dumps({"adapter": "jax-maml", "algorithm": "maml",
+                                                                      "spec": "a"}))
     text = adapters_section(tmp_path)
-    assert text.startswith("## How each adapter ran")
+    assert text.startswith("## How each adapter ran") and "- **jax-maml** (a / maml): jit" in text
     assert "- **torch-maml** (a / fomaml, a / maml): loop" in text and "- **torch-maml** (b / maml): vmap" in text
+    assert max(len(line) for line in text.splitlines()) <= 100
     assert adapters_section(tmp_path / "nothing") == ""
