@@ -30,7 +30,9 @@ x 2 tasks 47 / 46, x 8 tasks 156 / 181; 5 query x 4 tasks 174 / 149; 15 query x 
     20  1    5           4          1           | 960 / 459     | 77 / 32
 
 So on a CPU, for Conv-4: inner steps and test-time adaptation loop over tasks, and the
-meta-gradient loops from ``TASK_LOOP_QUERY_FROM`` (25) query images per task, vmapped below.
+meta-gradient loops from ``TASK_LOOP_QUERY_FROM`` (25) query images per task or with at most
+``TASK_LOOP_UP_TO_TASKS`` (2) tasks (vmap over one task is overhead alone), vmapped otherwise;
+results/20261206-cpu-baselines-grid has the rule against plain torch on 16 shapes.
 The sinusoid MLP stays vmapped (25 tasks: 3.3 ms vmapped against 46.6 ms in a loop), and so
 does an accelerator (not measured there). Both forms agree to 1e-13 in float64. In float32
 the loop's meta-gradient is 1.2e-4 (15 query) and 1.5e-3 (20-way) from float64, the same at
