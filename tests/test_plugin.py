@@ -66,14 +66,9 @@ class InnerLrOffMAML(TorchMAML):
 
 
 class SignFlippedMAML(TorchMAML):
-    """The inner update climbs the support loss: params + lr * grad."""
-    def _make_adapt(self, steps):
-        def adapt(params, x, y):
-            for _ in range(steps):
-                g = torch.func.grad(self.loss)(params, x, y)
-                params = {k: params[k] + self.inner_lr * g[k] for k in params}
-            return params
-        return adapt
+    """The inner update climbs the support loss: params + lr * grad (in every task form)."""
+    def inner_update(self, params, grads):
+        return {**params, **{k: params[k] + self.inner_lr * grads[k] for k in grads}}
 
 
 class RunningStatsMAML(TorchMAML):

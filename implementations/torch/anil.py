@@ -30,7 +30,7 @@ class TorchANIL(TorchMAML):
                 g = grad(head_loss)(head)
                 if self.first_order:
                     g = {k: v.detach() for k, v in g.items()}
-                head = {k: head[k] - self.inner_lr * g[k] for k in head}
+                head = self.inner_update(head, g)
             return {**params, **head}
         return adapt
 

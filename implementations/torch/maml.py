@@ -35,9 +35,11 @@ meta-gradient loops from ``TASK_LOOP_QUERY_FROM`` (25) query images per task or 
 results/20261206-cpu-baselines-grid has the rule against plain torch on 16 shapes.
 The sinusoid MLP stays vmapped (25 tasks: 3.3 ms vmapped against 46.6 ms in a loop), and so
 does an accelerator (not measured there). Both forms agree to 1e-13 in float64. In float32
-the loop's meta-gradient is 1.2e-4 (15 query) and 1.5e-3 (20-way) from float64, the same at
-1 and 2 threads: max-pool windows whose top two float32 cannot order (``bench.near_ties``),
-which the vmapped form happens to order as float64 does.
+the loop's meta-gradient is 1.2e-4 (15 query, 4 tasks) and 1.5e-3 (20-way) from float64, the
+same at 1 and 2 threads: max-pool windows whose top two float32 cannot order
+(``bench.near_ties``; 24-53 per task there). Task by task both forms are that far off (1 thread,
+15 query: loop 1.2e-5 to 2.3e-4, vmap 1.3e-5 to 5.1e-5); the vmapped 4-task mean lands at
+2.9e-6 (``tests/test_precision.py`` runs both forms).
 
 ``options["compile"]``: the outer step's meta-gradient (second order included: ``grad`` of
 the vmapped task losses) as one ``torch.compile`` graph (Inductor, ``dynamic=False``,
@@ -112,9 +114,14 @@ class TorchMAML(common.TorchAdapter):
                 g = grad(self.loss)(params, x, y)
                 if self.first_order:
                     g = {k: v.detach() for k, v in g.items()}
-                params = {k: params[k] - self.inner_lr * g[k] for k in params}
+                params = self.inner_update(params, g)
             return params
         return adapt
+
+    def inner_update(self, params, grads):
+        """One inner-loop step, ``params - inner_lr * grads`` (for the names in ``grads``):
+        the one place both task forms, and ANIL's head, take it."""
+        return {**params, **{k: params[k] - self.inner_lr * grads[k] for k in grads}}
 
     # -- the task loop: one task at a time, what wins on a CPU when tasks are large -----------
     def loop_features(self, params, x):
@@ -133,7 +140,7 @@ class TorchMAML(common.TorchAdapter):
         for _ in range(steps):
             g = torch.autograd.grad(self.loop_loss(params, x, y), list(params.values()),
                                     create_graph=create_graph and not self.first_order)
-            params = {k: p - self.inner_lr * gk for (k, p), gk in zip(params.items(), g)}
+            params = self.inner_update(params, dict(zip(params, g)))
         return params
 
     def _loop_meta_grad(self, b):
