@@ -63,10 +63,17 @@ def generate(run_dir: Path, sections: str | None = None, second: Path | None = N
     return f"\n{headline_markdown(run_dir, sections=wanted).strip()}\n\n"
 
 
+def repository_root(path: Path) -> Path:
+    """The folder above ``path`` that holds ``pyproject.toml`` (the blocks name run folders
+    from there, ``results/<run>``, in README.md and docs/findings.md alike), else its folder."""
+    folder = Path(path).resolve().parent
+    return next((d for d in (folder, *folder.parents) if (d / "pyproject.toml").is_file()), folder)
+
+
 def blocks(path: Path, root: Path | None = None) -> list[Block]:
     """Every generated block of the Markdown file ``path``; run folders are resolved
-    against ``root`` (default: the file's folder)."""
-    root = root or path.parent
+    against ``root`` (default: the repository's root, ``repository_root``)."""
+    root = root or repository_root(path)
     text = path.read_text(encoding="utf-8")
     return [Block(m["run"], m["body"], generate(root / m["run"], m["sections"], _second(root, m)))
             for m in BLOCK.finditer(text)]
@@ -78,7 +85,7 @@ def _second(root: Path, m: re.Match) -> Path | None:
 
 def update(path: Path, root: Path | None = None) -> int:
     """Rewrite every block of ``path`` from its run; returns how many changed."""
-    root = root or path.parent
+    root = root or repository_root(path)
     text = path.read_text(encoding="utf-8")
     changed = 0
 

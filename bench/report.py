@@ -16,6 +16,8 @@ resumed run reports whatever its cells measured. Files written into the run fold
 - ``curves.csv``   learning curves (validation metric every ``val_every`` steps, with time)
 - ``benchmark.json`` every cell's pytest-benchmark records in one file (``pytest-benchmark compare``)
 - ``manifest.json`` environment, specs with episode fingerprints, each cell's status
+- ``datapackage.json`` the CSVs' metadata (a Frictionless tabular data package): each
+  table's columns and types, and the ``schema_version`` of the tables
 - ``summary.md`` (parity verdict, comparison tables from ``bench.tables``, details),
   ``speedups.png``, ``step_times.png``, ``learning_curves.png`` (``bench.plots``)
 
@@ -39,6 +41,12 @@ from bench import hardware, tables
 from bench.stats import TOO_FEW, process_spread, two_level_median_ci
 
 CELL_COLUMNS = ["framework", "algorithm", "adapter", "spec"]
+# The version of a run folder's format: the manifest and the report's tables. Raise it with
+# any change to a table's columns or to summary.md's content, and re-render the committed
+# runs in the same commit (``tests/test_results.py`` re-renders each one and requires its
+# committed files back). Version 1: runs written before a version was recorded.
+SCHEMA_VERSION = 2
+TABLES = ("timings", "steps", "processes", "memory", "accuracy", "curves", "episodes")
 FINGERPRINT_TRAIN_CAP = 10_000  # training episodes hashed into the manifest, at most
 
 
@@ -142,6 +150,7 @@ def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, c
     path = run_dir / "manifest.json"
     old = read_json(path) if path.exists() else {}
     manifest = {
+        "schema_version": SCHEMA_VERSION,
         "run_id": run_dir.name,
         "command": command,
         "profile": profile, "device": device, "threads": threads,
@@ -821,6 +830,7 @@ def summary_markdown(run_dir: Path, tabs: dict, plots: list[str], baseline: str 
 - cells ran by: {hardware.placement_line(run_dir)}{mixed and chr(10) + '- ' + mixed}
 - git: {env.get('git', {}).get('sha')} (dirty: {env.get('git', {}).get('dirty')})
 - started {manifest.get('started')}, finished {manifest.get('finished')}
+- tables: schema version {SCHEMA_VERSION}, each CSV's columns in `datapackage.json`{_manifest_version_note(manifest)}
 
 ## Parity against torch (same weights, same meta-batch)
 
@@ -868,6 +878,12 @@ resident set; `-`: not read apart).
 """
 
 
+def _manifest_version_note(manifest: dict) -> str:
+    version = manifest.get("schema_version", 1)
+    return "" if version == SCHEMA_VERSION else (
+        f"; the manifest is of version {version}" + (" (recorded before versions were)" if version == 1 else ""))
+
+
 def _data_rows(path: Path) -> int:
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -899,16 +915,51 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
 
     run_dir = require_run(Path(run_dir), "report")  # never write a summary into a folder that holds no run
     tabs = collect(run_dir)
-    names = ("timings", "steps", "processes", "memory", "accuracy", "curves", "episodes")
-    _refuse_to_shrink(run_dir, {name: tabs[name] for name in names})
-    for name in names:
+    _refuse_to_shrink(run_dir, {name: tabs[name] for name in TABLES})
+    for name in TABLES:
         atomic.write_csv(run_dir / f"{name}.csv", tabs[name])
+    atomic.write_json(run_dir / "datapackage.json", data_package(run_dir.name, tabs))
     merged = merged_benchmark_json(run_dir)
     if merged:
         atomic.write_json(run_dir / "benchmark.json", merged)
     plots = write_plots(run_dir, tabs, baseline)
     atomic.write_text(run_dir / "summary.md", summary_markdown(run_dir, tabs, plots, baseline))
     return tabs
+
+
+def _field_type(dtype) -> str:
+    """A pandas dtype as a Table Schema field type."""
+    api = pd.api.types
+    if api.is_bool_dtype(dtype):
+        return "boolean"
+    if api.is_integer_dtype(dtype):
+        return "integer"
+    return "number" if api.is_float_dtype(dtype) else "string"
+
+
+def data_package(run_id: str, tabs: dict[str, pd.DataFrame]) -> dict:
+    """The run's CSVs described as a Frictionless tabular data package
+    (https://specs.frictionlessdata.io/): each file's columns and types, and the schema
+    version of the tables, so a reader (or ``frictionless validate``) knows what it holds."""
+    return {
+        "profile": "tabular-data-package",
+        "name": run_id.lower().replace("_", "-"),
+        "schema_version": SCHEMA_VERSION,
+        "resources": [{
+            "name": name, "path": f"{name}.csv", "profile": "tabular-data-resource", "format": "csv",
+            "rows": len(tabs[name]),
+            "schema": {"fields": [{"name": str(c), "type": _field_type(t)} for c, t in tabs[name].dtypes.items()]},
+        } for name in TABLES],
+    }
+
+
+def tables_schema_version(run_dir: Path) -> int:
+    """The schema version of a run folder's tables: its datapackage.json's, else 1 (written
+    before versions were recorded)."""
+    path = Path(run_dir) / "datapackage.json"
+    if not path.exists():
+        return 1
+    return int(read_json(path).get("schema_version", 1))
 
 
 # -- results/README.md: the index of committed runs -----------------------------------------
@@ -966,11 +1017,19 @@ def index_table(results_dir: Path, runs=None) -> pd.DataFrame:
             "machine": f"{env.get('cpu')} x{env.get('cpu_count')}, {m.get('device')}, "
                        f"{m.get('threads')} thread{'s' if m.get('threads') != 1 else ''}",
             "git": f"`{(git.get('sha') or '?')[:7]}`" + (" (dirty)" if git.get("dirty") else ""),
-            "headline": run_headline(run_dir),
+            "headline": _stale_note(run_dir) + run_headline(run_dir),
             "_started": m.get("started") or "",
         })
     t = pd.DataFrame(rows, columns=["run", "date", "profile", "machine", "git", "headline", "_started"])
     return t.sort_values(["_started", "run"], ascending=False).drop(columns="_started")
+
+
+def _stale_note(run_dir: Path) -> str:
+    """A mark on an index row whose tables are of an older schema than this harness writes."""
+    version = tables_schema_version(run_dir)
+    return "" if version == SCHEMA_VERSION else (
+        f"**tables of schema version {version}** (older than {SCHEMA_VERSION}: `metabench report "
+        f"results/{run_dir.name}` re-renders them, where its cells allow); ")
 
 
 def index_block(results_dir: Path, runs=None) -> str:

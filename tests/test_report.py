@@ -433,6 +433,40 @@ def test_write_report_writes_the_figures(reported):
         assert f"![{name}]({name})" in (run / "summary.md").read_text()
 
 
+def test_the_data_package_describes_every_csv_as_written(reported):
+    """datapackage.json: each table's file, row count and columns in order, with types a
+    reader can load by, and the schema version of the tables."""
+    from bench.report import SCHEMA_VERSION, TABLES
+
+    package = json.loads((reported / "datapackage.json").read_text())
+    assert package["profile"] == "tabular-data-package" and package["schema_version"] == SCHEMA_VERSION
+    assert [r["name"] for r in package["resources"]] == list(TABLES)
+    numeric = {"integer", "number"}
+    for resource in package["resources"]:
+        frame = pd.read_csv(reported / resource["path"])
+        fields = resource["schema"]["fields"]
+        assert [f["name"] for f in fields] == list(frame.columns) and resource["rows"] == len(frame), resource["name"]
+        for f in fields:  # a numeric field reads back as numbers (an all-empty column reads as float)
+            if f["type"] in numeric:
+                assert pd.api.types.is_numeric_dtype(frame[f["name"]]), (resource["name"], f)
+    types = {f["name"]: f["type"] for f in package["resources"][0]["schema"]["fields"]}
+    assert types["seconds"] == "number" and types["round"] == "integer" and types["adapter"] == "string"
+    tables_line = f"- tables: schema version {SCHEMA_VERSION}, each CSV's columns in `datapackage.json`"
+    assert tables_line in (reported / "summary.md").read_text()
+
+
+def test_the_index_marks_a_run_whose_tables_are_of_an_older_schema(tmp_path):
+    from bench.report import SCHEMA_VERSION, index_block
+
+    current, old = syn.make_run(tmp_path, "20261202-current"), syn.make_run(tmp_path, "20261201-old")
+    for run in (current, old):
+        write_report(run)
+    (old / "datapackage.json").unlink()  # as a run reported before versions were recorded
+    rows = {line.split("`")[1]: line for line in index_block(tmp_path).splitlines() if line.startswith("| [`")}
+    assert f"**tables of schema version 1** (older than {SCHEMA_VERSION}: `metabench report" in rows["20261201-old/"]
+    assert "schema version" not in rows["20261202-current/"]
+
+
 # -- the committed run ---------------------------------------------------------------------------
 
 def test_committed_cpu_run_reports_from_a_copy(tmp_path):

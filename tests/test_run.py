@@ -74,7 +74,7 @@ CELLS = {(fw, algo, spec) for fw in ("torch", "jax", "tensorflow")
 
 def test_results_folder_has_every_artifact(run_dir):
     for name in ("timings.csv", "steps.csv", "memory.csv", "accuracy.csv", "curves.csv", "manifest.json",
-                 "benchmark.json", "summary.md", "step_times.png", "learning_curves.png"):
+                 "datapackage.json", "benchmark.json", "summary.md", "step_times.png", "learning_curves.png"):
         assert (run_dir / name).is_file() and (run_dir / name).stat().st_size > 0, name
 
 
@@ -132,6 +132,9 @@ def test_curves_and_memory(run_dir):
 def test_manifest_records_environment_fingerprints_and_status(run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["profile"] == "smoke" and m["device"] == "cpu" and m["finished"]
+    from bench.report import SCHEMA_VERSION
+
+    assert m["schema_version"] == SCHEMA_VERSION
     # as the user typed it (the test launched `python -m bench.cli`), no interpreter path
     assert m["command"].startswith("metabench run --profile smoke --adapters torch-maml,"), m["command"]
     assert sys.executable not in m["command"]
