@@ -14,6 +14,7 @@ by ``write_plots``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +45,46 @@ def _plt():
     return plt
 
 
-def _log_axis(axis) -> None:
-    """Log scale with plain labels at 1-2-5 steps: matplotlib's default labels the minor ticks
-    of a short range as overlapping ``2x10^-1 3x10^-1 ...``."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+def _log_125_ticks(vmin: float, vmax: float) -> list[float]:
+    """Ticks at 1-2-5 steps inside [vmin, vmax]; a range too narrow to hold two of them
+    (1100 to 1900 ms) gets two or three round values instead, never a label per 100."""
+    from matplotlib.ticker import MaxNLocator
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    vmin, vmax = sorted((vmin, vmax))
+    if not (vmin > 0 and np.isfinite(vmax)):
+        return []
+    low, high = math.floor(math.log10(vmin)), math.ceil(math.log10(vmax))
+    ticks = [m * 10.0 ** e for e in range(low, high + 1) for m in (1, 2, 5) if vmin <= m * 10.0 ** e <= vmax]
+    if len(ticks) >= 2:
+        return ticks
+    return [v for v in MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]).tick_values(vmin, vmax) if vmin <= v <= vmax]
+
+
+def _log_axis(axis) -> None:
+    """Log scale with plain labels at 1-2-5 steps (``_log_125_ticks``): matplotlib's default
+    labels the minor ticks of a short range as overlapping ``2x10^-1 3x10^-1 ...``."""
+    from matplotlib.ticker import FuncFormatter, Locator, NullFormatter
+
+    class Log125(Locator):
+        def __call__(self):
+            return self.tick_values(*self.axis.get_view_interval())
+
+        def tick_values(self, vmin, vmax):
+            return _log_125_ticks(vmin, vmax)
+
+    axis.set_major_locator(Log125())
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axis.set_minor_formatter(NullFormatter())
+
+
+def _short_specs(specs, spec_labels: dict[str, str] | None) -> tuple[dict[str, str], str]:
+    """``({spec: its short name}, common)``: a sweep's specs by the fields they change
+    (``sweeps.spec_labels``), less the base spec when every one shares it (``common``, for a
+    title); other specs by their names."""
+    names = {spec: (spec_labels or {}).get(spec, spec) for spec in specs}
+    bases = {name.split(" ")[0] for name in names.values()}
+    common = next(iter(bases)) if len(bases) == 1 and any(n != s for s, n in names.items()) else ""
+    return {spec: name[len(common):].strip() or name for spec, name in names.items()}, common
 
 
 # One colour per framework in every figure of every run (Okabe-Ito's colour-blind-safe hues),
@@ -90,12 +123,19 @@ def _styles(labels, baseline: str) -> dict[str, tuple]:
     return out
 
 
-def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch"):
-    """Speedup vs ``baseline`` (from ``tables.comparison``) per workload and phase."""
+def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch", spec_labels: dict[str, str] | None = None):
+    """Speedup vs ``baseline`` (from ``tables.comparison``) per workload and phase.
+    ``spec_labels``: short names for a sweep's specs (``sweeps.spec_labels``), rows sorted
+    by them with numbers as numbers."""
     plt = _plt()
     c = cmp[(cmp["phase"] != tables.SAMPLING) & cmp["speedup"].notna() & (cmp["adapter"] != cmp["baseline"])]
-    rows = sorted({(r.spec, r.algorithm, r.phase) for r in c.itertuples()}, key=lambda k: tables.row_key(*k))
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * max(len(rows), 2) + 1.4))
+    short, common = _short_specs(set(c["spec"]), spec_labels)  # a sweep's base spec named once, in the title
+    rows = sorted({(r.spec, r.algorithm, r.phase) for r in c.itertuples()},
+                  key=lambda k: tables.row_key(short[k[0]], *k[1:]))
+    ticks = [tables.row_label(short[k[0]], *k[1:]).replace("`", "") for k in rows]
+    # the data's width stays about 5 inches however long the row labels are
+    width = 5.0 + 0.075 * max((len(t) for t in ticks), default=30)
+    fig, ax = plt.subplots(figsize=(width, 0.45 * max(len(rows), 2) + 1.4))
     styles = _styles(cmp["label"], baseline)
     labels = sorted(set(c["label"]), key=lambda lb: tables._label_key(lb, baseline))
     offsets = np.linspace(-0.25, 0.25, len(labels)) if len(labels) > 1 else [0.0]
@@ -109,24 +149,29 @@ def speedup_figure(cmp: pd.DataFrame, baseline: str = "torch"):
     ax.axvline(1.0, color="grey", lw=1, ls="--")
     ax.set_xscale("log")
     _log_axis(ax.xaxis)
-    ax.set_yticks(range(len(rows)), [tables.row_label(*k).replace("`", "") for k in rows])
+    ax.set_yticks(range(len(rows)), ticks)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first workload on top, as in the tables
     ax.set_xlabel(f"speedup vs {baseline} (ratio of median step times, log scale; > 1 is faster)")
-    ax.set_title(f"Speedup vs {baseline}, 95% bootstrap CI")
-    if labels:
-        ax.legend(loc="best", fontsize=8)
+    ax.set_title(f"{common + ': ' if common else ''}speedup vs {baseline}; whiskers: 95% CI where the run tells one",
+                 fontsize=10)
     ax.grid(axis="x", which="both", alpha=0.3)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.5 / fig.get_figheight(), 1, 1))
+    if labels:  # below the axes, off the data
+        fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=min(len(labels), 4), fontsize=8,
+                   frameon=False)
     return fig
 
 
-def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
+def step_time_figure(timings: pd.DataFrame, baseline: str = "torch", spec_labels: dict[str, str] | None = None):
     """Rounds per adapter: one row per spec / algorithm, one column per phase (fixed order);
-    a panel lists only the adapters timed in it; log axis."""
+    a panel lists only the adapters timed in it; log axis. ``spec_labels``: a sweep's short
+    spec names (``sweeps.spec_labels``)."""
     plt = _plt()
     t = timings[timings["phase"].isin(STEP_PHASES)].copy()
     t["label"] = [tables.column_label(f, a, al) for f, a, al in zip(t["framework"], t["adapter"], t["algorithm"])]
-    workloads = sorted({(r.spec, r.algorithm) for r in t.itertuples()}, key=lambda k: tables.row_key(*k))
+    short, common = _short_specs(set(t["spec"]), spec_labels)
+    workloads = sorted({(r.spec, r.algorithm) for r in t.itertuples()},
+                       key=lambda k: tables.row_key(short[k[0]], k[1]))
     # each row's own phases, left to right in the fixed order, with no gap where an algorithm
     # has no such phase (ProtoNet: outer step and adapt side by side); unused panels hidden
     row_phases = {w: [p for p in STEP_PHASES if ((t["spec"] == w[0]) & (t["algorithm"] == w[1])
@@ -155,10 +200,10 @@ def step_time_figure(timings: pd.DataFrame, baseline: str = "torch"):
             ax.set_yticks(range(1, len(labels) + 1), labels)
             ax.set_xscale("log")
             _log_axis(ax.xaxis)
-            ax.set_title(f"{spec} / {algorithm} / {phase}", fontsize=9)
+            ax.set_title(f"{short[spec]} / {algorithm} / {phase}", fontsize=9)
             ax.set_xlabel("step time (ms, log scale)")
             ax.grid(axis="x", which="both", alpha=0.3)
-    fig.suptitle("Step times: rounds of one step after the first step and warm-up")
+    fig.suptitle((f"{common}: s" if common else "S") + "tep times: rounds of one step after the first step and warm-up")
     fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the suptitle
     return fig
 
@@ -266,9 +311,13 @@ def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]
     cmp = tables.comparison(tabs["steps"], tabs["timings"], baseline)
     figures = []
     if not cmp.empty and cmp["speedup"].notna().any() and (cmp["adapter"] != cmp["baseline"]).any():
-        figures.append(("speedups.png", speedup_figure(cmp, baseline)))
+        from bench.sweeps import spec_labels
+
+        figures.append(("speedups.png", speedup_figure(cmp, baseline, spec_labels(Path(run_dir)))))
     if not tabs["timings"][tabs["timings"]["phase"].isin(STEP_PHASES)].empty:
-        figures.append(("step_times.png", step_time_figure(tabs["timings"], baseline)))
+        from bench.sweeps import spec_labels
+
+        figures.append(("step_times.png", step_time_figure(tabs["timings"], baseline, spec_labels(Path(run_dir)))))
     if not tabs["curves"].empty:
         figures.append(("learning_curves.png", learning_curve_figure(tabs["curves"], tabs["accuracy"], baseline)))
     from bench.sweeps import sweep_figure, sweep_points

@@ -22,7 +22,10 @@ import pandas as pd
 
 from bench.spec import OVERRIDE_SEP, parse_override
 
-POINT_COLUMNS = ["base", "algorithm", "framework", "adapter", "key", "fixed", "value", "quantity", "y"]
+# y: a step phase's median seconds or peak MiB; y_low, y_high: the median's 95% CI (NaN for
+# memory, and where too few processes tell one)
+POINT_COLUMNS = ["base", "algorithm", "framework", "adapter", "key", "fixed", "value", "quantity", "y", "y_low",
+                 "y_high"]
 
 
 def _number(text: str) -> float | None:
@@ -50,11 +53,13 @@ def sweep_points(run_dir: Path, steps: pd.DataFrame, memory: pd.DataFrame) -> pd
     ys = []
     if not steps.empty:
         s = steps[steps["phase"] != "sample_episodes"]
-        ys += [(r.spec, r.algorithm, r.framework, r.adapter, r.phase, r.median) for r in s.itertuples()]
+        ci = [(getattr(r, "median_ci_low", math.nan), getattr(r, "median_ci_high", math.nan)) for r in s.itertuples()]
+        ys += [(r.spec, r.algorithm, r.framework, r.adapter, r.phase, r.median, *c) for r, c in zip(s.itertuples(), ci)]
     if not memory.empty:
-        ys += [(r.spec, r.algorithm, r.framework, r.adapter, "peak memory", r.peak_mib) for r in memory.itertuples()]
+        ys += [(r.spec, r.algorithm, r.framework, r.adapter, "peak memory", r.peak_mib, math.nan, math.nan)
+               for r in memory.itertuples()]
     rows = []
-    for spec, algorithm, framework, adapter, quantity, y in ys:
+    for spec, algorithm, framework, adapter, quantity, y, y_low, y_high in ys:
         if spec not in refs or not refs[spec][1]:
             continue
         base, over = refs[spec]
@@ -64,8 +69,19 @@ def sweep_points(run_dir: Path, steps: pd.DataFrame, memory: pd.DataFrame) -> pd
             if x is None or x <= 0 or len({o.get(key) for o in siblings}) < 2:
                 continue  # not swept (a --set), or not a positive number
             fixed = ", ".join(f"{k}={v}" for k, v in sorted(over.items()) if k != key)
-            rows.append((base, algorithm, framework, adapter, key, fixed, x, quantity, float(y)))
+            rows.append((base, algorithm, framework, adapter, key, fixed, x, quantity, float(y), float(y_low),
+                         float(y_high)))
     return pd.DataFrame(rows, columns=POINT_COLUMNS)
+
+
+def spec_labels(run_dir: Path) -> dict[str, str]:
+    """A short label for each spec of a ``--sweep`` or ``--set`` run: its base and the
+    fields it changes, ``omniglot-5w1s inner_steps=1, meta_batch_size=16`` for
+    ``omniglot-5w1s_maml.inner_steps-1_maml.meta_batch_size-16`` (fields in alphabetical
+    order; a spec file's base by its file name's stem)."""
+    stem = lambda base: Path(base).stem if base.endswith(".toml") else base
+    return {name: f"{stem(base)} " + ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(over.items()))
+            for name, (base, over) in _refs(run_dir).items() if over}
 
 
 def exponents(points: pd.DataFrame) -> pd.DataFrame:
@@ -113,31 +129,70 @@ def sweep_markdown(points: pd.DataFrame) -> str:
 
 
 def sweep_figure(points: pd.DataFrame):
-    """A panel per swept key and quantity, log-log, a line per framework (and fixed
-    values); None without a sweep."""
-    from bench.plots import MARKERS, SHADES, _plt, _shade, framework_colour
+    """A row of panels per swept key, a column per quantity (step phases in ms, peak memory
+    in MiB), log-log with plain tick labels at the swept values; a line per framework and
+    algorithm (the framework's colour, an algorithm's shade and marker the same in every
+    panel), the median's 95% CI as error bars where the run tells one; one legend below
+    the panels, off the data. None without a sweep."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    from bench.plots import MARKERS, SHADES, _log_axis, _plt, _shade, framework_colour
+    from bench.tables import PHASE_ORDER
 
     if points.empty:
         return None
     plt = _plt()
-    panels = sorted(points.groupby(["key", "quantity"]).groups)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (key, quantity) in zip(axes[0], panels):
-        g = points[(points["key"] == key) & (points["quantity"] == quantity)]
-        drawn: dict[str, int] = {}  # lines per framework so far: its shades and markers
-        for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
-            s = s.groupby("value", as_index=False)["y"].median().sort_values("value")
-            if len(s) < 2:  # a one-at-a-time sweep's other points: a single value, no series
+    keys = sorted(points["key"].unique())
+    order = lambda q: (q == "peak memory", PHASE_ORDER.index(q) if q in PHASE_ORDER else len(PHASE_ORDER), q)
+    quantities = sorted(points["quantity"].unique(), key=order)
+    # a series' style: its framework's hue; the shade and marker of its workload within the framework
+    workloads = {fw: sorted({(r.base, r.algorithm) for r in g.itertuples()})
+                 for fw, g in points.groupby("framework")}
+    several_bases = points["base"].nunique() > 1
+    fig, axes = plt.subplots(len(keys), len(quantities), figsize=(3.6 * len(quantities), 2.9 * len(keys) + 0.4),
+                             squeeze=False)
+    handles: dict[str, object] = {}
+    for row, key in enumerate(keys):
+        for col, quantity in enumerate(quantities):
+            ax = axes[row][col]
+            g = points[(points["key"] == key) & (points["quantity"] == quantity)]
+            series = []
+            for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
+                s = s.groupby("value", as_index=False).agg(y=("y", "median"), lo=("y_low", "min"),
+                                                           hi=("y_high", "max")).sort_values("value")
+                if len(s) >= 2:  # a one-at-a-time sweep's other points: a single value, no series
+                    series.append((framework, base, algorithm, fixed, s))
+            fixed_values = {fixed for _, _, _, fixed, _ in series}
+            one_fixed = len(fixed_values) == 1  # then it goes in the axis label, not each line's
+            scale = 1.0 if quantity == "peak memory" else 1e3  # seconds to ms
+            values = set()
+            for framework, base, algorithm, fixed, s in series:
+                values |= set(s["value"])
+                label = (f"{framework} " + (f"{base}/" if several_bases else "") + algorithm
+                         + ("" if one_fixed or not fixed else f" ({fixed})"))
+                i = workloads[framework].index((base, algorithm))
+                y = s["y"] * scale
+                err = [(y - s["lo"] * scale).clip(lower=0).fillna(0), (s["hi"] * scale - y).clip(lower=0).fillna(0)]
+                handles[label] = ax.errorbar(s["value"], y, yerr=err, marker=MARKERS[i % len(MARKERS)], ms=5,
+                                             capsize=2, lw=1.4, label=label,
+                                             color=_shade(framework_colour(framework), SHADES[i % len(SHADES)]))
+            if not values:
+                ax.set_visible(False)
                 continue
-            label = f"{framework} {base}/{algorithm}" + (f" ({fixed})" if fixed else "")
-            i = drawn[framework] = drawn.get(framework, -1) + 1
-            ax.plot(s["value"], s["y"], marker=MARKERS[i % len(MARKERS)], label=label,
-                    color=_shade(framework_colour(framework), SHADES[i % len(SHADES)]))
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel(key)
-        ax.set_ylabel("peak memory (MiB)" if quantity == "peak memory" else f"{quantity} median (s)")
-        ax.set_title(quantity)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(sorted(values)))  # the swept values, as plain numbers
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_axis(ax.yaxis)
+            fixed = next(iter(fixed_values)) if one_fixed else ""
+            ax.set_xlabel(key.split(".")[-1] + (f"  ({fixed.replace(key.split('.')[0] + '.', '')})" if fixed else ""))
+            ax.set_ylabel("peak memory (MiB)" if quantity == "peak memory" else "median step time (ms)")
+            ax.set_title(quantity, fontsize=10)
+            ax.grid(which="major", alpha=0.3)
+    rows_of_legend = math.ceil(len(handles) / 3)
+    fig.tight_layout(rect=(0, (0.25 + 0.22 * rows_of_legend) / fig.get_figheight(), 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+               frameon=False)
     return fig

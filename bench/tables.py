@@ -12,6 +12,7 @@ so it is deterministic (fixed bootstrap seed, no timestamps, no absolute paths).
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -118,10 +119,17 @@ def _label_key(label: str, baseline: str) -> tuple:
     return (label != baseline, rank, fw, label != fw, label)
 
 
+def natural_key(text: str) -> tuple:
+    """``text`` with its numbers compared as numbers: a sweep's specs sort
+    ``meta_batch_size-4, -16, -32``, not as text (16, 32, 4)."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return tuple((0, float(part), "") if i % 2 else (1, 0.0, part) for i, part in enumerate(parts))
+
+
 def row_key(spec: str, algorithm: str, phase: str | None = None) -> tuple:
     a = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
     p = PHASE_ORDER.index(phase) if phase in PHASE_ORDER else len(PHASE_ORDER)
-    return (spec, a, algorithm, p, phase or "")
+    return (natural_key(spec), a, algorithm, p, phase or "")
 
 
 def row_label(spec: str, algorithm: str, phase: str | None = None) -> str:

@@ -111,9 +111,65 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
 
     tabs = collect(run)
     fig = sweep_figure(sweep_points(run, tabs["steps"], tabs["memory"]))
-    axes = fig.axes
+    axes = [a for a in fig.axes if a.get_visible()]
     assert [a.get_title() for a in axes] == ["outer_step", "peak memory"]
-    assert all(a.get_xscale() == "log" and a.get_yscale() == "log" and a.get_xlabel() == "maml.inner_steps"
+    assert all(a.get_xscale() == "log" and a.get_yscale() == "log" and a.get_xlabel() == "inner_steps"
                for a in axes)
-    assert all(len(a.get_lines()) == 2 for a in axes)   # one line per framework
+    assert all(len(a.containers) == 2 for a in axes)   # one line (with its CI bars) per framework
+    # times in ms, as everywhere else: torch's planted 10 ms a step at one inner step
+    time_ax = axes[0]
+    assert time_ax.get_ylabel() == "median step time (ms)"
+    torch_line = next(c.lines[0] for c in time_ax.containers if c.get_label().startswith("torch"))
+    assert torch_line.get_ydata()[0] == pytest.approx(10.0)
+    assert torch_line.get_color() == plots_colour("torch")
+    # the swept values as plain tick labels, no 10^x
+    fig.canvas.draw()
+    assert [t.get_text() for t in time_ax.get_xticklabels()] == ["1", "2", "5", "10"]
+    # one legend, below the panels, off the data: none inside an axes
+    assert all(a.get_legend() is None for a in axes) and len(fig.legends) == 1
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["jax maml", "torch maml"]
+    legend_top = fig.legends[0].get_window_extent().y1
+    assert all(legend_top <= a.get_tightbbox().y0 + 1 for a in axes)
     _plt().close(fig)
+
+
+def plots_colour(framework: str):
+    from matplotlib.colors import to_rgb
+
+    from bench.plots import framework_colour
+
+    return to_rgb(framework_colour(framework))
+
+
+def test_a_sweeps_speedups_name_its_specs_by_the_swept_value_in_numeric_order(tmp_path):
+    """Not ``omniglot-5w1s_maml.inner_steps-10`` between 1 and 2: the field and its value,
+    numbers sorted as numbers, the base spec once in the title; the tables sort the same way."""
+    from bench import plots, tables
+    from bench.report import collect
+    from bench.sweeps import spec_labels
+
+    run = _sweep_run(tmp_path)
+    tabs = collect(run)
+    cmp = tables.comparison(tabs["steps"], tabs["timings"], "torch")
+    fig = plots.speedup_figure(cmp, "torch", spec_labels(run))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        f"inner_steps={n} / maml / outer_step" for n in STEPS]
+    assert ax.get_title().startswith("omniglot-5w1s: speedup vs torch")
+    assert ax.get_legend() is None and len(fig.legends) == 1
+    step_fig = plots.step_time_figure(tabs["timings"], "torch", spec_labels(run))
+    assert [a.get_title() for a in step_fig.axes if a.get_visible()] == [
+        f"inner_steps={n} / maml / outer_step" for n in STEPS]
+    plots._plt().close("all")
+    write_report(run)
+    rows = [line.split("|")[1].strip() for line in (run / "summary.md").read_text().splitlines()
+            if line.startswith("| omniglot-5w1s_maml.inner_steps-") and "outer_step" in line]
+    assert rows[:4] == [f"omniglot-5w1s_maml.inner_steps-{n} / maml / `outer_step`" for n in STEPS]
+
+
+def test_a_narrow_log_axis_gets_a_few_round_labels_not_one_per_hundred():
+    from bench.plots import _log_125_ticks
+
+    assert _log_125_ticks(0.4, 12) == [0.5, 1, 2, 5, 10]
+    narrow = _log_125_ticks(1100, 1900)  # holds no 1-2-5 value but 1000 and 2000 outside
+    assert 2 <= len(narrow) <= 4 and all(1100 <= v <= 1900 for v in narrow), narrow
