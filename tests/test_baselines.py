@@ -184,3 +184,19 @@ def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
     assert grid_figure(list(grid.values()), tmp_path / "grid.png") and (tmp_path / "grid.png").stat().st_size > 0
     assert grid_markdown(grid_rows(rows[:2])) == [] and not grid_figure(grid_rows(rows[:2]), tmp_path / "x.png")
     assert mcolors.to_hex(framework_colour("jax")) != mcolors.to_hex(framework_colour("torch"))
+
+
+def test_the_plain_protonet_forms_of_jax_and_tensorflow_run_against_the_defaults(data_env, tmp_path):
+    """The grid's plain ProtoNet in JAX (agrees with jax-protonet in float32) and in TF (graph
+    and XLA: the tutorials' tf.nn.moments, shown but not judged where its float32 differs)."""
+    cmd = [sys.executable, "-m", "bench.baselines", str(tmp_path), "--frameworks", "jax,tensorflow",
+           "--workloads", "protonet-5w1s-5q", "--rounds", "2", "--warmup", "1", "--threads", "1"]
+    proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "baselines.csv", newline="") as f:
+        rows = {r["implementation"]: r for r in csv.DictReader(f) if r["kind"] == "plain"}
+    assert set(rows) == {"plain-jax-protonet", "plain-tf-protonet", "plain-tf-protonet-xla"}
+    assert rows["plain-jax-protonet"]["agrees"] == "True" and float(rows["plain-jax-protonet"]["max_rel_diff"]) < 1e-4
+    for r in rows.values():
+        assert math.isfinite(float(r["ratio"])) and float(r["median_ms"]) > 0
+        assert float(r["grad_rel_diff"]) < 0.1  # the same function, at worst float32's one-pass moments apart

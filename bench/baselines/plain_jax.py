@@ -101,3 +101,62 @@ class PlainJaxMAML:
 
     def compilation_count(self):
         return self._outer_step._cache_size()
+
+
+PROTONET_PARAMS = tuple(f"{kind}{i}.{p}" for i in range(1, 5) for kind, p in (("conv", "weight"), ("bn", "weight"),
+                                                                             ("bn", "bias")))
+
+
+def embed(p, x, eps):
+    """Conv-4's features: four blocks of convolution, batch-statistics BatchNorm, ReLU, max-pool."""
+    for i in range(1, 5):
+        x = lax.conv_general_dilated(x, p[f"conv{i}.weight"], (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+        x = (x - mean) / jnp.sqrt(var + eps) * p[f"bn{i}.weight"] + p[f"bn{i}.bias"]
+        x = lax.reduce_window(jax.nn.relu(x), -jnp.inf, lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return x.reshape(x.shape[0], -1)
+
+
+class PlainJaxProtoNet:
+    """Prototypical Networks as JAX's examples write them: Conv-4 as a pure function of a
+    parameter dict, support and query embedded in one pass per episode, squared Euclidean
+    distances to the class means, the whole outer step (``jax.value_and_grad`` and
+    ``optax.adam``) in one ``jax.jit``; a training step's episodes in a Python loop."""
+
+    name = "plain-jax-protonet"
+
+    def __init__(self, config, params: dict[str, np.ndarray]):
+        eps, meta = config.model.bn_eps, config.meta_optimizer
+        n_way, k_shot = config.train_shape.n_way, config.train_shape.k_shot
+
+        def episode_loss(p, sx, qx, qy):
+            z = embed(p, jnp.concatenate([sx, qx]), eps)
+            protos = z[:sx.shape[0]].reshape(n_way, k_shot, -1).mean(1)
+            logits = -((z[sx.shape[0]:, None, :] - protos[None]) ** 2).sum(-1)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, qy).mean()
+
+        def loss(p, batch):
+            sx, qx, qy = batch
+            return sum(episode_loss(p, sx[t], qx[t], qy[t]) for t in range(sx.shape[0])) / sx.shape[0]
+
+        self.optimizer = optax.adam(meta.lr, b1=meta.b1, b2=meta.b2, eps=meta.eps)
+
+        @jax.jit
+        def outer_step(p, opt_state, batch):
+            loss_value, g = jax.value_and_grad(loss)(p, batch)
+            updates, opt_state = self.optimizer.update(g, opt_state, p)
+            return optax.apply_updates(p, updates), opt_state, loss_value
+
+        self._outer_step = outer_step
+        self._meta_grad = jax.jit(jax.grad(loss))
+        self.params = {k: jnp.asarray(_to_jax(np.asarray(params[k]))) for k in PROTONET_PARAMS}
+        self.opt_state = self.optimizer.init(self.params)
+
+    @staticmethod
+    def to_device(batch):
+        return (jnp.asarray(batch.support_x), jnp.asarray(batch.query_x), jnp.asarray(batch.query_y.astype(np.int32)))
+
+    step, sync, meta_grad, get_params, compilation_count = (
+        PlainJaxMAML.step, PlainJaxMAML.sync, PlainJaxMAML.meta_grad, PlainJaxMAML.get_params,
+        PlainJaxMAML.compilation_count)

@@ -108,3 +108,67 @@ class PlainTFMAML:
 
     def compilation_count(self):
         return self._step.experimental_get_tracing_count()
+
+
+PROTONET_PARAMS = tuple(f"{kind}{i}.{p}" for i in range(1, 5) for kind, p in (("conv", "weight"), ("bn", "weight"),
+                                                                             ("bn", "bias")))
+
+
+class PlainTFProtoNet:
+    """Prototypical Networks as TF's examples write them: ``tf.Variable`` weights, Conv-4 from
+    ``tf.nn`` ops (BatchNorm by ``tf.nn.moments``: first derivatives are all ProtoNet needs),
+    support and query embedded in one pass per episode, squared Euclidean distances to the
+    class means, ``tf.GradientTape`` and ``tf.keras.optimizers.Adam`` in one ``tf.function``
+    (``jit_compile``: XLA); a training step's episodes in a Python loop.
+
+    Its float32 is imprecise, as the tutorials' code is: ``tf.nn.moments`` reduces each
+    channel's N x H x W values in one sequential float32 sum, and on protonet-20w5s-5q the
+    float32 meta-gradient is 1.7e-2 from its own float64 one (the float64 ones agree with
+    metabench's to 5e-13; metabench's float32, which reduces in stages
+    (``implementations.tensorflow.common.batch_norm``), is 8.7e-5 from float64). The grid
+    shows it and judges metabench only against plain forms that agree (``run.grid_rows``)."""
+
+    def __init__(self, config, params: dict[str, np.ndarray], jit_compile: bool = False):
+        self.name = "plain-tf-protonet" + ("-xla" if jit_compile else "")
+        meta = config.meta_optimizer
+        self.eps = config.model.bn_eps
+        self.n_way, self.k_shot = config.train_shape.n_way, config.train_shape.k_shot
+        self.weights = {k: tf.Variable(_to_tf(np.asarray(params[k]))) for k in PROTONET_PARAMS}
+        self.opt = tf.keras.optimizers.Adam(learning_rate=meta.lr, beta_1=meta.b1, beta_2=meta.b2,
+                                            epsilon=meta.eps)
+        self._step = tf.function(self._outer_step, jit_compile=jit_compile)
+        self._grads = tf.function(self._meta_grad, jit_compile=jit_compile)
+
+    def embed(self, x):
+        p = self.weights
+        for i in range(1, 5):
+            x = tf.nn.conv2d(x, p[f"conv{i}.weight"], strides=1, padding="SAME")
+            mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+            x = tf.nn.batch_normalization(x, mean, var, p[f"bn{i}.bias"], p[f"bn{i}.weight"], self.eps)
+            x = tf.nn.max_pool2d(tf.nn.relu(x), ksize=2, strides=2, padding="VALID")
+        return tf.reshape(x, [x.shape[0], -1])
+
+    def episode_loss(self, sx, qx, qy):
+        z = self.embed(tf.concat([sx, qx], 0))
+        n_support = sx.shape[0]
+        protos = tf.reduce_mean(tf.reshape(z[:n_support], [self.n_way, self.k_shot, -1]), 1)
+        logits = -tf.reduce_sum(tf.square(z[n_support:, None, :] - protos[None]), -1)
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=qy, logits=logits))
+
+    def _meta_grad(self, sx, qx, qy):
+        with tf.GradientTape() as tape:
+            loss = tf.add_n([self.episode_loss(sx[t], qx[t], qy[t]) for t in range(sx.shape[0])]) / sx.shape[0]
+        return tape.gradient(loss, list(self.weights.values())), loss
+
+    def _outer_step(self, sx, qx, qy):
+        grads, loss = self._meta_grad(sx, qx, qy)
+        self.opt.apply_gradients(zip(grads, self.weights.values()))
+        return loss
+
+    @staticmethod
+    def to_device(batch):
+        return (tf.constant(batch.support_x), tf.constant(batch.query_x), tf.constant(batch.query_y.astype(np.int32)))
+
+    step, sync, meta_grad, get_params, compilation_count = (
+        PlainTFMAML.step, PlainTFMAML.sync, PlainTFMAML.meta_grad, PlainTFMAML.get_params,
+        PlainTFMAML.compilation_count)

@@ -62,9 +62,13 @@ GRID_PAIRS = {
               "protonet": [("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet", {}),
                            ("torch-protonet", "bench.baselines.plain_torch:PlainTorchProtoNet",
                             {"channels_last": True})]},
-    "jax": {"maml": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})]},
+    "jax": {"maml": [("jax-maml", "bench.baselines.plain_jax:PlainJaxMAML", {})],
+            "protonet": [("jax-protonet", "bench.baselines.plain_jax:PlainJaxProtoNet", {})]},
     "tensorflow": {"maml": [("tensorflow-maml-xla", "bench.baselines.plain_tf:PlainTFMAML",
-                             {"jit_compile": True, "exact_bn": True})]},
+                             {"jit_compile": True, "exact_bn": True})],
+                   "protonet": [("tensorflow-protonet", "bench.baselines.plain_tf:PlainTFProtoNet", {}),
+                                ("tensorflow-protonet", "bench.baselines.plain_tf:PlainTFProtoNet",
+                                 {"jit_compile": True})]},
 }
 
 
