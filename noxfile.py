@@ -48,8 +48,14 @@ def tests(session: nox.Session) -> None:
     """The full unit suite, parity across frameworks included. autograd: the fourth-framework
     example plugin (docs/examples/metabench-autograd-protonet), installed and tested;
     submitit and ray: the cluster executors, run through their local modes; hypothesis: the
-    property tests of bad input (tests/test_properties.py)."""
+    property tests of bad input (tests/test_properties.py); a headless Chromium from Debian's
+    archive, unpacked into .nox/chromium (.ci/chromium.sh), for the browser test of the HTML
+    pages (tests/test_html.py)."""
     install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100")
+    chromium = os.environ.get("METABENCH_CHROMIUM")
+    if not chromium:  # run_install: it runs under --install-only too
+        out = session.run_install("bash", ".ci/chromium.sh", ".nox/chromium", external=True, silent=True)
+        chromium = out.strip().splitlines()[-1] if out else ""
     # JAX's persistent compilation cache, fresh per session and for the tests only: the
     # suite builds the same jitted steps many times over (the contract check builds an
     # adapter per check; a run compiles again in each phase's process), and a cache hit
@@ -60,7 +66,7 @@ def tests(session: nox.Session) -> None:
     jax_cache = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     try:
-        session.run("pytest", *session.posargs, env={**env(), **jax_cache})
+        session.run("pytest", *session.posargs, env={**env(), **jax_cache, "METABENCH_CHROMIUM": chromium})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -923,7 +923,11 @@ def write_report(run_dir: Path, baseline: str = "torch") -> dict[str, pd.DataFra
     if merged:
         atomic.write_json(run_dir / "benchmark.json", merged)
     plots = write_plots(run_dir, tabs, baseline)
-    atomic.write_text(run_dir / "summary.md", summary_markdown(run_dir, tabs, plots, baseline))
+    summary = summary_markdown(run_dir, tabs, plots, baseline)
+    atomic.write_text(run_dir / "summary.md", summary)
+    from bench.html import write_run_html
+
+    write_run_html(run_dir, tabs, summary)
     return tabs
 
 
@@ -1059,4 +1063,7 @@ def write_index(results_dir: Path) -> Path:
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
     atomic.write_text(path, text)
+    from bench.html import write_index_html
+
+    write_index_html(results_dir)
     return path

@@ -63,6 +63,34 @@ def test_plain_versions_compute_metabench_maths_on_the_sinusoid(sinusoid_run):
         assert r["agrees"] == "True"
 
 
+def test_each_pair_is_asked_in_float64_whether_it_computes_the_same_maths(sinusoid_run):
+    """The float64 check (``bench.baselines.maths``, a process per framework after its
+    timing): both sides' float64 meta-gradients within parity's float64 tolerance, and
+    each side's float32 error from float64 recorded."""
+    out, rows = sinusoid_run
+    for r in rows:
+        assert float(r["grad_rel_diff_float64"]) <= 1e-9 and r["same_maths"] == "True", r
+        assert 0 <= float(r["adapter_float32_error"]) < 1e-4 and 0 <= float(r["plain_float32_error"]) < 1e-4
+    assert (out / "torch-float64.json").exists() and (out / "jax-float64.log").exists()
+    assert "float64" in (out / "baselines.md").read_text()
+
+
+def test_the_float64_check_is_what_the_grid_verdict_asks():
+    """A plain form that differs in float32 but agrees in float64 is the same maths (float32
+    rounding: judged); one that agrees in float32 but not in float64 is not; a run recorded
+    before the check falls back to float32 agreement."""
+    from bench.baselines.run import computes_the_same_maths, merge_float64
+
+    assert computes_the_same_maths({"agrees": False, "same_maths": True})
+    assert not computes_the_same_maths({"agrees": True, "same_maths": False})
+    assert computes_the_same_maths({"agrees": True, "same_maths": None})
+    assert not computes_the_same_maths({"agrees": False})
+    result = {"workloads": {"w": {"pairs": [{"adapter": "a", "plain": "p"}, {"adapter": "a", "plain": "q"}]}}}
+    merge_float64(result, {"workloads": {"w": [{"adapter": "a", "plain": "q", "grad_rel_diff_float64": 1e-14}]}})
+    assert result["workloads"]["w"]["pairs"] == [{"adapter": "a", "plain": "p"},
+                                                 {"adapter": "a", "plain": "q", "grad_rel_diff_float64": 1e-14}]
+
+
 def test_markdown_has_the_table_machine_and_command(sinusoid_run):
     out, rows = sinusoid_run
     md = (out / "baselines.md").read_text()
@@ -151,9 +179,11 @@ def test_grid_shapes_build_the_episodes_their_names_say(data_env, monkeypatch):
     assert batch.support_x.shape[:2] == (1, 100) and batch.query_x.shape[:2] == (1, 100)
 
 
-def _grid_row(workload, framework, plain, adapter_ms, plain_ms, low, high, default=True, agrees=True):
+def _grid_row(workload, framework, plain, adapter_ms, plain_ms, low, high, default=True, agrees=True, same=None):
     shared = {"workload": workload, "framework": framework, "max_rel_diff": 1e-6 if agrees else 1e-2,
-              "adapter_is_default": default, "agrees": agrees}
+              "adapter_is_default": default, "agrees": agrees, "same_maths": same,
+              "grad_rel_diff_float64": None if same is None else (1e-14 if same else 1e-3),
+              "adapter_float32_error": 1e-6, "plain_float32_error": 1e-6 if agrees else 1e-2}
     return [{**shared, "kind": "metabench", "implementation": f"{framework}-maml", "compared_with": plain,
              "median_ms": adapter_ms, "ratio": adapter_ms / plain_ms, "ratio_ci_low": low, "ratio_ci_high": high},
             {**shared, "kind": "plain", "implementation": plain, "compared_with": f"{framework}-maml",
@@ -170,6 +200,7 @@ def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
             + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-torch-exactbn", 105, 90, 1.1, 1.3)
             + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-x", 50, 10, 4, 6, default=False)
             + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-imprecise", 105, 60, 1.6, 1.9, agrees=False)
+            + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-other-maths", 105, 50, 1.9, 2.2, same=False)
             + _grid_row("maml-5w1s-15q-mb4-1step", "torch", "plain-torch-loop", 200, 190, 0.98, 1.12)
             + _grid_row("maml-5w1s-15q-mb4-1step", "jax", "plain-jax", 300, 200, 1.4, 1.6))
     grid = {(g["workload"], g["framework"]): g for g in grid_rows(rows)}
@@ -178,9 +209,15 @@ def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
     # the fastest plain form that agrees in float32 (a faster one that differs is not the same computation)
     assert first["plain"] == "plain-torch-exactbn" and first["ratio"] == pytest.approx(105 / 90)
     md = "\n".join(grid_markdown(list(grid.values())))
-    assert "1 of 3 shapes at or below 1.0 or level" in md
+    assert "1 of 3 shape x framework rows at or below 1.0 or level" in md
     assert "above: maml-5w1s-1q-mb8-1step torch, maml-5w1s-15q-mb4-1step jax" in md
     assert "| maml-5w1s-15q-mb4-1step | torch | torch-maml | 200 | plain-torch-loop | 190 |" in md
+    # with the float64 check: a plain form imprecise in float32 but of the same maths is judged
+    rows += _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-imprecise-same", 105, 70, 1.4, 1.6, agrees=False,
+                      same=True)
+    first = {(g["workload"], g["framework"]): g for g in grid_rows(rows)}[("maml-5w1s-1q-mb8-1step", "torch")]
+    assert first["plain"] == "plain-imprecise-same" and first["plain_float32_error"] == 1e-2
+    assert "| 1.0e-14 | 1.0e-06 / 1.0e-02 |" in "\n".join(grid_markdown([first, *grid.values()]))
     assert grid_figure(list(grid.values()), tmp_path / "grid.png") and (tmp_path / "grid.png").stat().st_size > 0
     assert grid_markdown(grid_rows(rows[:2])) == [] and not grid_figure(grid_rows(rows[:2]), tmp_path / "x.png")
     assert mcolors.to_hex(framework_colour("jax")) != mcolors.to_hex(framework_colour("torch"))

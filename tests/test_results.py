@@ -15,7 +15,7 @@ from tests.conftest import REPO
 RESULTS = REPO / "results"
 # run folders with cells that the report renders (baselines and profile runs have no cells)
 RUNS = sorted(p.parent.name for p in RESULTS.glob("*/summary.md") if (p.parent / "cells").is_dir())
-RENDERED = ("summary.md", "datapackage.json", "benchmark.json")
+RENDERED = ("summary.md", "datapackage.json", "benchmark.json", "report.html")
 
 
 def test_there_are_committed_runs_to_check():
@@ -30,6 +30,6 @@ def test_a_committed_run_re_renders_to_its_committed_files(name, tmp_path):
     run = shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
     write_report(run)
     compared = [f.name for f in sorted(src.iterdir()) if f.suffix == ".csv" or f.name in RENDERED]
-    assert {"summary.md", "datapackage.json", "steps.csv", "timings.csv"} <= set(compared)
+    assert {"summary.md", "datapackage.json", "steps.csv", "timings.csv", "report.html"} <= set(compared)
     drifted = [f for f in compared if (run / f).read_bytes() != (src / f).read_bytes()]
     assert not drifted, f"{name}: {drifted} differ from what the report writes today; metabench report {src}"

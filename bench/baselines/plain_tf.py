@@ -71,6 +71,7 @@ class PlainTFMAML:
         p = self.weights
         for _ in range(self.inner_steps):
             with tf.GradientTape() as tape:
+                tape.watch(p)  # after the first step the adapted weights are tensors, not variables
                 loss = self.loss(p, sx, sy)
             g = tape.gradient(loss, p)
             p = {k: p[k] - self.inner_lr * g[k] for k in p}

@@ -5,7 +5,9 @@ Each framework runs in a process of its own (``bench.baselines.worker``), pinned
 same cores and thread count as the harness pins a cell, one after another. Writes
 ``baselines.csv`` (one row per framework x workload x implementation), ``baselines.md``
 (the ratios metabench / plain with their CIs, the verdict, the agreement of the maths),
-``baselines.json`` (raw round times) and each process's log into OUT_DIR.
+``baselines.json`` (raw round times) and each process's log into OUT_DIR. After each
+framework's timing, a second process of that framework asks in float64 whether each pair
+computes the same maths (``bench.baselines.maths``: ``<framework>-float64.json``).
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from bench import atomic
 from bench.baselines.worker import PAIRS, TOLERANCE, WARMUP_SECONDS
 from bench.baselines.workloads import GRIDS, WORKLOADS
 from bench.baselines.workloads import workload as workload_named
+from bench.parity import TOLERANCE_64
 
 FRAMEWORKS = tuple(PAIRS)
 COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_with", "median_ms", "iqr_ms",
            "q1_ms", "q3_ms", "compile_s", "probe_s", "rounds", "warmup", "threads", "ratio", "ratio_ci_low",
            "ratio_ci_high", "max_rel_diff", "grad_rel_diff", "params_rel_diff", "loss_rel_diff", "agrees",
-           "recompiled_while_timed", "batch_digest", "adapter_is_default")
+           "recompiled_while_timed", "batch_digest", "adapter_is_default", "grad_rel_diff_float64", "same_maths",
+           "adapter_float32_error", "plain_float32_error")
 
 # Why a plain version's meta-gradient differs from metabench's, where it does (Omniglot's
 # BatchNorm): what the md says. Checked once on the Omniglot batch (graph mode, 1 thread):
@@ -79,18 +83,24 @@ def _tee(stream, log, framework: str) -> None:
             print(line.rstrip(), flush=True)
 
 
-def run_framework(framework: str, out_dir: Path, args) -> tuple[dict | None, str | None]:
-    """One framework's worker process, its output teed to ``<framework>.log``; its whole
+def run_framework(framework: str, out_dir: Path, args, float64: bool = False) -> tuple[dict | None, str | None]:
+    """One framework's worker process (the timing one, or with ``float64`` the maths check,
+    ``bench.baselines.maths``), its output teed to ``<framework>[-float64].log``; its whole
     process group killed after ``--timeout`` seconds. Returns (its results, why it failed)."""
-    result_path = out_dir / f"{framework}.json"
+    stem = f"{framework}-float64" if float64 else framework
+    result_path = out_dir / f"{stem}.json"
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.baselines.worker", framework, str(result_path),
-           "--workloads", ",".join(args.workloads), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
-           "--threads", str(args.threads)]
+    if float64:
+        cmd = [sys.executable, "-m", "bench.baselines.maths", framework, str(result_path),
+               "--workloads", ",".join(args.workloads), "--threads", str(args.threads)]
+    else:
+        cmd = [sys.executable, "-m", "bench.baselines.worker", framework, str(result_path),
+               "--workloads", ",".join(args.workloads), "--rounds", str(args.rounds), "--warmup", str(args.warmup),
+               "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if args.data_dir:
         env["METABENCH_DATA_DIR"] = args.data_dir
-    with open(out_dir / f"{framework}.log", "w") as log:
+    with open(out_dir / f"{stem}.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
         reader = threading.Thread(target=_tee, args=(proc.stdout, log, framework), daemon=True)
@@ -105,10 +115,21 @@ def run_framework(framework: str, out_dir: Path, args) -> tuple[dict | None, str
             return None, f"killed after {args.timeout:g} s"
         finally:
             reader.join(timeout=10)
-    why = None if proc.returncode == 0 else f"exit code {proc.returncode} (see {framework}.log)"
+    why = None if proc.returncode == 0 else f"exit code {proc.returncode} (see {stem}.log)"
     if not result_path.exists():
         return None, why or "wrote no results"
     return json.loads(result_path.read_text()), why
+
+
+def merge_float64(result: dict, maths: dict) -> None:
+    """Each timed pair gets its float64 check (``bench.baselines.maths``), matched by
+    workload, adapter and plain form; a pair the check could not run keeps none."""
+    for workload, record in result["workloads"].items():
+        checks = {(m["adapter"], m["plain"]): m for m in maths.get("workloads", {}).get(workload, [])}
+        for pair in record["pairs"]:
+            m = checks.get((pair["adapter"], pair["plain"]))
+            if m:
+                pair.update({k: v for k, v in m.items() if k not in ("adapter", "plain")})
 
 
 def _stats(times: list[float]):
@@ -130,7 +151,13 @@ def pair_rows(framework: str, workload: str, record: dict, pair: dict, args) -> 
               "ratio_ci_high": high, "max_rel_diff": worst, "grad_rel_diff": pair["grad_rel_diff"],
               "params_rel_diff": pair["params_rel_diff"], "loss_rel_diff": pair["loss_rel_diff"],
               "agrees": worst <= TOLERANCE, "batch_digest": record["batch_digest"],
-              "adapter_is_default": pair.get("adapter_is_default")}  # None: recorded before it was
+              "adapter_is_default": pair.get("adapter_is_default"),  # None: recorded before it was
+              # the float64 check: None where the run had none (recorded before it existed)
+              "grad_rel_diff_float64": pair.get("grad_rel_diff_float64"),
+              "same_maths": (None if pair.get("grad_rel_diff_float64") is None
+                             else pair["grad_rel_diff_float64"] <= TOLERANCE_64),
+              "adapter_float32_error": pair.get("adapter_float32_error"),
+              "plain_float32_error": pair.get("plain_float32_error")}
     rows = []
     for kind, name, other, times, compile_s, probe_s, recompiled in (
             ("metabench", pair["adapter"], pair["plain"], pair["adapter_times"], pair["compile_adapter"],
@@ -179,7 +206,7 @@ def defaults_verdict(by_pair: dict) -> list[str]:
 
         def named(rs):
             return "; ".join(f"{r['compared_with']} {r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, "
-                             f"{r['ratio_ci_high']:.3f}]" + ("" if r["agrees"] else ", which computes other maths")
+                             f"{r['ratio_ci_high']:.3f}]" + ("" if computes_the_same_maths(r) else ", which computes other maths")
                              for r in rs)
         parts = ([f"**above {len(above)} of {len(rows)}**: {named(above)}"] if above else []) + \
                 ([f"level with {len(level)} of {len(rows)} (ratio above 1.0, CI reaching it): {named(level)}"]
@@ -188,17 +215,26 @@ def defaults_verdict(by_pair: dict) -> list[str]:
     return lines
 
 
+def computes_the_same_maths(row: dict) -> bool:
+    """Whether a pair's plain form computes the adapter's function: asked in float64
+    (``bench.baselines.maths``: within parity's ``TOLERANCE_64``), where float32's rounding
+    (max-pool near-ties, one-pass reductions, XLA's float32 max-pool second derivative)
+    cannot blur the answer. A run recorded before the float64 check falls back to float32
+    agreement within ``TOLERANCE``."""
+    same = row.get("same_maths")
+    return bool(row["agrees"]) if same is None else bool(same)
+
+
 def grid_rows(rows: list[dict]) -> list[dict]:
-    """Per shape and framework, the default adapter against the fastest plain form whose
-    float32 numbers agree with it within ``TOLERANCE`` (parity's float32 limit): its ratio
-    and CI come from that pair, timed in alternation in one process. A faster plain form
-    that differs more (``F.batch_norm``'s imprecise CPU statistics at large shapes) is not
-    the same computation; ``grid_markdown`` names it."""
+    """Per shape and framework, the default adapter against the fastest plain form that
+    computes the same maths (``computes_the_same_maths``), however precise that form's
+    float32 is: its ratio and CI come from that pair, timed in alternation in one process;
+    each side's float32 error from float64 is shown beside it."""
     best: dict[tuple[str, str], dict] = {}
     plain_ms = {(r["workload"], r["framework"], r["implementation"]): r["median_ms"] for r in rows
                 if r["kind"] == "plain"}
     for r in rows:
-        if r["kind"] != "metabench" or not r.get("adapter_is_default") or not r["agrees"]:
+        if r["kind"] != "metabench" or not r.get("adapter_is_default") or not computes_the_same_maths(r):
             continue
         key = (r["workload"], r["framework"])
         p = plain_ms[(r["workload"], r["framework"], r["compared_with"])]
@@ -206,8 +242,14 @@ def grid_rows(rows: list[dict]) -> list[dict]:
             best[key] = {"workload": r["workload"], "framework": r["framework"], "adapter": r["implementation"],
                          "adapter_ms": r["median_ms"], "plain": r["compared_with"], "plain_ms": p,
                          "ratio": r["ratio"], "ratio_ci_low": r["ratio_ci_low"], "ratio_ci_high": r["ratio_ci_high"],
-                         "max_rel_diff": r["max_rel_diff"]}
+                         "max_rel_diff": r["max_rel_diff"], "grad_rel_diff_float64": r.get("grad_rel_diff_float64"),
+                         "adapter_float32_error": r.get("adapter_float32_error"),
+                         "plain_float32_error": r.get("plain_float32_error")}
     return list(best.values())
+
+
+def _sci(x) -> str:
+    return "—" if x is None or x == "" else f"{float(x):.1e}"
 
 
 def grid_markdown(grid: list[dict]) -> list[str]:
@@ -216,13 +258,19 @@ def grid_markdown(grid: list[dict]) -> list[str]:
         return []
     over = [g for g in grid if g["ratio_ci_low"] > 1.0]
     lines = ["", "## Per shape: each default against the fastest plain form with the same maths", "",
-             f"{len(grid) - len(over)} of {len(grid)} shapes at or below 1.0 or level (CI reaching 1.0)"
-             + (f"; above: {', '.join(g['workload'] + ' ' + g['framework'] for g in over)}" if over else "") + ".",
+             f"{len(grid) - len(over)} of {len(grid)} shape x framework rows at or below 1.0 or level (CI reaching "
+             "1.0)" + (f"; above: {', '.join(g['workload'] + ' ' + g['framework'] for g in over)}" if over else "")
+             + ". The same maths: the two meta-gradients agree in float64 within "
+             f"{TOLERANCE_64:g} (`bench.baselines.maths`); float32 error: each side's float32 meta-gradient "
+             "against the default's float64 one (how precise each side's float32 is).",
              "", "| shape | framework | default | ms | fastest plain form | ms | ratio [95% CI] | verdict | "
-                 "max rel diff (float32) |", "|---|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {g['workload']} | {g['framework']} | {g['adapter']} | {_ms(g['adapter_ms'])} | {g['plain']} | "
-              f"{_ms(g['plain_ms'])} | {g['ratio']:.2f} [{g['ratio_ci_low']:.2f}, {g['ratio_ci_high']:.2f}] | "
-              f"{verdict(g['ratio'], g['ratio_ci_low'])} | {g['max_rel_diff']:.1e} |" for g in grid]
+                 "float64 diff | float32 error: default / plain |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for g in grid:
+        errors = (f"{_sci(g.get('adapter_float32_error'))} / {_sci(g.get('plain_float32_error'))}"
+                  if g.get("grad_rel_diff_float64") is not None else f"{g['max_rel_diff']:.1e} apart")
+        lines.append(f"| {g['workload']} | {g['framework']} | {g['adapter']} | {_ms(g['adapter_ms'])} | {g['plain']} | "
+                     f"{_ms(g['plain_ms'])} | {g['ratio']:.2f} [{g['ratio_ci_low']:.2f}, {g['ratio_ci_high']:.2f}] | "
+                     f"{verdict(g['ratio'], g['ratio_ci_low'])} | {_sci(g.get('grad_rel_diff_float64'))} | {errors} |")
     return lines
 
 
@@ -317,19 +365,40 @@ def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[s
               "metabench's adapter as `metabench parity` compares frameworks: max |x - x_metabench| / "
               "max |x_metabench| of the meta-gradient (all parameters together), of the parameters after "
               "one Adam step (leaving out entries whose gradient is float32 noise) and of the first loss. "
-              f"They agree where every column is within {TOLERANCE:g} (float32: parity's tolerance).", "",
-              "| workload | plain | meta-gradient | params after Adam | loss | worst parameter (meta-gradient) |",
-              "|---|---|---|---|---|---|"]
-    differ = set()
+              f"They agree where every column is within {TOLERANCE:g} (float32: parity's tolerance). "
+              "Float64 (`bench.baselines.maths`, a process of its own): the two meta-gradients in float64, "
+              f"the same maths where within {TOLERANCE_64:g}; and each side's float32 meta-gradient against "
+              "the adapter's float64 one (where they differ in float32, which side's float32 is the imprecise "
+              "one).", "",
+              "| workload | plain | meta-gradient | params after Adam | loss | worst parameter (meta-gradient) | "
+              "float64 | float32 error: adapter / plain |",
+              "|---|---|---|---|---|---|---|---|"]
+    differ, rounding = set(), set()
     for res in results.values():
         for workload, rec in res["workloads"].items():
             for pair in rec["pairs"]:
                 worst = max(pair["grad_rel_diff_by_param"].items(), key=lambda kv: kv[1])
+                f64 = pair.get("grad_rel_diff_float64")
+                form = "" if pair.get("plain_float64_form", "as timed") == "as timed" else " (graph mode)"
                 lines.append(f"| {workload} | {pair['plain']} | {pair['grad_rel_diff']:.1e} | "
                              f"{pair['params_rel_diff']:.1e} | {pair['loss_rel_diff']:.1e} | "
-                             f"{worst[0]} {worst[1]:.1e} |")
+                             f"{worst[0]} {worst[1]:.1e} | {_sci(f64)}{form if f64 is not None else ''} | "
+                             f"{_sci(pair.get('adapter_float32_error'))} / {_sci(pair.get('plain_float32_error'))} |")
                 if max(pair["grad_rel_diff"], pair["params_rel_diff"], pair["loss_rel_diff"]) > TOLERANCE:
-                    differ.add((workload, pair["adapter"], pair["plain"]))
+                    if f64 is not None and f64 <= TOLERANCE_64:
+                        rounding.add((workload, pair["adapter"], pair["plain"], pair["adapter_float32_error"],
+                                      pair["plain_float32_error"], pair.get("plain_float64_form", "as timed")))
+                    else:
+                        differ.add((workload, pair["adapter"], pair["plain"]))
+    if rounding:
+        lines += ["", "Where the two differ in float32 but compute the same maths (float64 agrees): float32 "
+                      "rounding, the larger error on the side named (timed, and judged, all the same):", ""]
+        for workload, adapter, plain, a32, p32, form in sorted(rounding):
+            side = f"{plain}'s float32" if p32 > a32 else f"{adapter}'s float32"
+            note = "; its float64 asked in TF's graph mode, XLA:CPU having no float64 MaxPoolGradGrad" \
+                if form != "as timed" else ""
+            lines.append(f"- {workload}, {adapter} against {plain}: {side} ({max(a32, p32):.1e} from float64, "
+                         f"the other {min(a32, p32):.1e}){note}")
     if differ:
         lines += ["", "Where a plain version computes something else (timed all the same, as written in its "
                       "framework's tutorials; its ratio then compares different maths):", ""]
@@ -344,6 +413,8 @@ def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[s
         for res in results.values():
             lines += [f"- {res['framework']} {e.get('workload')} {e.get('adapter', '')}: "
                       f"{e['error'].strip().splitlines()[-1]}" for e in res["errors"]]
+            lines += [f"- {res['framework']} {e.get('workload')} {e.get('adapter', '')} float64 check: "
+                      f"{e['error'].strip().splitlines()[-1]}" for e in res.get("float64_errors", [])]
     lines += ["", "## Where", ""]
     for fw, res in results.items():
         env = res["environment"]
@@ -392,6 +463,11 @@ def parse_args(argv, prog: str = "python -m bench.baselines"):
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite baselines.csv and baselines.md from OUT_DIR/baselines.json (an earlier run's "
                          "rounds; give that run's other flags)")
+    ap.add_argument("--float64-only", action="store_true",
+                    help="as --report-only, after running the float64 check of each pair (bench.baselines.maths) "
+                         "on an earlier run's workloads: for a run made before the check existed")
+    ap.add_argument("--no-float64", action="store_true",
+                    help="skip the float64 check of each pair (the grid's verdict then asks float32 agreement)")
     args = ap.parse_args(argv)
     args.frameworks = [f for f in args.frameworks.split(",") if f]
     args.workloads = GRIDS[args.grid] if args.grid else [w for w in args.workloads.split(",") if w]
@@ -419,11 +495,12 @@ def main(argv=None, prog: str = "python -m bench.baselines") -> int:
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, failures, rows = {}, {}, []
-    if args.report_only:  # the same flags as the run, its rounds from baselines.json: a changed report
+    earlier = args.report_only or args.float64_only
+    if earlier:  # the same flags as the run, its rounds from baselines.json: a changed report
         results = json.loads((out_dir / "baselines.json").read_text())
-        argv = [a for a in argv if a != "--report-only"]
+        argv = [a for a in argv if a not in ("--report-only", "--float64-only")]
     for framework in args.frameworks:
-        if args.report_only:
+        if earlier:
             result = results.get(framework)
         else:
             result, why = run_framework(framework, out_dir, args)
@@ -431,6 +508,13 @@ def main(argv=None, prog: str = "python -m bench.baselines") -> int:
                 failures[framework] = why
         if result is None:
             continue
+        if (args.float64_only or not (earlier or args.no_float64)) and result["workloads"]:
+            maths, why = run_framework(framework, out_dir, args, float64=True)  # after the timing: never beside it
+            if why:
+                failures[f"{framework} float64 check"] = why
+            if maths is not None:
+                merge_float64(result, maths)
+                result["float64_errors"] = maths["errors"]
         results[framework] = result
         for workload, record in result["workloads"].items():
             for pair in record["pairs"]:
