@@ -126,15 +126,40 @@ def noise_components(groups) -> tuple[float, float]:
 def _two_level_medians(groups: list[np.ndarray], rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """``n_boot`` bootstrap medians: draw as many processes as there are, with replacement,
     then as many rounds as the longest process has, with replacement from each drawn one."""
-    p = len(groups)
-    n = max(v.size for v in groups)
+    return _medians_of_picks(groups, rng.integers(len(groups), size=(n_boot, len(groups))), rng)
+
+
+def _medians_of_picks(groups: list[np.ndarray], pick: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One bootstrap median per row of ``pick`` (the drawn processes' indices): as many
+    rounds as the longest process has, drawn with replacement from each drawn process."""
+    p, n = len(groups), max(v.size for v in groups)
     padded = np.zeros((p, n))
     lengths = np.array([v.size for v in groups])
     for i, v in enumerate(groups):
         padded[i, :v.size] = v
-    pick = rng.integers(p, size=(n_boot, p))
-    rows = (rng.random((n_boot, p, n)) * lengths[pick][:, :, None]).astype(np.int64)
-    return np.median(padded[pick[:, :, None], rows].reshape(n_boot, -1), axis=1)
+    rows = (rng.random((*pick.shape, n)) * lengths[pick][:, :, None]).astype(np.int64)
+    return np.median(padded[pick[:, :, None], rows].reshape(pick.shape[0], -1), axis=1)
+
+
+def paired_two_level_ratio_ci(numerator, denominator, n_boot: int = N_BOOT, seed: int = SEED,
+                              level: float = 0.95) -> tuple[float, float, float]:
+    """For two implementations timed in the same processes, round by round in alternation
+    (``metabench baselines``): ``pooled_median(numerator) / pooled_median(denominator)``
+    and its two-level bootstrap CI, the processes drawn once for both sides (what a new
+    process changes, the machine's state, both sides shared) and each side's rounds
+    drawn within them. ``numerator[k]`` and ``denominator[k]`` are process k's rounds.
+    NaN bounds when either side is ``too_few``."""
+    a, b = _groups(numerator), _groups(denominator)
+    if not a or len(a) != len(b):
+        raise ValueError(f"paired processes: {len(a)} against {len(b)}")
+    ratio = pooled_median(a) / pooled_median(b)
+    if too_few(a) or too_few(b):
+        return ratio, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(len(a), size=(n_boot, len(a)))
+    ratios = _medians_of_picks(a, pick, rng) / _medians_of_picks(b, pick, rng)
+    lo, hi = np.quantile(ratios, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return ratio, float(lo), float(hi)
 
 
 def two_level_median_ci(groups, n_boot: int = N_BOOT, seed: int = SEED,

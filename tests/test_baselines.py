@@ -116,6 +116,8 @@ def test_options_are_checked_before_anything_runs():
         parse_args(["out", "--workloads", "cifar"])
     with pytest.raises(SystemExit):
         parse_args(["out", "--rounds", "1"])
+    with pytest.raises(SystemExit):
+        parse_args(["out", "--repeats", "0"])
     args = parse_args(["out", "--frameworks", "jax", "--rounds", "5"])
     assert args.frameworks == ["jax"] and args.workloads == ["sinusoid", "omniglot"] and args.rounds == 5
 
@@ -237,3 +239,50 @@ def test_the_plain_protonet_forms_of_jax_and_tensorflow_run_against_the_defaults
     for r in rows.values():
         assert math.isfinite(float(r["ratio"])) and float(r["median_ms"]) > 0
         assert float(r["grad_rel_diff"]) < 0.1  # the same function, at worst float32's one-pass moments apart
+
+
+def test_repeated_processes_pool_rounds_and_draw_processes_for_both_sides_at_once():
+    """``--repeats``: a pair's rounds kept per process; its ratio's CI draws processes once
+    for both sides (they shared each process), so a process that slowed both moves the
+    ratio less than it moves either side."""
+    import numpy as np
+
+    from bench.baselines.run import combine_processes
+    from bench.stats import paired_two_level_ratio_ci, two_level_ratio_ci
+
+    rng = np.random.default_rng(1)
+    slow = [1.0, 1.6, 1.0, 1.3]  # each process's machine state, shared by both sides
+    adapter = [list(f * (0.9 + 0.01 * rng.random(12))) for f in slow]
+    plain = [list(f * (1.0 + 0.01 * rng.random(12))) for f in slow]
+    ratio, low, high = paired_two_level_ratio_ci(adapter, plain)
+    assert ratio == pytest.approx(np.median(sum(adapter, [])) / np.median(sum(plain, [])))
+    assert low <= ratio <= high and high < 1.0  # 10% faster, told apart although processes moved 60%
+    _, ulow, uhigh = two_level_ratio_ci(adapter, plain)  # as if the sides had run apart
+    assert uhigh - ulow > 3 * (high - low)
+    with pytest.raises(ValueError):
+        paired_two_level_ratio_ci(adapter, plain[:3])
+    assert np.isnan(paired_two_level_ratio_ci(adapter[:1], plain[:1])[1])  # one process: too few to tell
+
+    def process(k):
+        return {"errors": [], "workloads": {"w": {"pairs": [{"adapter": "a", "plain": "p", "adapter_times": adapter[k],
+                                                             "plain_times": plain[k], "grad_rel_diff": 1e-7}]}}}
+
+    both = combine_processes([process(0), process(1)])
+    pair = both["workloads"]["w"]["pairs"][0]
+    assert both["processes"] == 2 and pair["adapter_times_by_process"] == adapter[:2]
+    assert pair["plain_times"] == plain[0] + plain[1] and pair["grad_rel_diff"] == 1e-7
+    assert combine_processes([process(0)]) == process(0) and combine_processes([]) is None
+
+
+@pytest.mark.slow
+def test_repeats_run_interleaved_processes_and_report_a_two_level_ci(tmp_path, data_env):
+    cmd = [sys.executable, "-m", "bench.baselines", str(tmp_path), "--frameworks", "torch", "--workloads", "sinusoid",
+           "--rounds", "10", "--warmup", "1", "--threads", "1", "--repeats", "2", "--no-float64"]
+    proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "torch-p0.json").exists() and (tmp_path / "torch-p1.log").exists()
+    with open(tmp_path / "baselines.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all(r["processes"] == "2" for r in rows)
+    assert all(math.isfinite(float(r["ratio_ci_low"])) for r in rows)
+    assert "2 processes per framework" in (tmp_path / "baselines.md").read_text()

@@ -177,8 +177,10 @@ class PlainTorchProtoNet:
         m = config.model
         layers, cin = [], 1
         for i in range(1, 5):
-            conv = nn.Conv2d(cin, m.hidden, 3, padding=1, bias=False)
-            bn = nn.BatchNorm2d(m.hidden, eps=m.bn_eps, track_running_stats=False)
+            # in the weights' dtype (float64 in the float64 check, bench.baselines.maths)
+            dtype = torch.from_numpy(params[f"conv{i}.weight"]).dtype
+            conv = nn.Conv2d(cin, m.hidden, 3, padding=1, bias=False, dtype=dtype)
+            bn = nn.BatchNorm2d(m.hidden, eps=m.bn_eps, track_running_stats=False, dtype=dtype)
             with torch.no_grad():
                 conv.weight.copy_(torch.from_numpy(params[f"conv{i}.weight"]))
                 bn.weight.copy_(torch.from_numpy(params[f"bn{i}.weight"]))

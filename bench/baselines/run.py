@@ -13,6 +13,7 @@ computes the same maths (``bench.baselines.maths``: ``<framework>-float64.json``
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
 import math
@@ -33,10 +34,10 @@ from bench.parity import TOLERANCE_64
 
 FRAMEWORKS = tuple(PAIRS)
 COLUMNS = ("workload", "spec", "framework", "implementation", "kind", "compared_with", "median_ms", "iqr_ms",
-           "q1_ms", "q3_ms", "compile_s", "probe_s", "rounds", "warmup", "threads", "ratio", "ratio_ci_low",
-           "ratio_ci_high", "max_rel_diff", "grad_rel_diff", "params_rel_diff", "loss_rel_diff", "agrees",
-           "recompiled_while_timed", "batch_digest", "adapter_is_default", "grad_rel_diff_float64", "same_maths",
-           "adapter_float32_error", "plain_float32_error")
+           "q1_ms", "q3_ms", "compile_s", "probe_s", "processes", "rounds", "warmup", "threads", "ratio",
+           "ratio_ci_low", "ratio_ci_high", "max_rel_diff", "grad_rel_diff", "params_rel_diff", "loss_rel_diff",
+           "agrees", "recompiled_while_timed", "batch_digest", "adapter_is_default", "grad_rel_diff_float64",
+           "same_maths", "adapter_float32_error", "plain_float32_error")
 
 # Why a plain version's meta-gradient differs from metabench's, where it does (Omniglot's
 # BatchNorm): what the md says. Checked once on the Omniglot batch (graph mode, 1 thread):
@@ -79,15 +80,17 @@ def _available_cores() -> int:
 def _tee(stream, log, framework: str) -> None:
     for line in stream:
         log.write(line)
-        if line.startswith(f"[{framework}]"):
+        if line.startswith((f"[{framework}]", f"[{framework} float64]")):
             print(line.rstrip(), flush=True)
 
 
-def run_framework(framework: str, out_dir: Path, args, float64: bool = False) -> tuple[dict | None, str | None]:
-    """One framework's worker process (the timing one, or with ``float64`` the maths check,
-    ``bench.baselines.maths``), its output teed to ``<framework>[-float64].log``; its whole
-    process group killed after ``--timeout`` seconds. Returns (its results, why it failed)."""
-    stem = f"{framework}-float64" if float64 else framework
+def run_framework(framework: str, out_dir: Path, args, float64: bool = False,
+                  process: int = 0) -> tuple[dict | None, str | None]:
+    """One framework's worker process (timing process ``process`` of ``--repeats``, or with
+    ``float64`` the maths check, ``bench.baselines.maths``), its output teed to
+    ``<framework>[-p<k>|-float64].log``; its whole process group killed after ``--timeout``
+    seconds. Returns (its results, why it failed)."""
+    stem = f"{framework}-float64" if float64 else (f"{framework}-p{process}" if args.repeats > 1 else framework)
     result_path = out_dir / f"{stem}.json"
     result_path.unlink(missing_ok=True)
     if float64:
@@ -121,6 +124,27 @@ def run_framework(framework: str, out_dir: Path, args, float64: bool = False) ->
     return json.loads(result_path.read_text()), why
 
 
+def combine_processes(processes: list[dict]) -> dict | None:
+    """One framework's timing processes as one result: each pair's rounds per process
+    (``adapter_times_by_process``, ``plain_times_by_process``), ``adapter_times`` and
+    ``plain_times`` all of them, first calls and agreement from the first process (the
+    weights and the meta-batch are the same in each). A pair a process lost keeps the
+    processes that ran it."""
+    if len(processes) <= 1:
+        return processes[0] if processes else None
+    base = copy.deepcopy(processes[0])
+    base["errors"] = [e for p in processes for e in p["errors"]]
+    base["processes"] = len(processes)
+    for workload, record in base["workloads"].items():
+        for pair in record["pairs"]:
+            same = [q for p in processes for q in p["workloads"].get(workload, {}).get("pairs", [])
+                    if (q["adapter"], q["plain"]) == (pair["adapter"], pair["plain"])]
+            for side in ("adapter", "plain"):
+                pair[f"{side}_times_by_process"] = [q[f"{side}_times"] for q in same]
+                pair[f"{side}_times"] = [t for q in same for t in q[f"{side}_times"]]
+    return base
+
+
 def merge_float64(result: dict, maths: dict) -> None:
     """Each timed pair gets its float64 check (``bench.baselines.maths``), matched by
     workload, adapter and plain form; a pair the check could not run keeps none."""
@@ -142,11 +166,16 @@ def _stats(times: list[float]):
 
 
 def pair_rows(framework: str, workload: str, record: dict, pair: dict, args) -> list[dict]:
-    from bench.stats import ratio_of_medians_ci
+    from bench.stats import paired_two_level_ratio_ci, ratio_of_medians_ci
 
-    ratio, low, high = ratio_of_medians_ci(pair["adapter_times"], pair["plain_times"])
+    by_process = pair.get("adapter_times_by_process") or [pair["adapter_times"]]
+    if len(by_process) > 1:  # processes drawn once for both sides: they shared each one
+        ratio, low, high = paired_two_level_ratio_ci(by_process, pair["plain_times_by_process"])
+    else:
+        ratio, low, high = ratio_of_medians_ci(pair["adapter_times"], pair["plain_times"])
     worst = max(pair["grad_rel_diff"], pair["params_rel_diff"], pair["loss_rel_diff"])
-    shared = {"workload": workload, "spec": record["spec"], "framework": framework, "rounds": args.rounds,
+    shared = {"workload": workload, "spec": record["spec"], "framework": framework, "processes": len(by_process),
+              "rounds": args.rounds,
               "warmup": args.warmup, "threads": args.threads, "ratio": ratio, "ratio_ci_low": low,
               "ratio_ci_high": high, "max_rel_diff": worst, "grad_rel_diff": pair["grad_rel_diff"],
               "params_rel_diff": pair["params_rel_diff"], "loss_rel_diff": pair["loss_rel_diff"],
@@ -206,8 +235,8 @@ def defaults_verdict(by_pair: dict) -> list[str]:
 
         def named(rs):
             return "; ".join(f"{r['compared_with']} {r['ratio']:.3f} [{r['ratio_ci_low']:.3f}, "
-                             f"{r['ratio_ci_high']:.3f}]" + ("" if computes_the_same_maths(r) else ", which computes other maths")
-                             for r in rs)
+                             f"{r['ratio_ci_high']:.3f}]"
+                             + ("" if computes_the_same_maths(r) else ", which computes other maths") for r in rs)
         parts = ([f"**above {len(above)} of {len(rows)}**: {named(above)}"] if above else []) + \
                 ([f"level with {len(level)} of {len(rows)} (ratio above 1.0, CI reaching it): {named(level)}"]
                  if level else [])
@@ -319,13 +348,20 @@ def _warmup_text(results: dict, warmup: int) -> str:
 
 
 def markdown(rows: list[dict], results: dict, failures: dict, args, argv: list[str]) -> str:
+    processes = max((res.get("processes", 1) for res in results.values()), default=1)
+    where = ("in one process per framework" if processes == 1 else
+             f"in each of {processes} processes per framework (process k of every framework, then k + 1)")
+    ci = ("95% percentile-bootstrap CI (`bench.stats.ratio_of_medians_ci`)" if processes == 1 else
+          "95% two-level bootstrap CI over the processes and their rounds, the processes drawn once for both "
+          "sides, which shared them (`bench.stats.paired_two_level_ratio_ci`): it covers what a new process "
+          "changes")
     lines = ["# metabench's MAML adapters against plain MAML in each framework", "",
              "Second-order MAML's outer step (meta-gradient and the Adam update of the meta-parameters), "
              "timed per round with the step's outputs synchronised; metabench's adapter and the plain "
-             f"version alternate round by round in one process per framework, which one goes first "
+             f"version alternate round by round {where}, which one goes first "
              f"alternating too ({_warmup_text(results, args.warmup)}, then {args.rounds} timed rounds "
-             f"each). Ratio: metabench median / plain median, "
-             "95% percentile-bootstrap CI (`bench.stats.ratio_of_medians_ci`); at or below 1.0, "
+             f"each). Ratio: metabench median / plain median (of all rounds), "
+             f"{ci}; at or below 1.0, "
              "metabench is at least as fast as the plain version; above 1.0 with a CI that reaches "
              "1.0, level (not shown to be slower).", ""]
     workloads = {}
@@ -456,6 +492,10 @@ def parse_args(argv, prog: str = "python -m bench.baselines"):
                          "that compute its maths (maml: query x meta-batch, way, inner steps; protonet: way x shot)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds of each implementation (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="warm-up rounds after the first call (default 3)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="timing processes per framework, interleaved across frameworks (default 1); from 2, "
+                         "each ratio's CI is a two-level bootstrap over the processes and their rounds, so it "
+                         "covers what a new process changes")
     ap.add_argument("--threads", type=int, default=_available_cores(),
                     help="CPU threads (and cores) per framework process (default: all available cores)")
     ap.add_argument("--data-dir", help="Omniglot's folder (default: $METABENCH_DATA_DIR)")
@@ -482,6 +522,8 @@ def parse_args(argv, prog: str = "python -m bench.baselines"):
         ap.error("--rounds: at least 2 (a median and its interval)")
     if args.warmup < 0:
         ap.error("--warmup: at least 0")
+    if args.repeats < 1:
+        ap.error("--repeats: at least 1 (timing processes per framework)")
     if not 1 <= args.threads <= _available_cores():
         ap.error(f"--threads: between 1 and the {_available_cores()} cores this process may use")
     return args
@@ -499,13 +541,16 @@ def main(argv=None, prog: str = "python -m bench.baselines") -> int:
     if earlier:  # the same flags as the run, its rounds from baselines.json: a changed report
         results = json.loads((out_dir / "baselines.json").read_text())
         argv = [a for a in argv if a not in ("--report-only", "--float64-only")]
-    for framework in args.frameworks:
-        if earlier:
-            result = results.get(framework)
-        else:
-            result, why = run_framework(framework, out_dir, args)
+    timed: dict[str, list[dict]] = {}
+    for k in range(0 if earlier else args.repeats):  # process k of every framework, then k + 1: interleaved
+        for framework in args.frameworks:
+            result, why = run_framework(framework, out_dir, args, process=k)
             if why:
-                failures[framework] = why
+                failures[framework if args.repeats == 1 else f"{framework} process {k}"] = why
+            if result is not None:
+                timed.setdefault(framework, []).append(result)
+    for framework in args.frameworks:
+        result = results.get(framework) if earlier else combine_processes(timed.get(framework, []))
         if result is None:
             continue
         if (args.float64_only or not (earlier or args.no_float64)) and result["workloads"]:
