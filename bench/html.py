@@ -5,10 +5,12 @@ here from the run's own tables and drawn by the Vega runtime in the browser: hov
 for its value and CI, click a framework in the legend to show it alone (shift-click for
 more). Why Vega-Lite: a figure is a JSON document that Python builds and a test can read
 (colours, scales, fields) without a browser; its runtime (vega, vega-lite, vega-embed:
-828 KB, BSD-3-Clause, ``bench/static``) is one set of files, copied once beside the run
-folders (``<results>/_static/``), so every page opens from ``file://`` with no network and
-the committed pages share one copy (plotly.js alone is 3.5 MB, and inlined per page would
-put it in every run folder).
+828 KB, BSD-3-Clause, ``bench/static``) is one set of files. In a results folder it is
+copied once beside the run folders (``<results>/_static/``, by ``metabench run`` and
+``metabench index``), and each page loads it from there: the committed pages share one copy
+(plotly.js alone is 3.5 MB, inlined per page would put it in every run folder). A run folder
+with no ``_static`` beside it gets the runtime inlined into its page, since a report writes
+nothing outside its run folder. Either way a page opens from ``file://`` with no network.
 
 Colours are the figures' (``bench.plots.framework_colour``): one per framework, in every
 page and every PNG.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -51,9 +54,17 @@ def install_assets(results_dir: Path) -> Path:
     return target
 
 
-def page(title: str, body: str, assets: str) -> str:
-    """A whole page; ``assets``: the relative path to the ``_static`` folder."""
-    scripts = "\n".join(f'<script src="{assets}/{name}"></script>' for name in ASSETS)
+def runtime_scripts(page_dir: Path, assets: Path) -> str:
+    """The page's ``<script>`` elements: the shared ``assets`` folder's files by relative
+    path where that folder holds them all, else the files' text inline."""
+    if all((assets / name).is_file() for name in ASSETS):
+        rel = os.path.relpath(assets, page_dir).replace(os.sep, "/")
+        return "\n".join(f'<script src="{rel}/{name}"></script>' for name in ASSETS)
+    return "\n".join(f"<script>\n{(STATIC / name).read_text(encoding='utf-8')}\n</script>" for name in ASSETS)
+
+
+def page(title: str, body: str, scripts: str) -> str:
+    """A whole page; ``scripts``: the Vega runtime's elements (``runtime_scripts``)."""
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
             f"<style>{STYLE}</style>\n{scripts}\n</head>\n<body>\n{body}\n</body>\n</html>\n")
 
@@ -99,6 +110,9 @@ def step_time_spec(steps: pd.DataFrame) -> dict | None:
             t[c.replace("median", "ms")] = 1e3 * t[c]
     if "ms_ci_low" not in t:
         t["ms_ci_low"] = t["ms_ci_high"] = t["ms"]
+    # no CI (too few processes or rounds to tell): a rule of no length, never a missing
+    # value (Vega warns of an infinite extent)
+    t["ms_ci_low"], t["ms_ci_high"] = t["ms_ci_low"].fillna(t["ms"]), t["ms_ci_high"].fillna(t["ms"])
     t = t.drop(columns=[c for c in ("median", "median_ci_low", "median_ci_high") if c in t])
     t["panel"] = t["spec"] + " / " + t["algorithm"] + " / " + t["phase"]
     x = {"field": "ms", "type": "quantitative", "scale": {"type": "log"}, "title": "ms (log scale)"}
@@ -146,7 +160,7 @@ def accuracy_spec(accuracy: pd.DataFrame) -> dict | None:
     t = accuracy[["framework", "adapter", "algorithm", "spec", "metric", "mean", "ci95", "seed"]].copy()
     t = t.groupby(["framework", "adapter", "algorithm", "spec", "metric"], as_index=False).agg(
         mean=("mean", "mean"), ci95=("ci95", "mean"), seeds=("seed", "nunique"))
-    t["low"], t["high"] = t["mean"] - t["ci95"], t["mean"] + t["ci95"]
+    t["low"], t["high"] = t["mean"] - t["ci95"].fillna(0.0), t["mean"] + t["ci95"].fillna(0.0)
     t["panel"] = t["spec"] + " / " + t["algorithm"] + " / " + t["metric"]
     colour = {"field": "framework", "type": "nominal", "scale": colour_scale(t["framework"]), "title": "framework"}
     x = {"field": "mean", "type": "quantitative", "scale": {"zero": False}, "title": "mean over episodes and seeds"}
@@ -200,15 +214,16 @@ def run_report_html(run_dir: Path, tabs: dict[str, pd.DataFrame], summary_md: st
     head, tail = (summary[:after], summary[after:]) if after > 0 else (summary, "")
     parts = [f'<div id="summary">{head}', *drawn, f"{tail}</div>",
              "<h2>Cells</h2>", status_table(tabs.get("status", pd.DataFrame()))]
-    return page(f"metabench run {Path(run_dir).name}", "\n".join(parts), f"../{ASSET_DIR}")
+    run_dir = Path(run_dir)
+    return page(f"metabench run {run_dir.name}", "\n".join(parts),
+                runtime_scripts(run_dir, run_dir.parent / ASSET_DIR))
 
 
 def write_run_html(run_dir: Path, tabs: dict[str, pd.DataFrame], summary_md: str) -> Path:
     from bench import atomic
 
     run_dir = Path(run_dir)
-    install_assets(run_dir.parent)
-    path = run_dir / "report.html"
+    path = run_dir / "report.html"  # nothing written outside the run folder
     atomic.write_text(path, run_report_html(run_dir, tabs, summary_md))
     return path
 
@@ -227,7 +242,7 @@ def _run_versions(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def history_frame(results_dir: Path) -> pd.DataFrame:
+def history_frame(results_dir: Path, runs=None) -> pd.DataFrame:
     """One row per committed run, adapter and step phase: its median step time with CI,
     and the run's date, commit, machine and framework version. Smoke runs are left out
     (their budgets make their numbers incomparable)."""
@@ -236,6 +251,8 @@ def history_frame(results_dir: Path) -> pd.DataFrame:
     frames = []
     for manifest_path in sorted(Path(results_dir).glob("*/manifest.json")):
         run_dir = manifest_path.parent
+        if runs is not None and run_dir.name not in runs:
+            continue
         steps_path = run_dir / "steps.csv"
         m = read_manifest(manifest_path)
         if m.get("profile") == "smoke" or not steps_path.exists() or steps_path.stat().st_size < 10:
@@ -254,8 +271,8 @@ def history_frame(results_dir: Path) -> pd.DataFrame:
                       + (" / meta-batch " + steps["meta_batch_size"].astype("Int64").astype(str)
                          if "meta_batch_size" in steps else "")),
             "ms": 1e3 * steps["median"],
-            "ms_ci_low": 1e3 * steps.get("median_ci_low", steps["median"]),
-            "ms_ci_high": 1e3 * steps.get("median_ci_high", steps["median"]),
+            "ms_ci_low": 1e3 * steps.get("median_ci_low", steps["median"]).fillna(steps["median"]),
+            "ms_ci_high": 1e3 * steps.get("median_ci_high", steps["median"]).fillna(steps["median"]),
         })
         frames.append(t)
     if not frames:
@@ -315,22 +332,23 @@ def history_spec(history: pd.DataFrame) -> dict | None:
     }
 
 
-def index_html(results_dir: Path) -> str:
+def index_html(results_dir: Path, runs=None) -> str:
     """``results/index.html``: every committed run (newest first, linked to its report),
-    then each adapter's step time across the runs (asv's history graphs are the model)."""
+    then each adapter's step time across the runs (asv's history graphs are the model);
+    ``runs``: only these run folders."""
     from bench.report import index_table
 
     results_dir = Path(results_dir)
-    table = index_table(results_dir)
-    runs = []
+    table = index_table(results_dir, runs)
+    rows = []
     for r in table.itertuples(index=False):
         name = r.run.split("`")[1].rstrip("/")
         link = f"{name}/report.html" if (results_dir / name / "report.html").exists() else f"{name}/summary.md"
-        runs.append(f'<tr><td><a href="{html.escape(link)}">{html.escape(name)}</a></td><td>{html.escape(r.date)}'
+        rows.append(f'<tr><td><a href="{html.escape(link)}">{html.escape(name)}</a></td><td>{html.escape(r.date)}'
                     f"</td><td>{html.escape(str(r.profile))}</td><td>{html.escape(r.machine)}</td>"
                     f"<td><code>{html.escape(r.git.replace('`', ''))}</code></td>"
                     f"<td>{markdown_html(r.headline).strip().removeprefix('<p>').removesuffix('</p>')}</td></tr>")
-    history = history_frame(results_dir)
+    history = history_frame(results_dir, runs)
     spec = history_spec(history)
     changes = machine_changes(history) if not history.empty else pd.DataFrame()
     parts = ["<h1>metabench: committed runs</h1>",
@@ -345,8 +363,8 @@ def index_html(results_dir: Path) -> str:
             f"{html.escape(c.run)}: {html.escape(c.machine)}" for c in changes.itertuples(index=False)) + "</p>")
     parts += ["<h2>Runs</h2>",
               '<table id="runs"><thead><tr><th>run</th><th>date</th><th>profile</th><th>machine</th><th>git</th>'
-              f'<th>headline</th></tr></thead><tbody>{"".join(runs)}</tbody></table>']
-    return page("metabench: committed runs", "\n".join(parts), ASSET_DIR)
+              f'<th>headline</th></tr></thead><tbody>{"".join(rows)}</tbody></table>']
+    return page("metabench: committed runs", "\n".join(parts), runtime_scripts(results_dir, results_dir / ASSET_DIR))
 
 
 def write_index_html(results_dir: Path) -> Path:

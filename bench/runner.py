@@ -863,5 +863,8 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
         echo(f"metabench: stopped by {stops.by} after {done} of {len(cells)} cells; {len(cells) - done} to run")
         raise KeyboardInterrupt
     write_manifest(run_dir, cells, **about, finished=time.time())
+    from bench.html import install_assets
+
+    install_assets(run_dir.parent)  # the results folder's one copy of the HTML pages' runtime
     write_report(run_dir)
     echo(f"metabench: report in {run_dir / 'summary.md'}")

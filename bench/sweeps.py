@@ -115,7 +115,7 @@ def sweep_markdown(points: pd.DataFrame) -> str:
     for r in fits.itertuples():
         row = (f"{r.base} / {r.algorithm} / {r.key}" + (f" ({r.fixed})" if r.fixed else ""), r.quantity)
         table.setdefault(row, {})[r.framework] = (f"{_fmt(r.quantity, r.y_low)} -> {_fmt(r.quantity, r.y_high)}, "
-                                                  f"b = {r.exponent:.2f}, {'-' if r.slope < 0 else '+'}"
+                                                  f"b = {round(r.exponent, 2) + 0.0:.2f}, {'-' if r.slope < 0 else '+'}"
                                                   f"{_fmt(r.quantity, abs(r.slope))} per unit")
     frameworks = sorted(fits["framework"].unique())
     out = pd.DataFrame([{"workload / swept key": k[0], "quantity": k[1], **{f: v.get(f, "") for f in frameworks}}

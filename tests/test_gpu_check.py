@@ -19,7 +19,7 @@ def test_the_gpu_check_runs_its_stages_and_writes_its_report(data_env, tmp_path)
     assert all(s["returncode"] == 0 for s in report["stages"])
     for d in report["dispatch"]:
         assert d["sync_check_ok"] and 0 < d["dispatch_seconds"] <= d["synced_seconds"]
-    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    run = next(p for p in tmp_path.iterdir() if (p / "manifest.json").exists())  # not _static
     assert (run / "summary.md").exists() and (run / "steps.csv").exists()
     assert "gpu check: all stages passed" in proc.stdout
 

@@ -24,6 +24,13 @@ from tests.conftest import REPO
 RESULTS = REPO / "results"
 
 
+def committed_runs() -> set[str]:
+    """The run folders git tracks (a test run, such as CI's smoke run, may sit beside them)."""
+    out = subprocess.run(["git", "ls-files", "results/*/manifest.json"], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout
+    return {Path(line).parent.name for line in out.splitlines()}
+
+
 def _steps(frameworks=("torch", "jax")) -> pd.DataFrame:
     rows = []
     for fw in frameworks:
@@ -98,12 +105,23 @@ def test_a_run_report_holds_the_summary_figures_and_every_cell(tmp_path):
     assert '<div id="summary"><h1>run</h1>' in text and "<table>" in text
     assert 'id="step-times"' in text and "vegaEmbed(" in text
     assert '<td class="status-failed">failed</td>' in text and "&lt;boom&gt; &amp; co" in text  # escaped
-    assert '<script src="../_static/vega.min.js">' in text and "http" not in re.sub(r'"\$schema":"[^"]*"', "", text)
+    # no runtime beside the run: inlined (a report writes nothing outside its run folder)
+    assert "<script src=" not in text and text.count("<script>") == len(pages.ASSETS) + 1
+    pages.install_assets(tmp_path)  # a results folder's shared copy: loaded from there
+    text = pages.run_report_html(tmp_path / "run", {"steps": _steps(), "status": status}, "# run\n")
+    assert '<script src="../_static/vega.min.js">' in text and "vegaEmbed(" in text
+
+
+def test_a_missing_ci_is_a_rule_of_no_length_never_a_missing_value():
+    steps = _steps().assign(median_ci_low=float("nan"), median_ci_high=float("nan"))
+    values = pages.step_time_spec(steps)["data"]["values"]
+    assert all(v["ms_ci_low"] == v["ms_ci_high"] == v["ms"] for v in values)
 
 
 def test_the_committed_pages_are_what_the_harness_writes_and_share_one_runtime():
     index = (RESULTS / "index.html").read_text()
-    assert index == pages.index_html(RESULTS)
+    assert index == pages.index_html(RESULTS, committed_runs())
+    assert 'id="history"' in index and index.count("<tr>") == len(committed_runs()) + 1  # the runs and a header
     for name in pages.ASSETS:
         assert (RESULTS / "_static" / name).read_bytes() == (pages.STATIC / name).read_bytes()
     committed = sum(p.stat().st_size for p in RESULTS.rglob("*.html")) + sum(
@@ -142,7 +160,7 @@ def _load(page: Path) -> tuple[str, list[str]]:
 
 @pytest.mark.slow
 def test_a_real_browser_draws_the_committed_index_and_run_report():
-    newest = sorted(p.parent for p in RESULTS.glob("*/report.html"))[-1]
+    newest = RESULTS / sorted(committed_runs())[-1]
     for page, figure in ((RESULTS / "index.html", "history"), (newest / "report.html", "step-times")):
         dom, console = _load(page)
         assert not console, f"{page}: console messages: {console}"

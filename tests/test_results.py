@@ -28,6 +28,7 @@ def test_a_committed_run_re_renders_to_its_committed_files(name, tmp_path):
     assert tables_schema_version(src) == SCHEMA_VERSION, (
         f"{name}: tables of schema version {tables_schema_version(src)}; re-render: metabench report {src}")
     run = shutil.copytree(src, tmp_path / name, ignore=shutil.ignore_patterns("*.png"))
+    shutil.copytree(RESULTS / "_static", tmp_path / "_static")  # report.html loads the results folder's runtime
     write_report(run)
     compared = [f.name for f in sorted(src.iterdir()) if f.suffix == ".csv" or f.name in RENDERED]
     assert {"summary.md", "datapackage.json", "steps.csv", "timings.csv", "report.html"} <= set(compared)
