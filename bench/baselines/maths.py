@@ -37,7 +37,8 @@ def _as_dtype(batch, dtype):
                    query_y=batch.query_y if batch.query_y.dtype.kind == "i" else batch.query_y.astype(dtype))
 
 
-def _flat(g: dict) -> np.ndarray:
+def flat_grads(g: dict) -> np.ndarray:
+    """Every parameter's gradient in one float64 vector, parameters in name order."""
     return np.concatenate([np.asarray(g[k], np.float64).ravel() for k in sorted(g)])
 
 
@@ -71,13 +72,13 @@ def pair_maths(adapter_name: str, target: str, options: dict, spec, config, para
     ref = grads["adapter", "float64"]
     names = sorted(ref)
     by_param = {k: relative_error(np.asarray(grads["plain", "float64"][k], np.float64), ref[k]) for k in names}
-    ref_flat = _flat(ref)
+    ref_flat = flat_grads(ref)
     return {
         "adapter": adapter_name, "plain": grads["plain_name"],
-        "grad_rel_diff_float64": relative_error(_flat({k: grads["plain", "float64"][k] for k in names}), ref_flat),
+        "grad_rel_diff_float64": relative_error(flat_grads({k: grads["plain", "float64"][k] for k in names}), ref_flat),
         "grad_rel_diff_float64_by_param": by_param,
-        "adapter_float32_error": relative_error(_flat(grads["adapter", "float32"]), ref_flat),
-        "plain_float32_error": relative_error(_flat({k: grads["plain", "float32"][k] for k in names}), ref_flat),
+        "adapter_float32_error": relative_error(flat_grads(grads["adapter", "float32"]), ref_flat),
+        "plain_float32_error": relative_error(flat_grads({k: grads["plain", "float32"][k] for k in names}), ref_flat),
         "plain_float64_form": grads.get("plain_float64_form", "as timed"),
     }
 

@@ -43,19 +43,18 @@ def main(argv=None) -> int:
     from bench.cell import pin_threads
 
     pin_threads(args.threads)
+    from bench.baselines.maths import flat_grads
     from bench.baselines.workloads import WORKLOADS
     from bench.parity import relative_error
 
     spec, _, params, batch = WORKLOADS["omniglot"].build()
     ref = meta_grad("torch-maml", spec, params, batch, "float64", args.threads)
 
-    def flat(g):
-        return np.concatenate([g[k].ravel() for k in sorted(g)])
-
     for name in [a for a in args.adapters.split(",") if a]:
         g = meta_grad(name, spec, params, batch, "float32", args.threads)
         worst = max(g, key=lambda k: relative_error(g[k], ref[k]))
-        print(f"{name}: float32 meta-gradient {relative_error(flat(g), flat(ref)):.1e} from torch's float64 "
+        error = relative_error(flat_grads(g), flat_grads(ref))
+        print(f"{name}: float32 meta-gradient {error:.1e} from torch's float64 "
               f"(worst {worst} {relative_error(g[worst], ref[worst]):.1e})", flush=True)
     ties = near_tied_windows(spec, params, args.threads, len(batch.support_x))
     print(f"max-pool windows float32 cannot order in the batch: {ties}")
