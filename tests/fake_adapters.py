@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from bench.adapter import Adapter, AdapterInfo
-from bench.registry import AdapterEntry
+from bench.core.adapter import Adapter, AdapterInfo
+from bench.core.registry import AdapterEntry
 
 
 class Fake(Adapter):

@@ -60,7 +60,7 @@ def _stats(data: np.ndarray) -> dict:
             "iqr": float(q3 - q1), "q1": float(q1), "q3": float(q3), "iterations": 1, "data": data.tolist()}
 
 
-STEP_FLOPS = {"inner_step": 1e9, "outer_step": 4e9}          # what bench.flops would count
+STEP_FLOPS = {"inner_step": 1e9, "outer_step": 4e9}          # what bench.core.flops would count
 HARNESS_OVERHEAD = 1.01  # pytest-benchmark's median over the bare loop's, in every step
 GEMM_GFLOPS = {"torch": 120.0, "jax": 100.0, "tensorflow": 110.0}  # the measured matmul peaks
 

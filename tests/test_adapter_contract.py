@@ -1,12 +1,13 @@
 """The adapter contract, generated from the registry: every registered adapter, built-in or
-plugin, is checked by ``bench.check`` on small synthetic episodes (parity has its own tests:
+plugin, is checked by ``bench.check.contract`` on small synthetic episodes (parity has its own tests:
 tests/test_parity.py, and ``metabench check`` runs it for one adapter)."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import check, registry
+from bench.check import contract as check
+from bench.core import registry
 
 ENTRIES = sorted(registry.entries())
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bench import registry
-from bench.adapter import Adapter, Option
-from bench.models import init_params
-from bench.spec import load_spec
+from bench.core import registry
+from bench.core.adapter import Adapter, Option
+from bench.core.models import init_params
+from bench.core.spec import load_spec
 
 
 class _Declared(Adapter):
@@ -50,8 +50,8 @@ def test_a_default_can_depend_on_the_device():
     """TF's MAML default is its XLA variant on a CPU, where it measured fastest, and graph
     mode on a GPU (not measured there); ProtoNet's graph mode everywhere. Parity and a run
     pick their adapters the same way."""
-    from bench.parity import _adapter_name, _targets
-    from bench.runner import plan_cells
+    from bench.check.parity import _adapter_name, _targets
+    from bench.run.runner import plan_cells
 
     def chosen(algorithm, device):
         return {e.name for e in registry.select(frameworks=["tensorflow"], algorithms=[algorithm], device=device)}
@@ -70,7 +70,7 @@ def test_a_default_can_depend_on_the_device():
 def test_an_adapter_name_can_carry_options():
     """``torch-maml@compile=true``: a registered entry with options from the command line,
     values as TOML reads them; a variant, never a default; its full name names its cells."""
-    from bench.errors import AdapterError
+    from bench.core.errors import AdapterError
 
     e = registry.get("torch-maml@compile=true")
     base = registry.get("torch-maml")

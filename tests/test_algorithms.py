@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, PROTONET, MetaOptimizer, get
-from bench.errors import MetabenchError
-from bench.models import param_shapes
-from bench.spec import EpisodeShape, load_spec
+from bench.core.algorithms import ALGORITHMS, ANIL, FOMAML, MAML, PROTONET, MetaOptimizer, get
+from bench.core.errors import MetabenchError
+from bench.core.models import param_shapes
+from bench.core.spec import EpisodeShape, load_spec
 
 OMNIGLOT = load_spec("omniglot-5w1s")
 

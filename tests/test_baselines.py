@@ -1,4 +1,4 @@
-"""``python -m bench.baselines``: metabench's default MAML adapters against plain MAML in
+"""``python -m bench.check.baselines``: metabench's default MAML adapters against plain MAML in
 each framework (issue 12). The sinusoid workload for torch and JAX, 2 rounds: the files,
 their columns, finite times, and that the plain versions compute metabench's maths."""
 
@@ -11,14 +11,14 @@ import sys
 
 import pytest
 
-from bench.baselines.run import COLUMNS, defaults_verdict, parse_args
+from bench.check.baselines.run import COLUMNS, defaults_verdict, parse_args
 from tests.conftest import REPO
 
 
 @pytest.fixture(scope="module")
 def sinusoid_run(tmp_path_factory, data_env):
     out = tmp_path_factory.mktemp("baselines")
-    cmd = [sys.executable, "-m", "bench.baselines", str(out), "--frameworks", "torch,jax",
+    cmd = [sys.executable, "-m", "bench.check.baselines", str(out), "--frameworks", "torch,jax",
            "--workloads", "sinusoid", "--rounds", "2", "--warmup", "1", "--threads", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -64,7 +64,7 @@ def test_plain_versions_compute_metabench_maths_on_the_sinusoid(sinusoid_run):
 
 
 def test_each_pair_is_asked_in_float64_whether_it_computes_the_same_maths(sinusoid_run):
-    """The float64 check (``bench.baselines.maths``, a process per framework after its
+    """The float64 check (``bench.check.baselines.maths``, a process per framework after its
     timing): both sides' float64 meta-gradients within parity's float64 tolerance, and
     each side's float32 error from float64 recorded."""
     out, rows = sinusoid_run
@@ -79,7 +79,7 @@ def test_the_float64_check_is_what_the_grid_verdict_asks():
     """A plain form that differs in float32 but agrees in float64 is the same maths (float32
     rounding: judged); one that agrees in float32 but not in float64 is not; a run recorded
     before the check falls back to float32 agreement."""
-    from bench.baselines.run import computes_the_same_maths, merge_float64
+    from bench.check.baselines.run import computes_the_same_maths, merge_float64
 
     assert computes_the_same_maths({"agrees": False, "same_maths": True})
     assert not computes_the_same_maths({"agrees": True, "same_maths": False})
@@ -147,7 +147,7 @@ def test_the_defaults_verdict_names_every_plain_version_above_and_why():
 # -- the grid of shapes (issue 23) ---------------------------------------------------------
 
 def test_grid_names_parse_back_to_their_shapes_and_cover_every_axis_value():
-    from bench.baselines.workloads import GRIDS, MAML_SHAPES, PROTONET_SHAPES, maml_name, workload
+    from bench.check.baselines.workloads import GRIDS, MAML_SHAPES, PROTONET_SHAPES, maml_name, workload
 
     assert {s[2] for s in MAML_SHAPES} == {1, 5, 15} and {s[3] for s in MAML_SHAPES} == {1, 4, 8, 32}
     assert {s[0] for s in MAML_SHAPES} == {5, 20} and {s[4] for s in MAML_SHAPES} == {1, 5}
@@ -169,7 +169,7 @@ def test_grid_names_parse_back_to_their_shapes_and_cover_every_axis_value():
 
 
 def test_grid_shapes_build_the_episodes_their_names_say(data_env, monkeypatch):
-    from bench.baselines.workloads import workload
+    from bench.check.baselines.workloads import workload
 
     monkeypatch.setenv("METABENCH_DATA_DIR", data_env["METABENCH_DATA_DIR"])
     spec, config, params, batch = workload("maml-20w1s-5q-mb4-5step").build(data_dir=data_env["METABENCH_DATA_DIR"],
@@ -195,8 +195,8 @@ def _grid_row(workload, framework, plain, adapter_ms, plain_ms, low, high, defau
 def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
     import matplotlib.colors as mcolors
 
-    from bench.baselines.run import grid_figure, grid_markdown, grid_rows
-    from bench.plots import framework_colour
+    from bench.check.baselines.run import grid_figure, grid_markdown, grid_rows
+    from bench.report.plots import framework_colour
 
     rows = (_grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-torch-loop", 100, 110, 0.85, 0.95)
             + _grid_row("maml-5w1s-1q-mb8-1step", "torch", "plain-torch-exactbn", 105, 90, 1.1, 1.3)
@@ -228,7 +228,7 @@ def test_the_grid_compares_each_default_with_its_fastest_plain_form(tmp_path):
 def test_the_plain_protonet_forms_of_jax_and_tensorflow_run_against_the_defaults(data_env, tmp_path):
     """The grid's plain ProtoNet in JAX (agrees with jax-protonet in float32) and in TF (graph
     and XLA: the tutorials' tf.nn.moments, shown but not judged where its float32 differs)."""
-    cmd = [sys.executable, "-m", "bench.baselines", str(tmp_path), "--frameworks", "jax,tensorflow",
+    cmd = [sys.executable, "-m", "bench.check.baselines", str(tmp_path), "--frameworks", "jax,tensorflow",
            "--workloads", "protonet-5w1s-5q", "--rounds", "2", "--warmup", "1", "--threads", "1"]
     proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -247,8 +247,8 @@ def test_repeated_processes_pool_rounds_and_draw_processes_for_both_sides_at_onc
     ratio less than it moves either side."""
     import numpy as np
 
-    from bench.baselines.run import combine_processes
-    from bench.stats import paired_two_level_ratio_ci, two_level_ratio_ci
+    from bench.check.baselines.run import combine_processes
+    from bench.core.stats import paired_two_level_ratio_ci, two_level_ratio_ci
 
     rng = np.random.default_rng(1)
     slow = [1.0, 1.6, 1.0, 1.3]  # each process's machine state, shared by both sides
@@ -276,7 +276,7 @@ def test_repeated_processes_pool_rounds_and_draw_processes_for_both_sides_at_onc
 
 @pytest.mark.slow
 def test_repeats_run_interleaved_processes_and_report_a_two_level_ci(tmp_path, data_env):
-    cmd = [sys.executable, "-m", "bench.baselines", str(tmp_path), "--frameworks", "torch", "--workloads", "sinusoid",
+    cmd = [sys.executable, "-m", "bench.check.baselines", str(tmp_path), "--frameworks", "torch", "--workloads", "sinusoid",
            "--rounds", "10", "--warmup", "1", "--threads", "1", "--repeats", "2", "--no-float64"]
     proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.compare import compare_runs, markdown
+from bench.report.compare import compare_runs, markdown
 from tests import synthetic as syn
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import readme
-from bench.cli import build_parser
+from bench.cli.main import build_parser
+from bench.report import readme
 
 REPO = Path(__file__).resolve().parent.parent
 SKIP_DIRS = {".git", ".nox", ".venv", "build", "dist", "node_modules"}
@@ -274,7 +274,7 @@ def test_a_dead_link_is_caught(tmp_path):
 
 def test_the_results_index_is_generated_from_the_manifests():
     """results/README.md's index of committed runs is `metabench index`'s output, not typed."""
-    from bench.report import index_block
+    from bench.report.report import index_block
 
     committed = (REPO / "results" / "README.md").read_text(encoding="utf-8")
     block = index_block(REPO / "results", runs=committed_runs())  # a user's own new runs are not committed

@@ -10,8 +10,8 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from bench.episodes import EpisodeSampler, sampler_for
-from bench.spec import load_spec
+from bench.core.episodes import EpisodeSampler, sampler_for
+from bench.core.spec import load_spec
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_changing_the_seed_changes_the_fingerprint(data_dir, cache_dir, tmp_path
     other = replace(spec, seed=1)
     kw = {"data_dir": data_dir, "cache_dir": cache_dir}
     assert EpisodeSampler(spec, "test", **kw).fingerprint(50) != EpisodeSampler(other, "test", **kw).fingerprint(50)
-    text = (resources.files("bench.specs") / "omniglot-5w1s.toml").read_text()
+    text = (resources.files("bench.core.specs") / "omniglot-5w1s.toml").read_text()
     path = tmp_path / "seed7.toml"
     path.write_text(text.replace("seed = 0", "seed = 7"))
     assert _fingerprint_in_fresh_process(data_env, str(path), "--count", "50") != \

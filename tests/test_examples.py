@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.parity import QUANTITIES
+from bench.check.parity import QUANTITIES
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "docs" / "examples" / "metabench-autograd-protonet"
 

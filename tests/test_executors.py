@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from bench.cell import Cell
-from bench.executors import FORWARDED_ENV, ClusterOptions, Job, RunContext, group_jobs, mark_lost
-from bench.executors.ray_cluster import write_back
-from bench.executors.slurm import PREEMPTED_GRACE_SECONDS, SlurmExecutor, left_preempted
-from bench.hardware import mixed_hardware_note, odd_cells, placement_line
+from bench.core.cell import Cell
+from bench.measure.hardware import mixed_hardware_note, odd_cells, placement_line
+from bench.run.executors import FORWARDED_ENV, ClusterOptions, Job, RunContext, group_jobs, mark_lost
+from bench.run.executors.ray_cluster import write_back
+from bench.run.executors.slurm import PREEMPTED_GRACE_SECONDS, SlurmExecutor, left_preempted
 from tests.fake_adapters import metabench
 
 

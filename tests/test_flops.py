@@ -1,13 +1,13 @@
-"""``bench.flops`` and the algorithms' step counts: the analytic FLOPs a step's GFLOP/s is
+"""``bench.core.flops`` and the algorithms' step counts: the analytic FLOPs a step's GFLOP/s is
 computed from, against counts worked out by hand here."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench import flops
-from bench.algorithms import get
-from bench.spec import load_spec
+from bench.core import flops
+from bench.core.algorithms import get
+from bench.core.spec import load_spec
 
 
 def config(spec: str, algorithm: str):

@@ -1,4 +1,4 @@
-"""``bench.gpu_check``, the prepared GPU check, run on the CPU (``--device cpu``) with torch
+"""``bench.check.gpu_check``, the prepared GPU check, run on the CPU (``--device cpu``) with torch
 alone: every stage runs and lands in gpu_check.json; the smoke run's folder is complete."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 
 
 def test_the_gpu_check_runs_its_stages_and_writes_its_report(data_env, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check", str(tmp_path), "--device", "cpu",
+    proc = subprocess.run([sys.executable, "-m", "bench.check.gpu_check", str(tmp_path), "--device", "cpu",
                            "--frameworks", "torch"], capture_output=True, text=True, env=data_env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -27,7 +27,7 @@ def test_the_gpu_check_runs_its_stages_and_writes_its_report(data_env, tmp_path)
 def test_device_spread_compares_each_framework_across_devices_and_with_torch(data_env, monkeypatch):
     """The spread stage, with the CPU standing in for both devices: a framework agrees with
     itself exactly, and with torch within parity's tolerances."""
-    from bench.gpu_check import device_spread
+    from bench.check.gpu_check import device_spread
 
     for key in ("METABENCH_DATA_DIR", "METABENCH_CACHE_DIR", "PYTHONPATH"):
         monkeypatch.setenv(key, data_env[key])
@@ -46,8 +46,8 @@ def test_device_spread_compares_each_framework_across_devices_and_with_torch(dat
 def test_jittered_episodes_have_no_tied_pixels_and_keep_their_labels():
     from dataclasses import replace
 
-    from bench.check import small_specs, synthetic_batch
-    from bench.parity import jittered
+    from bench.check.contract import small_specs, synthetic_batch
+    from bench.check.parity import jittered
 
     spec = next(s for s in small_specs("maml") if not s.is_regression)
     batch = synthetic_batch(spec, spec.episode, tasks=2)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import registry
-from bench.algorithms import get as get_algorithm
-from bench.check import small_specs, synthetic_batch
-from bench.models import init_params
-from bench.parity import TOLERANCE_64, relative_error
+from bench.check.contract import small_specs, synthetic_batch
+from bench.check.parity import TOLERANCE_64, relative_error
+from bench.core import registry
+from bench.core.algorithms import get as get_algorithm
+from bench.core.models import init_params
 
 REPO = Path(__file__).resolve().parent.parent
 

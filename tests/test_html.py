@@ -1,4 +1,4 @@
-"""The HTML pages (``bench/html.py``): each run's ``report.html`` and ``results/index.html``.
+"""The HTML pages (``bench/report/report/html.py``): each run's ``report.html`` and ``results/index.html``.
 
 Their figures are Vega-Lite specifications, asserted here as data (colours, scales, the
 legend toggle, the CIs in the tooltips), and then drawn by a real headless Chromium (from
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench import html as pages
+from bench.report import html as pages
 from tests.conftest import REPO
 
 RESULTS = REPO / "results"
@@ -48,7 +48,7 @@ def _layer(spec, mark, panel=0):
 def test_step_time_figure_uses_the_palette_shows_cis_and_toggles_frameworks():
     from matplotlib.colors import to_hex
 
-    from bench.plots import framework_colour
+    from bench.report.plots import framework_colour
 
     spec = pages.step_time_spec(_steps(("torch", "jax", "tensorflow")))
     point, rule = _layer(spec, "point"), _layer(spec, "rule")

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.adapter import AdapterInfo, MemoryReading
-from bench.algorithms import MetaOptimizer
-from bench.episodes import EpisodeBatch, sampler_for
-from bench.models import init_params, param_shapes
-from bench.spec import load_spec
+from bench.core.adapter import AdapterInfo, MemoryReading
+from bench.core.algorithms import MetaOptimizer
+from bench.core.episodes import EpisodeBatch, sampler_for
+from bench.core.models import init_params, param_shapes
+from bench.core.spec import load_spec
 from implementations.jax import common
 from implementations.jax.maml import JaxMAML
 from implementations.jax.protonet import JaxProtoNet

@@ -1,4 +1,4 @@
-"""``bench.machine_load``: a phase run while another process kept a core busy is flagged,
+"""``bench.measure.machine_load``: a phase run while another process kept a core busy is flagged,
 from the machine's CPU time less the cell's own; the arithmetic, and a real busy process."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from bench import machine_load
-from bench.machine_load import FLAG_CORES, Snapshot, between, flagged
-from bench.runner import _run_process
+from bench.measure import machine_load
+from bench.measure.machine_load import FLAG_CORES, Snapshot, between, flagged
+from bench.run.runner import _run_process
 
 
 def test_other_cores_are_the_machines_cpu_time_less_the_cells_and_the_harnesss():

@@ -1,4 +1,4 @@
-"""The memory probe on a CPU (``bench.worker.probe_memory``): the first step's memory (a
+"""The memory probe on a CPU (``bench.measure.worker.probe_memory``): the first step's memory (a
 compiler's, a framework's first-call allocations) is read apart from the steps after it,
 and memory the first step freed does not hide what a later step touches again."""
 
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from bench.adapter import MemoryReading
-from bench.worker import probe_memory
+from bench.core.adapter import MemoryReading
+from bench.measure.worker import probe_memory
 
 MiB = 2**20
 
@@ -64,7 +64,7 @@ def test_a_framework_counter_is_used_where_there_is_one():
 
 
 def test_a_non_finite_loss_in_the_probe_is_a_divergence():
-    from bench.errors import Diverged
+    from bench.core.errors import Diverged
 
     class Diverging(Allocating):
         def step(self):

@@ -1,4 +1,4 @@
-"""``bench.near_ties``: max-pool windows that float32 cannot decide, found on synthetic
+"""``bench.check.near_ties``: max-pool windows that float32 cannot decide, found on synthetic
 inputs and on the real Omniglot ANIL batch whose float32 parity they explain; and parity's
 retry on tie-free episodes, which excuses a tie and nothing else."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench import near_ties, parity
+from bench.check import near_ties, parity
 
 
 def _pool_input(*windows):
@@ -42,9 +42,9 @@ def test_odd_sizes_drop_the_last_row_and_column_as_torch_max_pool_does():
 def test_the_omniglot_anil_batch_has_one_near_tied_window_and_tie_free_episodes(data_dir, cache_dir):
     """The window docs/fairness.md describes: ANIL's compared batch (training episodes 0-3)
     has exactly one, in episode 2's query set at block 2; the tie-free batch leaves it out."""
-    from bench import registry
-    from bench.episodes import sampler_for
-    from bench.models import init_params
+    from bench.core import registry
+    from bench.core.episodes import sampler_for
+    from bench.core.models import init_params
 
     request = {"spec": "omniglot-5w1s", "algorithm": "anil"}
     spec = parity.request_spec(request)
@@ -64,8 +64,8 @@ def test_the_omniglot_anil_batch_has_one_near_tied_window_and_tie_free_episodes(
 
 
 def test_listed_episodes_stack_into_the_same_batch_the_sampler_draws(data_dir, cache_dir):
-    from bench.episodes import sampler_for
-    from bench.spec import load_spec
+    from bench.core.episodes import sampler_for
+    from bench.core.spec import load_spec
 
     sampler = sampler_for(load_spec("omniglot-5w1s"), "train", "maml", data_dir=str(data_dir),
                           cache_dir=str(cache_dir))

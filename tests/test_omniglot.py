@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.data import omniglot
-from bench.data.download import RemoteFile, download
-from bench.errors import DataError
+from bench.core.data import omniglot
+from bench.core.data.download import RemoteFile, download
+from bench.core.errors import DataError
 
 
 def test_real_zips_hold_every_character_with_20_drawings(data_dir, cache_dir):

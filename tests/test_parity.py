@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from bench.parity import QUANTITIES, TOLERANCE_64, params_after_error, relative_error
+from bench.check.parity import QUANTITIES, TOLERANCE_64, params_after_error, relative_error
 
 
 def _parity(env, *args):
@@ -78,7 +78,7 @@ def test_the_reference_is_cached_and_a_cached_comparison_gives_the_same_table(da
 
 
 def test_the_cache_key_changes_with_what_the_reference_depends_on():
-    from bench.parity import reference_key
+    from bench.check.parity import reference_key
 
     req = {"adapter": "torch-maml", "spec": "sinusoid-10shot", "algorithm": "maml", "batch_size": 4,
            "threads": 2, "data_dir": None, "cache_dir": None}
@@ -93,7 +93,7 @@ def test_anil_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path)
     """ANIL, the fourth algorithm, through the same parity path as the others: both tiers
     pass. On Omniglot the first batch's float32 meta-gradient misses torch's by 1.7e-2 in JAX
     and TF (as far as their own float64): one max-pool window of episode 2 is tied at
-    float32 resolution (bench.near_ties, docs/fairness.md); on tie-free episodes both pass."""
+    float32 resolution (bench.check.near_ties, docs/fairness.md); on tie-free episodes both pass."""
     out = tmp_path / "parity.csv"
     r = _parity(data_env, "--adapters", "jax-anil,tensorflow-anil", "--specs", "omniglot-5w1s,sinusoid-10shot",
                 "--algorithms", "anil", "--out", str(out))

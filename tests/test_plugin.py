@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from bench.registry import AdapterEntry
+from bench.core.registry import AdapterEntry
 from implementations.torch import common
 from implementations.torch.maml import TorchMAML
 from implementations.torch.protonet import TorchProtoNet, prototypes

@@ -1,4 +1,4 @@
-"""``python -m bench.baselines.precision`` on eager torch alone: its float32 meta-gradient
+"""``python -m bench.check.baselines.precision`` on eager torch alone: its float32 meta-gradient
 against its own float64 on the baselines' Omniglot batch (4 tasks, 15 query images per
 class), in both task forms, and that batch's near-ties."""
 
@@ -14,7 +14,7 @@ FORMS = ("torch-maml@tasks=vmap", "torch-maml@tasks=loop")
 
 
 def test_eager_torch_float32_is_near_float64_in_both_task_forms_and_the_batch_has_near_ties(data_env):
-    proc = subprocess.run([sys.executable, "-m", "bench.baselines.precision", "--adapters", ",".join(FORMS),
+    proc = subprocess.run([sys.executable, "-m", "bench.check.baselines.precision", "--adapters", ",".join(FORMS),
                            "--threads", "1"], cwd=REPO, env=data_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for form in FORMS:

@@ -3,7 +3,7 @@ problem and the fix, exit 2, no traceback, no file in the results folder.
 
 The inputs are specs (``metabench validate``), command lines, data folders and results
 folders (``metabench run``), and folders given to ``report`` and ``compare``. Cases run
-``bench.cli.main`` in this process (a traceback would fail the test); three run the real
+``bench.cli.main.main`` in this process (a traceback would fail the test); three run the real
 command in a process of its own. Data cases set ``METABENCH_OFFLINE=1``: no network.
 """
 
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import main
-from bench.lock import RunLock
+from bench.cli.main import main
+from bench.run.lock import RunLock
 from tests.fake_adapters import install_plugin
 
 
@@ -66,7 +66,7 @@ class World:
 
 
 def builtin(name: str) -> str:
-    return resources.files("bench.specs").joinpath(f"{name}.toml").read_text()
+    return resources.files("bench.core.specs").joinpath(f"{name}.toml").read_text()
 
 
 def omniglot_spec(old: str, new: str) -> str:
@@ -334,7 +334,7 @@ def test_a_results_folder_without_write_permission_is_refused(world, capsys, mon
     world.results.mkdir()
     world.results.chmod(0o555)
     if os.geteuid() == 0:  # root may write anywhere: the permission check answers as for a user
-        from bench import preflight
+        from bench.run import preflight
 
         real = os.access
         monkeypatch.setattr(preflight.os, "access", lambda p, mode: False if Path(p) == world.results

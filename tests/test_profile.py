@@ -1,11 +1,11 @@
-"""``bench/baselines/profile.py``: operations sorted into kinds both frameworks have, XLA's
+"""``bench/check/contract/baselines/profile.py``: operations sorted into kinds both frameworks have, XLA's
 thunk events told from the runtime's own spans, and the report's table."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.baselines import profile
+from bench.check.baselines import profile
 
 
 @pytest.mark.parametrize("name, kind", [

@@ -5,7 +5,7 @@ the folder it was given or over a committed table with less.
 Strategies, each run for ``EXAMPLES`` examples: spec files (a built-in spec's TOML with
 fields replaced by arbitrary values), ``--set`` / ``--sweep`` values, adapter option
 strings, run ids, and damaged run folders (truncated, garbage or missing JSON and CSV).
-Everything runs in this process through ``bench.cli.main``: the same code paths as the
+Everything runs in this process through ``bench.cli.main.main``: the same code paths as the
 command line, without a process start per example.
 """
 
@@ -25,8 +25,8 @@ hypothesis = pytest.importorskip("hypothesis")  # installed by nox's tests sessi
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from bench.cli import main  # noqa: E402
-from bench.errors import MetabenchError  # noqa: E402
+from bench.cli.main import main  # noqa: E402
+from bench.core.errors import MetabenchError  # noqa: E402
 from tests import synthetic as syn  # noqa: E402
 
 EXAMPLES = 200
@@ -121,9 +121,9 @@ override_text = st.one_of(
 def no_framework_probe(monkeypatch):
     """The dry run's preflight without its per-framework import probe (a process that
     imports torch: seconds, 200 times over); every other check runs."""
-    import bench.preflight
+    import bench.run.preflight
 
-    monkeypatch.setattr(bench.preflight, "check_frameworks", lambda cells, device: [])
+    monkeypatch.setattr(bench.run.preflight, "check_frameworks", lambda cells, device: [])
 
 
 @PROPERTY
@@ -144,7 +144,7 @@ def test_set_and_sweep_values_validate_or_get_one_line(tmp_path_factory, no_fram
     st.one_of(st.text(max_size=20), st.sampled_from(["true", "maybe", "float64", "1", "[1, 2]", '"x"'])))),
     min_size=1, max_size=3))
 def test_adapter_option_strings_are_accepted_or_refused_in_one_line(options):
-    from bench import registry
+    from bench.core import registry
     from implementations.torch.maml import TorchMAML
 
     name = "torch-maml@" + "@".join(options)
@@ -177,7 +177,7 @@ def test_run_ids_are_folder_names_or_one_line(tmp_path_factory, no_framework_pro
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     run = syn.make_run(tmp_path_factory.mktemp("pristine"), "run", processes=3)
-    from bench.report import write_report
+    from bench.report.report import write_report
 
     write_report(run)
     return run
@@ -194,9 +194,9 @@ def test_damaged_run_folders_get_one_line_and_lose_nothing(tmp_path_factory, mon
                                                            command):
     """The figures are left out (``write_plots`` stubbed): they read the same frames as the
     tables, and drawing three per example would take minutes."""
-    import bench.plots
+    import bench.report.plots
 
-    monkeypatch.setattr(bench.plots, "write_plots", lambda *a, **k: [])
+    monkeypatch.setattr(bench.report.plots, "write_plots", lambda *a, **k: [])
     root = tmp_path_factory.mktemp("damaged")
     run = Path(shutil.copytree(pristine, root / "run"))
     target = run / data.draw(st.sampled_from(damage_targets(run)))

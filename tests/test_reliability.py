@@ -23,11 +23,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import atomic
-from bench.errors import Diverged
-from bench.lock import RunLock, RunLocked, holder
-from bench.profiles import PROFILES
-from bench.runner import _run_process
+from bench.core import atomic
+from bench.core.errors import Diverged
+from bench.core.profiles import PROFILES
+from bench.run.lock import RunLock, RunLocked, holder
+from bench.run.runner import _run_process
 from tests.fake_adapters import metabench
 
 SMOKE = PROFILES["smoke"]
@@ -133,8 +133,8 @@ class _NaNAtStep3:
 
 
 def test_training_stops_at_the_first_non_finite_loss_with_step_and_value():
-    from bench.spec import load_spec
-    from bench.training import train_and_evaluate
+    from bench.core.spec import load_spec
+    from bench.measure.training import train_and_evaluate
 
     spec = load_spec("sinusoid-10shot").with_profile("cpu", "maml")
     adapter = _NaNAtStep3()
@@ -322,7 +322,7 @@ def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tm
 
 
 def test_profiles_give_each_phase_a_time_limit_that_cell_timeout_overrides():
-    from bench.runner import time_limit
+    from bench.run.runner import time_limit
 
     smoke = time_limit("smoke", None)
     assert smoke(["timing"]) == 600 and smoke(["memory", "accuracy"]) == 300 + 600  # one worker process
@@ -344,7 +344,7 @@ def test_a_run_killed_before_its_plan_was_written_leaves_its_id_free(tmp_path, p
 
 
 def test_failures_name_each_bad_phase_with_its_status_and_unfinished_cells(tmp_path):
-    from bench.runner import failures
+    from bench.run.runner import failures
 
     def cell(name: str, phases: dict | None) -> None:
         d = tmp_path / "cells" / name

@@ -3,7 +3,7 @@ recorded, seeded order that ``--resume`` continues, and statistics at both level
 
 - the two-level bootstrap on synthetic data with known variance components: its CI covers
   the true median about as often as it says, where the rounds of one process do not;
-- scipy's percentile bootstrap agrees with ``bench.stats``'s one-level CI on fixtures;
+- scipy's percentile bootstrap agrees with ``bench.core.stats``'s one-level CI on fixtures;
 - "too few to tell" below 2 processes or 10 rounds;
 - the interleaved order: blocks of every comparable cell, drawn per block from the seed;
 - end to end with the fake adapters (``tests/fake_adapters.py``): the order in plan.json is
@@ -24,8 +24,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import plan, stats
-from bench.cell import Cell
+from bench.core import stats
+from bench.core.cell import Cell
+from bench.run import plan
 from tests.fake_adapters import metabench
 
 # -- the two-level bootstrap ----------------------------------------------------------------------

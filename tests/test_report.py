@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from bench import plots, tables
-from bench.report import collect, merged_benchmark_json, write_report
+from bench.report import plots, tables
+from bench.report.report import collect, merged_benchmark_json, write_report
 from tests import synthetic as syn
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,7 +63,7 @@ def row(frame: pd.DataFrame, **where) -> pd.Series:
 
 
 def two_level_draw(rng: random.Random, processes) -> float:
-    """One two-level bootstrap median, written independently of bench.stats: draw processes
+    """One two-level bootstrap median, written independently of bench.core.stats: draw processes
     with replacement, then each drawn process's rounds with replacement; pool; median."""
     drawn = [rng.choice(processes) for _ in processes]
     return float(np.median([v for p in drawn for v in rng.choices(list(p), k=len(p))]))
@@ -275,7 +275,7 @@ def test_headline_baseline_can_be_another_framework(run):
 
 
 def test_report_command_takes_a_baseline(tmp_path, capsys):
-    from bench.cli import main
+    from bench.cli.main import main
 
     run = syn.make_run(tmp_path, failures=False)
     assert main(["report", str(run), "--baseline", "jax"]) == 0
@@ -437,7 +437,7 @@ def test_write_report_writes_the_figures(reported):
 def test_the_data_package_describes_every_csv_as_written(reported):
     """datapackage.json: each table's file, row count and columns in order, with types a
     reader can load by, and the schema version of the tables."""
-    from bench.report import SCHEMA_VERSION, TABLES
+    from bench.report.report import SCHEMA_VERSION, TABLES
 
     package = json.loads((reported / "datapackage.json").read_text())
     assert package["profile"] == "tabular-data-package" and package["schema_version"] == SCHEMA_VERSION
@@ -457,7 +457,7 @@ def test_the_data_package_describes_every_csv_as_written(reported):
 
 
 def test_the_index_marks_a_run_whose_tables_are_of_an_older_schema(tmp_path):
-    from bench.report import SCHEMA_VERSION, index_block
+    from bench.report.report import SCHEMA_VERSION, index_block
 
     current, old = syn.make_run(tmp_path, "20261202-current"), syn.make_run(tmp_path, "20261201-old")
     for run in (current, old):
@@ -492,7 +492,7 @@ def test_committed_cpu_run_reports_from_a_copy(tmp_path):
 # -- results/README.md ---------------------------------------------------------------------------
 
 def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_path):
-    from bench.report import write_index
+    from bench.report.report import write_index
 
     syn.make_run(tmp_path, "20261201-synthetic")
     old = syn.make_run(tmp_path, "20261130-torch-only", failures=False)
@@ -511,14 +511,14 @@ def test_index_lists_every_run_newest_first_and_keeps_the_prose_around_it(tmp_pa
     assert "11 cells, torch, jax, tensorflow, 4 seeds; fastest of 4 step phases: jax 4; parity FAILED: " \
            "tensorflow-maml; 2 cells with failures" in lines[0]
     assert "4 cells, torch only, 3 seeds; accuracy omni / maml 89.05 %, sine / maml MSE 0.502" in lines[1]
-    from bench.cli import main
+    from bench.cli.main import main
 
     assert main(["index", str(tmp_path)]) == 0
     assert (tmp_path / "README.md").read_text() == text  # regenerating replaces the block, never appends
 
 
 def test_a_framework_on_other_threads_is_flagged(tmp_path):
-    from bench.report import thread_mismatches
+    from bench.report.report import thread_mismatches
 
     run = tmp_path / "run"
     for name, threads in (("torch-maml__maml__s", 2), ("mylib-maml__maml__s", None)):
@@ -533,7 +533,7 @@ def test_defaults_section_names_a_variant_faster_than_the_default():
     """A default (on the run's device) against the fastest adapter of its framework timed
     in the run: on a CPU TF's default MAML is the XLA variant; on a GPU graph mode is, and
     a faster XLA variant is named with its ratio and parity mark."""
-    from bench.report import defaults_section
+    from bench.report.report import defaults_section
 
     def rows(spec, width):
         return [{"spec": spec, "algorithm": "maml", "framework": "tensorflow", "adapter": a, "phase": phase,
@@ -562,7 +562,7 @@ def test_defaults_section_names_a_variant_faster_than_the_default():
 def test_the_noise_line_puts_a_planted_process_shift_between_processes(tabs):
     """Processes 10% apart, rounds 1% apart inside each, the first rounds level with the
     rest: the line says processes dominate, by about 10%, and no warm-up trend."""
-    from bench.report import noise_line
+    from bench.report.report import noise_line
 
     rng = np.random.default_rng(0)
     rows = [{"spec": "omni", "algorithm": "maml", "adapter": f"a{i}", "phase": "outer_step", "process": p,
@@ -579,7 +579,7 @@ def test_the_noise_line_puts_a_planted_process_shift_between_processes(tabs):
 
 
 def test_report_refuses_to_replace_a_table_with_fewer_rows(tmp_path):
-    from bench.errors import MetabenchError
+    from bench.core.errors import MetabenchError
 
     run = syn.make_run(tmp_path, processes=3)
     write_report(run)
@@ -662,7 +662,7 @@ def test_step_time_rows_have_no_gap_and_medians_stay_visible():
 
 def test_the_summary_says_how_each_adapter_ran(tmp_path):
     """An adapter that picks its form by shape says which form ran on which cells."""
-    from bench.report import adapters_section
+    from bench.report.report import adapters_section
 
     for cell, spec, notes in (("torch-maml__maml__a", "a", "loop"), ("torch-maml__maml__b", "b", "vmap"),
                               ("torch-maml__fomaml__a", "a", "loop")):

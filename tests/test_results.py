@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from bench.report import SCHEMA_VERSION, tables_schema_version, write_report
+from bench.report.report import SCHEMA_VERSION, tables_schema_version, write_report
 from tests.conftest import REPO
 
 RESULTS = REPO / "results"

@@ -16,8 +16,8 @@ RUN_ID = "test-smoke"
 
 FAKE_PLUGIN = '''
 import numpy as np
-from bench.adapter import Adapter, AdapterInfo
-from bench.registry import AdapterEntry
+from bench.core.adapter import Adapter, AdapterInfo
+from bench.core.registry import AdapterEntry
 
 class Broken(Adapter):
     """Builds, then fails on every outer step: its cell must fail alone."""
@@ -132,7 +132,7 @@ def test_curves_and_memory(run_dir):
 def test_manifest_records_environment_fingerprints_and_status(run_dir):
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["profile"] == "smoke" and m["device"] == "cpu" and m["finished"]
-    from bench.report import SCHEMA_VERSION
+    from bench.report.report import SCHEMA_VERSION
 
     assert m["schema_version"] == SCHEMA_VERSION
     # as the user typed it (the test launched `python -m bench.cli`), no interpreter path
@@ -221,7 +221,7 @@ def test_unknown_phase_is_a_one_line_error(data_env, tmp_path):
 
 def test_failures_lists_failed_cells_and_parity(tmp_path):
     """What makes ``metabench run`` exit 1: a failed phase, a parity row, a parity phase with no table."""
-    from bench.runner import failures
+    from bench.run.runner import failures
 
     cell = tmp_path / "cells" / "a__maml__s"
     cell.mkdir(parents=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cli import build_parser, main
+from bench.cli.main import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 # (name, framework, algorithm): a framework metabench does not know, ProtoNet and MAML
@@ -123,9 +123,9 @@ def test_the_placeholder_adam_is_torchs_adam(generated):
     """The skeleton's numpy Adam (kept until the framework's replaces it) is the harness's
     meta-optimizer: torch.optim.Adam with StepLR, to float64 rounding, over a halving."""
     torch = pytest.importorskip("torch")
-    from bench.algorithms import MetaOptimizer
-    from bench.models import init_params
-    from bench.spec import load_spec
+    from bench.core.algorithms import MetaOptimizer
+    from bench.core.models import init_params
+    from bench.core.spec import load_spec
     from implementations.torch.common import make_adam
 
     tmp, _, _ = generated

@@ -16,16 +16,16 @@ from importlib import resources
 import numpy as np
 import pytest
 
-from bench import plan
-from bench.cell import Cell
-from bench.episodes import sampler_for
-from bench.models import init_params
-from bench.runner import plan_cells
-from bench.spec import load_spec
-from bench.training import time_to_target, train_and_evaluate
+from bench.core.cell import Cell
+from bench.core.episodes import sampler_for
+from bench.core.models import init_params
+from bench.core.spec import load_spec
+from bench.measure.training import time_to_target, train_and_evaluate
+from bench.run import plan
+from bench.run.runner import plan_cells
 
 SINUSOID = load_spec("sinusoid-10shot").with_profile("smoke", "maml")
-SINUSOID_TOML = resources.files("bench.specs") / "sinusoid-10shot.toml"
+SINUSOID_TOML = resources.files("bench.core.specs") / "sinusoid-10shot.toml"
 
 
 def test_training_seed_changes_weights_and_training_episodes_but_not_test_episodes():
@@ -146,7 +146,7 @@ def test_targets_come_from_the_spec_per_algorithm_and_profiles_may_override_them
     ("[targets]\nmaml = -1.0\n", "targets.maml"),
 ])
 def test_a_bad_target_is_a_one_line_error_naming_the_field(tmp_path, table, field):
-    from bench.errors import SpecError
+    from bench.core.errors import SpecError
 
     text = SINUSOID_TOML.read_text()
     path = tmp_path / "s.toml"

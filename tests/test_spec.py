@@ -10,15 +10,15 @@ from importlib import resources
 
 import pytest
 
-from bench.errors import SpecError
-from bench.spec import builtin_spec_names, load_spec, spec_from_dict
+from bench.core.errors import SpecError
+from bench.core.spec import builtin_spec_names, load_spec, spec_from_dict
 
 EXPECTED = {"omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s", "omniglot-100x10",
             "sinusoid-5shot", "sinusoid-10shot", "sinusoid-20shot"}
 
 
 def raw(name="omniglot-5w1s") -> dict:
-    return tomllib.loads(resources.files("bench.specs").joinpath(f"{name}.toml").read_text())
+    return tomllib.loads(resources.files("bench.core.specs").joinpath(f"{name}.toml").read_text())
 
 
 def test_builtin_specs_are_the_papers_settings():
@@ -106,7 +106,7 @@ def _cli(*args, env=None):
 
 def test_validate_exits_0_on_valid_spec(tmp_path):
     path = tmp_path / "mine.toml"
-    path.write_text(resources.files("bench.specs").joinpath("omniglot-5w5s.toml").read_text())
+    path.write_text(resources.files("bench.core.specs").joinpath("omniglot-5w5s.toml").read_text())
     r = _cli("validate", str(path))
     assert r.returncode == 0, r.stderr
     assert "ok" in r.stdout
@@ -168,7 +168,7 @@ def test_the_smallest_image_size_conv4_can_pool_loads():
 
 def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "bom.toml"
-    path.write_bytes(b"\xef\xbb\xbf" + resources.files("bench.specs").joinpath("sinusoid-10shot.toml").read_bytes())
+    path.write_bytes(b"\xef\xbb\xbf" + resources.files("bench.core.specs").joinpath("sinusoid-10shot.toml").read_bytes())
     assert load_spec(path).name == "sinusoid-10shot"
 
 

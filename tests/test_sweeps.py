@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.errors import SpecError
-from bench.report import write_report
-from bench.runner import expand_specs
-from bench.spec import load_spec
-from bench.sweeps import exponents, sweep_points
+from bench.core.errors import SpecError
+from bench.core.spec import load_spec
+from bench.report.report import write_report
+from bench.report.sweeps import exponents, sweep_points
+from bench.run.runner import expand_specs
 from tests import synthetic as syn
 
 # planted: outer_step time ~ steps^1 (torch) and ~ steps^0.5 (jax); memory ~ steps^1 and flat
@@ -86,7 +86,7 @@ def _sweep_run(root: Path) -> Path:
 
 
 def test_growth_exponents_recover_the_planted_laws(tmp_path):
-    from bench.report import collect
+    from bench.report.report import collect
 
     run = _sweep_run(tmp_path)
     tabs = collect(run)
@@ -105,9 +105,9 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
     assert "omniglot-5w1s / maml / maml.inner_steps" in section
     assert "b = 1.00" in section and "b = 0.50" in section and "b = 0.00" in section
     assert (run / "sweeps.png").stat().st_size > 0
-    from bench.plots import _plt
-    from bench.report import collect
-    from bench.sweeps import sweep_figure
+    from bench.report.plots import _plt
+    from bench.report.report import collect
+    from bench.report.sweeps import sweep_figure
 
     tabs = collect(run)
     fig = sweep_figure(sweep_points(run, tabs["steps"], tabs["memory"]))
@@ -136,7 +136,7 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
 def plots_colour(framework: str):
     from matplotlib.colors import to_rgb
 
-    from bench.plots import framework_colour
+    from bench.report.plots import framework_colour
 
     return to_rgb(framework_colour(framework))
 
@@ -144,9 +144,9 @@ def plots_colour(framework: str):
 def test_a_sweeps_speedups_name_its_specs_by_the_swept_value_in_numeric_order(tmp_path):
     """Not ``omniglot-5w1s_maml.inner_steps-10`` between 1 and 2: the field and its value,
     numbers sorted as numbers, the base spec once in the title; the tables sort the same way."""
-    from bench import plots, tables
-    from bench.report import collect
-    from bench.sweeps import spec_labels
+    from bench.report import plots, tables
+    from bench.report.report import collect
+    from bench.report.sweeps import spec_labels
 
     run = _sweep_run(tmp_path)
     tabs = collect(run)
@@ -168,7 +168,7 @@ def test_a_sweeps_speedups_name_its_specs_by_the_swept_value_in_numeric_order(tm
 
 
 def test_a_narrow_log_axis_gets_a_few_round_labels_not_one_per_hundred():
-    from bench.plots import _log_125_ticks
+    from bench.report.plots import _log_125_ticks
 
     assert _log_125_ticks(0.4, 12) == [0.5, 1, 2, 5, 10]
     narrow = _log_125_ticks(1100, 1900)  # holds no 1-2-5 value but 1000 and 2000 outside

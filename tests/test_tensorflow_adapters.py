@@ -16,12 +16,12 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 torch = pytest.importorskip("torch")
 
-from bench.adapter import AdapterInfo, MemoryReading  # noqa: E402
-from bench.algorithms import MetaOptimizer  # noqa: E402
-from bench.episodes import EpisodeBatch, sampler_for  # noqa: E402
-from bench.models import init_params  # noqa: E402
-from bench.spec import load_spec  # noqa: E402
-from bench.training import task_metrics  # noqa: E402
+from bench.core.adapter import AdapterInfo, MemoryReading  # noqa: E402
+from bench.core.algorithms import MetaOptimizer  # noqa: E402
+from bench.core.episodes import EpisodeBatch, sampler_for  # noqa: E402
+from bench.core.models import init_params  # noqa: E402
+from bench.core.spec import load_spec  # noqa: E402
+from bench.measure.training import task_metrics  # noqa: E402
 from implementations.tensorflow import common as tf_common  # noqa: E402
 from implementations.tensorflow.maml import TFMAML  # noqa: E402
 from implementations.tensorflow.protonet import TFProtoNet  # noqa: E402
@@ -46,7 +46,7 @@ def rel(a, b) -> float:
 
 
 def flat(d: dict, prefix: str = "") -> np.ndarray:
-    """One quantity over every parameter (as ``bench.parity`` compares), names sorted."""
+    """One quantity over every parameter (as ``bench.check.parity`` compares), names sorted."""
     return np.concatenate([np.ravel(d[prefix + k]) for k in sorted(k[len(prefix):] for k in d if k.startswith(prefix))])
 
 

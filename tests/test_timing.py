@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.timing import timed_step
+from bench.measure.timing import timed_step
 
 
 class RecordingAdapter:

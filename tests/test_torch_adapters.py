@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from bench.episodes import EpisodeBatch, EpisodeSampler
-from bench.models import init_params, param_shapes
-from bench.spec import load_spec
-from bench.training import task_metrics
+from bench.core.episodes import EpisodeBatch, EpisodeSampler
+from bench.core.models import init_params, param_shapes
+from bench.core.spec import load_spec
+from bench.measure.training import task_metrics
 from implementations.torch import common
 from implementations.torch.maml import TorchMAML
 from implementations.torch.protonet import TorchProtoNet, neg_sq_distances, prototypes
@@ -259,8 +259,8 @@ def test_compiled_maml_matches_eager_and_a_second_adapter_reuses_its_compiled_co
     a second adapter of the same shapes compiles nothing (dynamo's cache is per code object:
     the harness builds several adapters per cell and would otherwise compile each). The
     contract's tiny sinusoid and batch: one small compile."""
-    from bench import check
-    from bench.algorithms import get as get_algorithm
+    from bench.check import contract as check
+    from bench.core.algorithms import get as get_algorithm
 
     algo = get_algorithm("maml")
     spec = algo.resolve(check.small_specs("maml")[0])

@@ -9,7 +9,7 @@ Needs ``pip install 'metabench[higher]'``. This module imports neither torch nor
 the harness imports it to list adapters; only ``implementations.higher.maml`` imports them.
 """
 
-from bench.registry import AdapterEntry
+from bench.core.registry import AdapterEntry
 
 ENTRIES = [
     AdapterEntry("torch-maml-higher", "torch", ("maml", "fomaml"), "implementations.higher.maml:HigherMAML",

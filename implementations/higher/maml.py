@@ -7,7 +7,7 @@ meta-gradient in the model's ``.grad``, then ``torch.optim.Adam``.
 
 What differs from the papers' code, so that the numbers are metabench's function:
 
-- the model is metabench's (``bench/models.py``): Conv-4 without a conv bias before
+- the model is metabench's (``bench/core/models.py``): Conv-4 without a conv bias before
   BatchNorm, BatchNorm with the batch's statistics (``track_running_stats=False``, in
   training mode at test time too: MAML's transductive setting), Glorot weights received
   from the harness; the MLP for the sinusoid. Its submodules are named so that
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.adapter import AdapterInfo, Option
-from bench.models import CONV_BLOCKS
+from bench.core.adapter import AdapterInfo, Option
+from bench.core.models import CONV_BLOCKS
 from implementations.torch import common
 
 try:
@@ -47,7 +47,7 @@ except ImportError as e:  # the extra is not installed: one line naming the fix
 
 
 class Conv4(nn.Module):
-    """metabench's Conv-4 (``bench/models.py``): 3x3 conv (padding 1; a bias only without
+    """metabench's Conv-4 (``bench/core/models.py``): 3x3 conv (padding 1; a bias only without
     BatchNorm) -> BatchNorm (the batch's statistics) -> ReLU -> 2x2 max-pool, four times,
     flattened in (C, H, W) order, then the linear head."""
 

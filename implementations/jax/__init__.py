@@ -4,7 +4,7 @@ Pure functions over parameter pytrees; each adapter's whole outer step (adaptati
 loss, meta-gradient, optax update) is one ``jax.jit`` function, and the tasks of a
 meta-batch are batched with ``vmap``.
 
-This package is imported before ``jax`` (``bench.registry`` imports the adapter module,
+This package is imported before ``jax`` (``bench.core.registry`` imports the adapter module,
 whose package comes first), so the allocator defaults set here take effect.
 """
 

@@ -10,7 +10,7 @@ from dataclasses import replace
 import jax
 from jax import lax
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.jax import common
 from implementations.jax.maml import JaxMAML
 

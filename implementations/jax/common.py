@@ -2,7 +2,7 @@
 parameter dict, parameter layout conversion, device placement, sync, memory and
 self-description.
 
-Inside JAX, parameters keep their canonical names (``bench.models``); conv weights are
+Inside JAX, parameters keep their canonical names (``bench.core.models``); conv weights are
 HWIO (for NHWC convolutions), linear weights stay (out, in) and are applied as
 ``x @ w.T``, so only conv weights are transposed on import and export.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
-from bench.algorithms import MetaOptimizer
-from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
-from bench.models import CONV_BLOCKS
+from bench.core.adapter import Adapter, AdapterInfo, MemoryReading, Option
+from bench.core.algorithms import MetaOptimizer
+from bench.core.models import CONV_BLOCKS
+from bench.measure.environment import cpu_model  # the CPU's model name, not 'x86_64'
 
 _threads: int | None = None  # what configure() was given, recorded by describe()
 
@@ -93,7 +93,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
     Not ``lax.reduce_window``: XLA:CPU expands its derivative (select-and-scatter) into an
     iota, a reduce-window over (value, index) and a scatter, which took 112 of the 340 ms of
-    summed operation time of the Omniglot MAML outer step (``bench/baselines/profile.py``); and on
+    summed operation time of the Omniglot MAML outer step (``bench/check/contract/baselines/profile.py``); and on
     a GPU JAX's second derivative of it packs value and tangent into one 64-bit word, so
     float64 is rounded to 32 bits there. Here every derivative is an exact select. (Not
     ``jnp.maximum`` either: its derivative splits ties in half, torch's picks one.)"""

@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from bench.adapter import AdapterInfo, Option
+from bench.core.adapter import AdapterInfo, Option
 from implementations.jax import common
 
 INNER_LOOPS = ("unrolled", "scan")

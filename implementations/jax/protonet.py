@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.jax import common
 
 

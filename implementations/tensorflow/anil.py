@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import tensorflow as tf
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.tensorflow import common
 from implementations.tensorflow.maml import TFMAML
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
-from bench.algorithms import MetaOptimizer
-from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
-from bench.models import CONV_BLOCKS
+from bench.core.adapter import Adapter, AdapterInfo, MemoryReading, Option
+from bench.core.algorithms import MetaOptimizer
+from bench.core.models import CONV_BLOCKS
+from bench.measure.environment import cpu_model  # the CPU's model name, not 'x86_64'
 
 TASK_BATCHING = ("loop", "vectorized_map", "map_fn", "auto")
 # "auto": an unrolled loop up to this many tasks, map_fn beyond (graph mode's default for
@@ -284,7 +284,7 @@ def sync(outputs=None, device: str = "cpu") -> None:
     to do. ``sync_devices`` is for the other cases: a GPU's kernels run on a CUDA stream,
     and asynchronous execution queues ops. On a CPU it is not free: after a ~1 ms XLA
     sinusoid MAML step it cost ~60 us (5-7 % of the step, interleaved rounds against a
-    plain ``tf.function`` read with ``.numpy()`` only; ``bench/baselines``)."""
+    plain ``tf.function`` read with ``.numpy()`` only; ``bench/check/contract/baselines``)."""
     if ((device != "cpu" or not tf.config.experimental.get_synchronous_execution())
             and hasattr(tf.test.experimental, "sync_devices")):
         tf.test.experimental.sync_devices()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.tensorflow import common
 
 # How the tasks of a meta-batch are batched, by jit_compile (options["task_batching"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.tensorflow import common
 
 # ProtoNet's meta-batch is one episode in every built-in spec: a Python loop over it is just

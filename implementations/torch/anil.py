@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch.func import grad
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.torch.maml import TorchMAML
 
 HEAD = ("head.weight", "head.bias")

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading, Option
-from bench.algorithms import MetaOptimizer
-from bench.environment import cpu_model  # the CPU's model name, not 'x86_64'
-from bench.models import CONV_BLOCKS
+from bench.core.adapter import Adapter, AdapterInfo, MemoryReading, Option
+from bench.core.algorithms import MetaOptimizer
+from bench.core.models import CONV_BLOCKS
+from bench.measure.environment import cpu_model  # the CPU's model name, not 'x86_64'
 
 Params = dict[str, torch.Tensor]
 

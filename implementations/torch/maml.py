@@ -37,7 +37,7 @@ The sinusoid MLP stays vmapped (25 tasks: 3.3 ms vmapped against 46.6 ms in a lo
 does an accelerator (not measured there). Both forms agree to 1e-13 in float64. In float32
 the loop's meta-gradient is 1.2e-4 (15 query, 4 tasks) and 1.5e-3 (20-way) from float64, the
 same at 1 and 2 threads: max-pool windows whose top two float32 cannot order
-(``bench.near_ties``; 24-53 per task there). Task by task both forms are that far off (1 thread,
+(``bench.check.near_ties``; 24-53 per task there). Task by task both forms are that far off (1 thread,
 15 query: loop 1.2e-5 to 2.3e-4, vmap 1.3e-5 to 5.1e-5); the vmapped 4-task mean lands at
 2.9e-6 (``tests/test_precision.py`` runs both forms).
 
@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from bench.adapter import AdapterInfo, Option
+from bench.core.adapter import AdapterInfo, Option
 from implementations.torch import common
 
 # From this many query images per task, or with at most this many tasks, the meta-gradient

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad_and_value, vmap
 
-from bench.adapter import AdapterInfo
+from bench.core.adapter import AdapterInfo
 from implementations.torch import common
 
 

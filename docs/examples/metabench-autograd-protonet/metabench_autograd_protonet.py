@@ -14,11 +14,11 @@ import numpy as np
 from autograd import grad, value_and_grad
 from autograd.scipy.special import logsumexp
 
-from bench.adapter import Adapter, AdapterInfo, MemoryReading
-from bench.environment import cpu_model
-from bench.episodes import EpisodeBatch
-from bench.models import CONV_BLOCKS
-from bench.registry import AdapterEntry
+from bench.core.adapter import Adapter, AdapterInfo, MemoryReading
+from bench.core.episodes import EpisodeBatch
+from bench.core.models import CONV_BLOCKS
+from bench.core.registry import AdapterEntry
+from bench.measure.environment import cpu_model
 
 
 def conv3x3(x, w):
@@ -42,7 +42,7 @@ def batch_norm(x, gamma, beta, eps):
 
 
 def conv4(p, x, eps):
-    """Conv-4 (bench/models.py): conv -> BatchNorm (the batch's statistics, biased
+    """Conv-4 (bench/core/models.py): conv -> BatchNorm (the batch's statistics, biased
     variance) -> ReLU -> 2x2 max-pool (floor), flattened in (C, H, W) order."""
     for i in range(1, CONV_BLOCKS + 1):
         x = conv3x3(x, p[f"conv{i}.weight"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import time
 
-from bench.registry import AdapterEntry
+from bench.core.registry import AdapterEntry
 from implementations.torch.maml import TorchMAML
 
 

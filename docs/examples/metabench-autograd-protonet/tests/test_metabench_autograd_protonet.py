@@ -3,14 +3,15 @@
 
 import pytest
 
-from bench import check, parity
+from bench.check import contract as check
+from bench.check import parity
 
 NAME = "autograd-protonet"
 ALGORITHMS = ["protonet"]  # those it serves
 
 
 def test_contract():
-    """What the harness relies on (bench/check.py): shapes, float64, determinism, an Adam step."""
+    """What the harness relies on (bench/check/contract.py): shapes, float64, determinism, an Adam step."""
     results = check.run_contract(NAME)
     assert results and all(r.ok for r in results), check.format_results(NAME, results)
 

@@ -1,0 +1,5 @@
+import sys
+
+from bench.check.baselines.run import main
+
+sys.exit(main())
