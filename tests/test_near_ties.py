@@ -54,7 +54,7 @@ def test_the_omniglot_anil_batch_has_one_near_tied_window_and_tie_free_episodes(
     cls.configure(1, "cpu")
     sampler = sampler_for(spec, "train", "anil", data_dir=str(data_dir), cache_dir=str(cache_dir))
     make = lambda dtype: cls(spec, "anil", params, device="cpu", options={**entry.options, "dtype": dtype})
-    ties, free = near_ties.scan(make, sampler, "maml", [0, 1, 2, 3], 4)
+    ties, free = near_ties.scan(make, sampler, [0, 1, 2, 3], 4)
     assert len(ties) == 1, ties
     task, pass_, image, block, *_ = ties[0]
     assert (task, near_ties.PASSES[int(pass_)], block) == (2, "query", 2)

@@ -85,7 +85,7 @@ def _error(mutate, name="omniglot-5w1s") -> SpecError:
     (lambda r: r.update(profiles={"fast": {}}), "profiles.fast", "unknown profile"),
     (lambda r: r.update(profiles={"cpu": {"meta_train_steps": 0}}), "profiles.cpu.meta_train_steps", "> 0"),
     (lambda r: r.update(profiles={"cpu": {"maml": {"speed": 1}}}), "profiles.cpu.maml.speed", "unknown field"),
-    (lambda r: (r.pop("maml"), r.pop("protonet")), "maml", "needs a [maml] or a [protonet]"),
+    (lambda r: (r.pop("maml"), r.pop("protonet")), "maml", "needs at least one algorithm section: [maml] or"),
 ])
 def test_invalid_field_is_named_with_what_is_allowed(mutate, field, words):
     err = _error(mutate)
@@ -168,7 +168,8 @@ def test_the_smallest_image_size_conv4_can_pool_loads():
 
 def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "bom.toml"
-    path.write_bytes(b"\xef\xbb\xbf" + resources.files("bench.core.specs").joinpath("sinusoid-10shot.toml").read_bytes())
+    text = resources.files("bench.core.specs").joinpath("sinusoid-10shot.toml").read_bytes()
+    path.write_bytes(b"\xef\xbb\xbf" + text)
     assert load_spec(path).name == "sinusoid-10shot"
 
 

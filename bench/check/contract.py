@@ -26,6 +26,7 @@ import numpy as np
 
 from bench.core import registry
 from bench.core.algorithms import get as get_algorithm
+from bench.core.algorithms import reader as section_reader
 from bench.core.episodes import EpisodeBatch, EpisodeSampler
 from bench.core.errors import MetabenchError
 from bench.core.models import init_params
@@ -47,11 +48,13 @@ def small_specs(algorithm: str) -> list[EpisodeSpec]:
     """Specs small enough for seconds per check: a 16x16, 8-filter, 3-way image spec, and
     for the MAML family an 8-unit sinusoid MLP."""
     o = load_spec("omniglot-5w1s")
+    a = get_algorithm(algorithm)
     image = replace(o, name="tiny-images", data=replace(o.data, image_size=16), model=replace(o.model, hidden=8),
-                    episode=replace(o.episode, n_way=3, n_query=2),
-                    protonet=replace(o.protonet, train_n_way=0, train_n_query=0))
+                    episode=replace(o.episode, n_way=3, n_query=2))
+    for section, settings in image.sections.items():  # training at the test shape, where larger
+        image = image.with_settings(section, section_reader(section).quick_settings(settings))
     specs = [image]
-    if get_algorithm(algorithm).section == "maml":
+    if a.regression:
         s = load_spec("sinusoid-10shot")
         specs.insert(0, replace(s, name="tiny-sinusoid", model=replace(s.model, hidden=8)))
     return [s for s in specs if algorithm in s.algorithms()]
@@ -399,9 +402,11 @@ def _contract_key(name: str, device: str, threads: int, for_run: bool) -> str:
     entry = registry.get(name)
     h = hashlib.sha256(json.dumps([entry.target, entry.options, entry.framework, device, threads, for_run],
                                   sort_keys=True, default=str).encode())
-    here = Path(__file__).resolve().parent
-    files = [here / n for n in ("check.py", "adapter.py", "algorithms.py", "models.py", "episodes.py")]
-    files += sorted((here.parent / "implementations").rglob("*.py"))
+    # what a check's verdict depends on: this module, the core it checks against, every
+    # built-in implementation, and the adapter's own module (a plugin's)
+    bench_dir = Path(__file__).resolve().parents[1]
+    files = [Path(__file__).resolve(), *sorted((bench_dir / "core").rglob("*.py"))]
+    files += sorted((bench_dir.parent / "implementations").rglob("*.py"))
     try:
         origin = importlib.util.find_spec(entry.target.partition(":")[0]).origin
         files.append(Path(origin))

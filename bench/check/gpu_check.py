@@ -30,7 +30,17 @@ import time
 from pathlib import Path
 
 FRAMEWORKS = ("torch", "jax", "tensorflow")
-ADAPTERS = {f: (f"{f}-maml", f"{f}-protonet") for f in FRAMEWORKS}
+
+
+def default_adapters(framework: str, device: str) -> list[str]:
+    """The adapters a GPU run of ``framework`` times by default (the paper profile's
+    algorithms), each once: what the dispatch check looks at."""
+    from bench.core import registry
+    from bench.core.algorithms import all_algorithms
+
+    paper = [n for n, a in all_algorithms().items() if "paper" in a.default_profiles]
+    return [e.name for e in registry.select(frameworks=[framework], algorithms=paper, device=device)]
+
 DISPATCH_ROUNDS = 5
 TAIL = 15  # last output lines kept per stage
 
@@ -86,7 +96,7 @@ SPREAD_SPECS = ("omniglot-5w1s", "sinusoid-10shot")
 SPREAD_JITTER = 1e-4  # the tie-free inputs' noise (bench.check.parity.jittered): far above float64 rounding
 
 
-def device_spread(frameworks, algorithm: str = "maml", specs=SPREAD_SPECS, devices=("cpu", "cuda"),
+def device_spread(frameworks, algorithm: str | None = None, specs=SPREAD_SPECS, devices=("cpu", "cuda"),
                   batch_size: int = 2, jitter: float = SPREAD_JITTER) -> list[dict]:
     """How far each framework's float64 (and float32) parity quantities move between the
     CPU and the GPU, beside how far they are from torch's on the same device: whether a
@@ -95,11 +105,15 @@ def device_spread(frameworks, algorithm: str = "maml", specs=SPREAD_SPECS, devic
     (``bench.check.parity``'s, full-size models). Rows compare each framework on ``devices[1]``
     with itself on ``devices[0]``, then every other framework with torch on each device;
     each spec twice, its episodes as sampled and ``jittered`` (tie-free max-pool windows):
-    a difference only the first shows is a choice among tied maxima, not arithmetic."""
+    a difference only the first shows is a choice among tied maxima, not arithmetic.
+    ``algorithm``: by default the first registered (MAML, second order: the most maths)."""
     import os
     import tempfile
 
     from bench.check.parity import F64, REFERENCE, _adapter_name, _concat, _run_framework, relative_error
+    from bench.core.algorithms import names
+
+    algorithm = algorithm or names()[0]
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="metabench-spread-") as tmp:
@@ -181,7 +195,7 @@ def main(argv=None) -> int:
             pass
         stages.append(s)
     for f in frameworks if "dispatch" in todo else ():
-        for name in ADAPTERS.get(f, ()):
+        for name in default_adapters(f, args.device):
             s = _stage(f"dispatch {name}", py + ["bench.check.gpu_check", str(out), "--device", args.device,
                                                   "--dispatch", name], 300)
             try:

@@ -45,26 +45,6 @@ PASSES = ("support", "query", "support+query")
 SEARCH_FACTOR = 8
 
 
-def pool_inputs(params, x, use_batch_norm: bool, eps: float) -> list:
-    """Conv-4 on NCHW ``x``: each block's max-pool input (conv, BatchNorm, ReLU), as numpy.
-    The same blocks as ``implementations.torch.common.conv4_blocks``, stopped before the pool."""
-    import torch
-    import torch.nn.functional as F
-
-    from implementations.torch import common
-
-    out = []
-    with torch.no_grad():
-        for i in range(1, common.CONV_BLOCKS + 1):
-            z = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
-            if use_batch_norm:
-                z = common.batch_norm(z, params[f"bn{i}.weight"], params[f"bn{i}.bias"], eps)
-            z = F.relu(z)
-            out.append(z.detach().cpu().double().numpy())
-            x = F.max_pool2d(z, 2)
-    return out
-
-
 def window_ties(z64: np.ndarray, z32: np.ndarray, factor: float = TIE_FACTOR) -> np.ndarray:
     """Near-tied 2x2 windows of one max-pool input (NCHW, float64 and float32 results of the
     same pass): rows (image, channel, row, col, top, gap, error32), row and col the window's
@@ -88,36 +68,28 @@ def window_ties(z64: np.ndarray, z32: np.ndarray, factor: float = TIE_FACTOR) ->
     return np.column_stack([idx, top[sel], gap[sel], error[sel]])
 
 
-def task_ties(adapter64, adapter32, episode, algorithm_section: str) -> np.ndarray:
+def task_ties(adapter64, adapter32, episode) -> np.ndarray:
     """Near-tied windows of one episode (a batch of one), rows as ``FIELDS`` without the task.
     ``adapter64``/``adapter32``: the reference adapter built in float64 and float32 from the
-    same parameters. None for a model without max-pool (the sinusoid MLP)."""
-    import torch
-
+    same parameters; each gives its max-pool inputs (``Adapter.max_pool_inputs``). None for
+    a model without max-pool (the sinusoid MLP)."""
     if adapter64.config.regression:
         return np.zeros((0, len(FIELDS) - 1))
-    per_pass = {}
-    for adapter in (adapter64, adapter32):
-        b = adapter.to_device(episode)
-        sx, qx = b.support_x[0], b.query_x[0]
-        if algorithm_section == "protonet":
-            sets = [(2, adapter.params, torch.cat([sx, qx]))]
-        else:
-            # the adaptation the probe makes (training inner steps): the adapter's own, so the
-            # float32 pass carries the inner loop's float32 error too
-            adapted = adapter._vmapped_adapt[adapter.inner_steps](adapter.params, b.support_x, b.support_y)
-            sets = [(0, adapter.params, sx), (1, {k: v[0] for k, v in adapted.items()}, qx)]
-        for p, params, x in sets:
-            per_pass.setdefault(p, []).append(pool_inputs(params, x, adapter._bn, adapter._eps))
+    inputs64 = adapter64.max_pool_inputs(adapter64.to_device(episode))
+    inputs32 = adapter32.max_pool_inputs(adapter32.to_device(episode))
+    if not inputs64:
+        raise ValueError(f"{type(adapter64).__name__} does not offer max_pool_inputs: the near-tie test "
+                         "needs the reference adapter's max-pool inputs")
     rows = []
-    for p, (blocks64, blocks32) in per_pass.items():
-        for block, (z64, z32) in enumerate(zip(blocks64, blocks32), 1):
+    for name, blocks64 in inputs64.items():
+        p = PASSES.index(name)
+        for block, (z64, z32) in enumerate(zip(blocks64, inputs32[name]), 1):
             for image, channel, row, col, top, gap, err in window_ties(z64, z32):
                 rows.append((p, image, block, channel, row, col, top, gap, err))
     return np.array(rows, dtype=np.float64).reshape(-1, len(FIELDS) - 1)
 
 
-def scan(make_adapter, sampler, algorithm_section: str, episodes: list[int], batch_size: int):
+def scan(make_adapter, sampler, episodes: list[int], batch_size: int):
     """The near-ties of ``episodes`` (rows as ``FIELDS``, ``task`` the position in the batch)
     and the first ``batch_size`` tie-free training episodes (indices), or fewer when the
     first ``SEARCH_FACTOR`` x ``batch_size`` do not hold that many.
@@ -127,7 +99,7 @@ def scan(make_adapter, sampler, algorithm_section: str, episodes: list[int], bat
 
     def ties_of(index: int) -> np.ndarray:
         if index not in cache:
-            cache[index] = task_ties(a64, a32, sampler.episode(index), algorithm_section)
+            cache[index] = task_ties(a64, a32, sampler.episode(index))
         return cache[index]
 
     rows = [np.column_stack([np.full(len(ties_of(e)), t), ties_of(e)]) for t, e in enumerate(episodes)]

@@ -63,6 +63,7 @@ import numpy as np
 from bench.check import near_ties
 from bench.core import registry
 from bench.core.algorithms import get as get_algorithm
+from bench.core.algorithms import reader as section_reader
 from bench.core.cell import pin_threads
 from bench.core.errors import AdapterError
 
@@ -181,9 +182,10 @@ def quick_spec(spec):
     training episodes are most of the full comparison's time)."""
     from dataclasses import replace
 
-    model = replace(spec.model, hidden=min(spec.model.hidden, QUICK_HIDDEN))
-    protonet = spec.protonet and replace(spec.protonet, train_n_way=0, train_n_query=0)
-    return replace(spec, model=model, protonet=protonet)
+    spec = replace(spec, model=replace(spec.model, hidden=min(spec.model.hidden, QUICK_HIDDEN)))
+    for section, settings in spec.sections.items():
+        spec = spec.with_settings(section, section_reader(section).quick_settings(settings))
+    return spec
 
 
 def request_spec(request: dict):
@@ -218,12 +220,11 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
             # of the reference after a float32 failure (parity's tie-free retry)
             make = lambda dtype, c=cls, s=spec, a=algorithm, p=params, o=entry.options: c(
                 s, a, p, device=device, options={**o, "dtype": dtype})
-            section = "protonet" if get_algorithm(algorithm).section == "protonet" else "maml"
             # ProtoNet's 60-way episodes nearly all hold a near-tied window (none tie-free in
-            # omniglot-5w1s's first 32; the search cost a minute): no tie-free search for it
-            search = 0 if section == "protonet" else req["batch_size"]
-            out[f"{i}/ties"], out[f"{i}/tie_free"] = near_ties.scan(make, sampler, section, compared_episodes(req),
-                                                                    search)
+            # omniglot-5w1s's first 32; the search cost a minute): no tie-free search without
+            # an inner loop
+            search = req["batch_size"] if get_algorithm(algorithm).has_inner_loop else 0
+            out[f"{i}/ties"], out[f"{i}/tie_free"] = near_ties.scan(make, sampler, compared_episodes(req), search)
             continue
         adapters.append((i, cls, spec, algorithm, params, entry.options, episodes))
         out[f"{i}/placeholder"] = np.array(bool(getattr(cls, "placeholder", False)))
@@ -643,26 +644,9 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
     return 0
 
 
-# Where a float64 difference first appears says which part of the maths differs: the
-# probe's quantities in the order they are computed.
-_WHERE = {
-    "maml": {
-        "support_loss": "the loss before adaptation differs: the forward pass or the loss (model, "
-                        "BatchNorm, padding, pooling, loss reduction)",
-        "query_logits": "the loss before adaptation agrees, the adapted query outputs do not: the inner "
-                        "update (its sign, step size or number of steps, or what it updates)",
-        "meta_grad": "the outputs agree, the meta-gradient does not: its order (second or first), the "
-                     "meta-loss's mean over tasks, or one layer's gradient",
-    },
-    "protonet": {
-        "support_loss": "the episode loss differs: the embedding (model, BatchNorm, padding, pooling), "
-                        "the prototypes (class means), the distance (squared Euclidean) or the loss",
-        "query_logits": "the episode loss agrees, the query logits (negative squared distances to the "
-                        "prototypes) do not",
-        "meta_grad": "the logits agree, the gradient does not: the loss's mean over episodes, or one "
-                     "layer's gradient",
-    },
-}
+# Where a float64 difference first appears says which part of the maths differs: the probe's
+# quantities in the order they are computed; each algorithm says what its own mean
+# (``Algorithm.diagnosis``), the rest are the same for every algorithm.
 _WHERE_ADAM = ("the meta-gradient agrees, the parameters after one outer step do not: the Adam update "
                "(step size, betas, eps and its placement, the first step's bias correction)")
 # after the algorithm's own quantities: the same for every algorithm
@@ -716,7 +700,8 @@ def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floor
     order the maths computes them) that differs, what that part of the maths is, and the
     meta-gradient's error by parameter."""
     p32, r32, p64, r64 = prefixes
-    where = _WHERE["protonet" if get_algorithm(algorithm).section == "protonet" else "maml"]
+    check = get_algorithm(algorithm).diagnosis
+    where = {q: getattr(check, q, "") for q in ("support_loss", "query_logits", "meta_grad")} if check else {}
     head = ("still the placeholder maths of `metabench new-adapter` (its class sets placeholder = True): "
             "write the methods marked TODO(maths), then remove that line. " if placeholder else "")
     bad64 = [q for q in QUANTITIES if not errors64[q] <= TOLERANCE_64]

@@ -9,10 +9,24 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench.core.algorithms import names as _algorithm_names
+from bench.core.algorithms import all_algorithms
 from bench.core.errors import MetabenchError
 
-ALGORITHM_NAMES = _algorithm_names()
+ALGORITHM_NAMES = tuple(all_algorithms())
+
+
+def _defaults_help() -> str:
+    """Which algorithms each profile runs by default, from the algorithms' own traits."""
+    by_profile = {}
+    for name, a in all_algorithms().items():
+        for profile in a.default_profiles:
+            by_profile.setdefault(profile, []).append(name)
+    return "; ".join(f"{p}: {','.join(names)}" for p, names in by_profile.items())
+
+
+def _parity_defaults() -> list[str]:
+    """Parity's algorithms by default: those a cpu run runs."""
+    return [name for name, a in all_algorithms().items() if "cpu" in a.default_profiles]
 
 
 def _csv(value: str) -> list[str]:
@@ -182,6 +196,7 @@ def cmd_check(args) -> int:
     from bench.check import contract as check
     from bench.check.parity import reference_adapter, run_parity
     from bench.core import registry
+    from bench.core.algorithms import get as get_algorithm
 
     names = list(dict.fromkeys(args.adapters))
     contract = check.check_many_in_subprocess(names, args.device, args.threads)
@@ -194,7 +209,7 @@ def cmd_check(args) -> int:
     algorithms = list(dict.fromkeys(a for algos in compared.values() for a in algos))
     if args.parity and algorithms:
         # the MAML family on the sinusoid (the MLP) and on Omniglot (Conv-4: BatchNorm, max-pool)
-        specs = ["sinusoid-10shot"] * any(a != "protonet" for a in algorithms) + ["omniglot-5w1s"]
+        specs = ["sinusoid-10shot"] * any(get_algorithm(a).regression for a in algorithms) + ["omniglot-5w1s"]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "parity.csv"
             run_parity(specs=specs, algorithms=algorithms, adapters=[n for n in names if compared[n]],
@@ -267,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", type=_csv, help="comma-separated, e.g. torch,jax,tensorflow (default: all found)")
     p.add_argument("--algorithms", type=_csv,
                    help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} "
-                        "(default: the profile's; smoke: maml,protonet; others: all but anil)")
+                        f"(default: the profile's; {_defaults_help()})")
     p.add_argument("--specs", type=_csv, help="comma-separated spec names or TOML files")
     p.add_argument("--adapters", type=_csv, help="exact adapter names (variants included); overrides --frameworks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -322,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("parity", help="check that every framework computes what PyTorch computes")
     p.add_argument("--specs", type=_csv, default=["omniglot-5w1s", "sinusoid-10shot"])
-    p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"],
-                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} (default: all but anil)")
+    p.add_argument("--algorithms", type=_csv, default=_parity_defaults(),
+                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} (default: "
+                        f"{','.join(_parity_defaults())}, those a cpu run runs)")
     p.add_argument("--frameworks", type=_csv, default=None,
                    help="frameworks compared against torch, by their default adapters (default: every "
                         "framework registered, plugins included)")

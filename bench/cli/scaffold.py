@@ -16,12 +16,12 @@ import textwrap
 from pathlib import Path
 from string import Template
 
+from bench.core.algorithms import all_algorithms
 from bench.core.algorithms import get as get_algorithm
 from bench.core.errors import MetabenchError
 
 NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
-SERVED_TOGETHER = {"maml": ("maml", "fomaml"), "fomaml": ("maml", "fomaml")}  # one class, first_order from the spec
-PARITY_SPEC = {True: "sinusoid-10shot", False: "omniglot-5w1s"}              # by "has an inner loop"
+PARITY_SPEC = {True: "sinusoid-10shot", False: "omniglot-5w1s"}              # by "can regress"
 BASES = {  # the built-in frameworks' base classes, and what they provide
     "torch": ("implementations.torch.common.TorchAdapter", "device and dtype, parameters as leaf tensors in "
               "the canonical layout, torch.optim Adam from self.meta_optimizer (apply_meta_grad), sync, "
@@ -33,52 +33,6 @@ BASES = {  # the built-in frameworks' base classes, and what they provide
                    "tf.Variables in TF layout with Adam from self.meta_optimizer, tf.function step functions "
                    "counted for recompilation (_compile), sync, peak memory, the probe's layout (probe_result)"),
 }
-
-_MAML_INNER = ("one inner SGD step on each task's support set from self.params (left unchanged): "
-               "p - self.config.inner.lr * grad of the support loss (cross-entropy; MSE for regression)")
-_MAML_ORDER = ("second order, through the inner steps (first order when self.config.inner.first_order: "
-               "the inner gradients are constants)")
-_MAML_TEST_TIME = {
-    "adapt": "self.config.inner.test_steps inner steps per task, as inner_step; the adapted parameters.",
-    "predict": "the model's outputs on the query set with each task's adapted parameters "
-               "(self.adapt(batch)): logits [B, n_query_total, n_way]; regression: [B, n_query, 1].",
-    "probe": "from self.params, changing nothing: support_loss [B] (each task's support loss before "
-             "adaptation), query_logits (query outputs after self.config.inner.steps inner steps), "
-             "meta_grad/<param> (the gradient outer_step applies, canonical shape).",
-}
-TODO = {  # what each maths method must compute, per algorithm (reference: implementations/torch/)
-    "maml": {
-        "inner_step": _MAML_INNER + " w.r.t. every parameter. Returns every task's adapted parameters.",
-        "outer_step": "adapt each task by self.config.inner.steps inner steps; loss = mean over tasks of the "
-                      f"query loss after adaptation; its gradient w.r.t. self.params, {_MAML_ORDER}; "
-                      "one Adam step (self._adam_step); return the loss.",
-        **_MAML_TEST_TIME,
-    },
-    "anil": {
-        "inner_step": _MAML_INNER + " w.r.t. the head only (head.weight, head.bias), on the body's "
-                      "support features computed once. Returns every task's parameters, head adapted.",
-        "outer_step": "adapt each task's head by self.config.inner.steps inner steps; loss = mean over tasks "
-                      "of the query loss after adaptation; its gradient w.r.t. self.params (the body's "
-                      f"through the support and query features), {_MAML_ORDER}; one Adam step "
-                      "(self._adam_step); return the loss.",
-        **_MAML_TEST_TIME,
-    },
-    "protonet": {
-        "outer_step": "embed each episode's support and query in one pass (Conv-4, BatchNorm on the "
-                      "batch's statistics: bench/core/models.py); prototypes = class means of the support "
-                      "embeddings (labels are class-major); logits = -squared distances of the queries to "
-                      "the prototypes; loss = mean over episodes of the query cross-entropy; its gradient "
-                      "w.r.t. self.params; one Adam step (self._adam_step); return the loss.",
-        "adapt": "each episode's prototypes [n_way, d] and query embeddings [n_query_total, d], as in "
-                 "outer_step, from self.params.",
-        "predict": "-squared distances of the query embeddings to the prototypes (self.adapt(batch)), "
-                   "[B, n_query_total, n_way].",
-        "probe": "from self.params, changing nothing: support_loss [B] (no inner loop: each episode's "
-                 "query loss), query_logits [B, n_query_total, n_way] (the -squared distances), "
-                 "meta_grad/<param> (the gradient outer_step applies, canonical shape).",
-    },
-}
-TODO["fomaml"] = TODO["maml"]
 
 PYPROJECT = Template('''\
 [build-system]
@@ -274,11 +228,14 @@ def _comment(todo: str) -> str:
 
 
 def _served(algorithm: str) -> tuple[str, ...]:
-    return SERVED_TOGETHER.get(algorithm, (algorithm,))
+    """The algorithms one class serves: an algorithm's whole family (MAML and FOMAML: one
+    class, first_order from the spec)."""
+    family = get_algorithm(algorithm).family
+    return tuple(n for n, a in all_algorithms().items() if a.family == family)
 
 
 def _has_inner_loop(algorithm: str) -> bool:
-    return "inner_step" in get_algorithm(algorithm).phases
+    return get_algorithm(algorithm).has_inner_loop
 
 
 def package_parts(name: str, framework: str, algorithm: str) -> dict[str, str]:
@@ -288,13 +245,14 @@ def package_parts(name: str, framework: str, algorithm: str) -> dict[str, str]:
             "module": "metabench_" + name.replace("-", "_"),
             "cls": "".join(w.capitalize() for w in name.split("-")),
             "algorithms": f"({served}{',' if len(_served(algorithm)) == 1 else ''})",
-            "algorithm_list": f"[{served}]", "spec": PARITY_SPEC[_has_inner_loop(algorithm)]}
+            "algorithm_list": f"[{served}]", "spec": PARITY_SPEC[get_algorithm(algorithm).regression]}
 
 
 def render(name: str, framework: str, algorithm: str) -> dict[str, str]:
     """The package's files, relative path -> text."""
     p, inner = package_parts(name, framework, algorithm), _has_inner_loop(algorithm)
-    todo = {f"todo_{k}": _comment(v) for k, v in TODO.get(algorithm, _generic_todo(algorithm)).items()}
+    maths = {**_generic_todo(algorithm), **get_algorithm(algorithm).maths}  # the algorithm's own words first
+    todo = {f"todo_{k}": _comment(v) for k, v in maths.items()}
     base = ""
     if framework in BASES:
         cls, gives = BASES[framework]
@@ -336,7 +294,7 @@ def new_adapter(name: str, framework: str, algorithm: str, directory: str | Path
 
 def next_steps(root: Path, name: str, algorithm: str) -> list[str]:
     """The commands that take the skeleton to a checked, timed adapter."""
-    spec = PARITY_SPEC[_has_inner_loop(algorithm)]
+    spec = PARITY_SPEC[get_algorithm(algorithm).regression]
     return [f"pip install -e {root}",
             f"metabench check {name}            # the contract passes; parity fails until the maths is written",
             f"metabench parity --adapters {name} --algorithms {','.join(_served(algorithm))} --specs {spec}",

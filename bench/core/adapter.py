@@ -216,6 +216,15 @@ class Adapter(abc.ABC):
         offered (the torch adapters offer it)."""
         return {}
 
+    def max_pool_inputs(self, batch: Any) -> dict[str, list[np.ndarray]]:
+        """Optional, for parity's near-tie test (``bench.check.near_ties``): the input of every
+        max-pool (after conv, BatchNorm and ReLU; NCHW, float64 numpy), block by block, along
+        the passes the probe makes on the first episode, from the current parameters, keyed
+        by pass: ``"support"`` (meta-parameters) and ``"query"`` (the task's adapted
+        parameters) for the MAML family, ``"support+query"`` (one pass) for ProtoNet. ``{}``:
+        not offered. The reference adapters (torch) offer it."""
+        return {}
+
     # -- memory --------------------------------------------------------------------------
     def reset_peak_memory(self) -> None:
         """Start a new peak-memory window (no-op where the framework cannot)."""

@@ -34,8 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.core import paths
+from bench.core.config import EpisodeShape
 from bench.core.data import omniglot, sinusoid
-from bench.core.spec import EpisodeShape, EpisodeSpec
+from bench.core.spec import EpisodeSpec
 
 ROLES = {"train": 0, "val": 1, "test": 2}
 _SUBSET_STREAM = 1000  # spawn key of the seeded choice of training classes/images

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from bench.core.models import CONV_BLOCKS
+from bench.core.config import CONV_BLOCKS
 
 if TYPE_CHECKING:
-    from bench.core.algorithms.base import AdapterConfig
+    from bench.core.config import AdapterConfig
 
 BACKWARD = 2.0  # a backward pass, in forward passes
 

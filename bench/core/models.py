@@ -26,9 +26,9 @@ from __future__ import annotations
 import numpy as np
 
 from bench.core.algorithms import get as get_algorithm
+from bench.core.config import CONV_BLOCKS
 from bench.core.spec import EpisodeSpec
 
-CONV_BLOCKS = 4
 _INIT_STREAM = 2000  # spawn key of the initialisation draw
 
 

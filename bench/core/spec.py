@@ -17,16 +17,16 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from bench.core.algorithms import ALGORITHMS as _ALGORITHMS
+from bench.core import algorithms as _algorithms
+from bench.core.algorithms.base import check_bounds
+from bench.core.config import CONV_BLOCKS as CONV_POOLINGS  # Conv-4: each block halves the side
+from bench.core.config import EpisodeShape
 from bench.core.errors import SpecError
 
 DATASETS = ("omniglot", "sinusoid")
 SPLITS = ("train", "val", "trainval", "test")
 BATCH_NORM_MODES = ("transductive", "none")
-DISTANCES = ("squared_euclidean",)
-ALGORITHMS = tuple(_ALGORITHMS)  # names; the algorithms themselves: bench.core.algorithms
 OMNIGLOT_IMAGES_PER_CLASS = 20
-CONV_POOLINGS = 4  # Conv-4: each block halves the side (2x2 max-pool, floor), see bench.core.models
 # A spec's name names folders (cells/<adapter>__<algorithm>__<name>/) and CSV rows.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 MAX_NAME_LENGTH = 120
@@ -50,43 +50,12 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class EpisodeShape:
-    """An evaluation episode: ``n_way`` classes, ``k_shot`` support and ``n_query`` query
-    samples per class (sinusoid: ``n_way = 1``, ``k_shot`` and ``n_query`` points)."""
-
-    n_way: int
-    k_shot: int
-    n_query: int
-
-
-@dataclass(frozen=True)
 class ModelSpec:
     """The backbone: Conv-4 for images, an MLP for sinusoid."""
 
     hidden: int = 64                          # conv filters (omniglot) or units (sinusoid MLP)
     batch_norm: str = "transductive"          # batch statistics at train and test; or "none"
     bn_eps: float = 1e-5
-
-
-@dataclass(frozen=True)
-class MAMLSpec:
-    inner_lr: float
-    inner_steps: int = 1                      # adaptation steps while meta-training
-    test_inner_steps: int = 1                 # adaptation steps at evaluation
-    first_order: bool = False
-    meta_batch_size: int = 32
-    meta_lr: float = 1e-3
-    train_n_query: int = 0                    # query samples per class while training; 0: episode.k_shot
-
-
-@dataclass(frozen=True)
-class ProtoNetSpec:
-    train_n_way: int = 0                      # classes per training episode; 0: episode.n_way
-    train_n_query: int = 0                    # 0: episode.n_query
-    distance: str = "squared_euclidean"
-    meta_lr: float = 1e-3
-    lr_halve_every: int = 2000                # Adam step size halved every so many episodes; 0: never
-    meta_batch_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -101,16 +70,21 @@ class BudgetSpec:
     target: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class EpisodeSpec:
+    """A validated spec. Algorithm sections are keyword arguments too, so that
+    ``dataclasses.replace(spec, maml=replace(spec.maml, inner_steps=5))`` works (None
+    removes a section); ``spec.maml`` reads one."""
+
     name: str
     data: DataSpec
     episode: EpisodeShape
     seed: int = 0
     description: str = ""
     model: ModelSpec = field(default_factory=ModelSpec)
-    maml: MAMLSpec | None = None
-    protonet: ProtoNetSpec | None = None
+    # algorithm section -> its settings (``[maml]`` -> MAMLSettings): the schemas belong to
+    # the algorithms (``bench.core.algorithms``); ``spec.maml`` reads one (None if absent)
+    sections: dict[str, Any] = field(default_factory=dict)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     # profile name -> overrides of ``budget`` fields, for every algorithm or in a
     # sub-table per algorithm (which may also set ``meta_batch_size``); see ``with_profile``.
@@ -119,29 +93,66 @@ class EpisodeSpec:
     targets: dict[str, float] = field(default_factory=dict)
     source: str = "<spec>"
 
+    def __init__(self, name: str, data: DataSpec, episode: EpisodeShape, seed: int = 0, description: str = "",
+                 model: ModelSpec | None = None, sections: dict[str, Any] | None = None,
+                 budget: BudgetSpec | None = None, profiles: dict | None = None, targets: dict | None = None,
+                 source: str = "<spec>", **section_settings: Any):
+        known = _algorithms.sections()
+        unknown = [k for k in section_settings if k not in known]
+        if unknown:
+            raise TypeError(f"EpisodeSpec: no field or algorithm section {unknown[0]!r}; sections: {', '.join(known)}")
+        merged = {**(sections or {}), **section_settings}
+        order = list(known)
+        merged = {k: v for k, v in sorted(merged.items(), key=lambda kv: _index(order, kv[0])) if v is not None}
+        for key, value in (("name", name), ("data", data), ("episode", episode), ("seed", seed),
+                           ("description", description), ("model", model or ModelSpec()), ("sections", merged),
+                           ("budget", budget or BudgetSpec()), ("profiles", profiles if profiles is not None else {}),
+                           ("targets", targets if targets is not None else {}), ("source", source)):
+            object.__setattr__(self, key, value)
+
     @property
     def is_regression(self) -> bool:
         return self.data.dataset == "sinusoid"
 
+    def __getattr__(self, name: str) -> Any:
+        # ``spec.maml``: an algorithm's section, None where the spec has none
+        if name.startswith("_") or name == "sections":
+            raise AttributeError(name)
+        if name in self.sections:
+            return self.sections[name]
+        if name in _algorithms.sections():
+            return None
+        raise AttributeError(f"{type(self).__name__} has no field or algorithm section {name!r}")
+
+    def settings(self, section: str) -> Any:
+        """The settings of an algorithm section (``"maml"``), or None where the spec has none."""
+        return self.sections.get(section)
+
+    def with_settings(self, section: str, settings: Any) -> EpisodeSpec:
+        """The spec with one section's settings replaced (None: removed)."""
+        sections = {k: v for k, v in self.sections.items() if k != section}
+        return replace(self, sections={**sections, section: settings})
+
     def algorithms(self) -> tuple[str, ...]:
         """Algorithms this spec configures: every algorithm whose section it has (a
         ``[maml]`` section configures MAML, FOMAML and ANIL)."""
-        return tuple(name for name, a in _ALGORITHMS.items() if a.configured_by(self))
+        return tuple(name for name, a in _algorithms.all_algorithms().items() if a.configured_by(self))
 
     def for_algorithm(self, algorithm: str) -> EpisodeSpec:
         """The spec as an algorithm sees it (``fomaml``: ``maml`` with ``first_order``)."""
         if algorithm not in self.algorithms():
-            section = _ALGORITHMS[algorithm].section if algorithm in _ALGORITHMS else "algorithm"
+            known = _algorithms.all_algorithms()
+            section = known[algorithm].section if algorithm in known else "algorithm"
             raise SpecError(self.source, section, f"this spec has no [{section}] section for {algorithm}; "
                             f"it configures {', '.join(self.algorithms())}")
-        return _ALGORITHMS[algorithm].resolve(self)
+        return _algorithms.get(algorithm).resolve(self)
 
     # -- derived episode shapes ---------------------------------------------------
     def train_shape(self, algorithm: str) -> EpisodeShape:
-        return _ALGORITHMS[algorithm].train_shape(self)
+        return _algorithms.get(algorithm).train_shape(self)
 
     def meta_batch_size(self, algorithm: str) -> int:
-        return _ALGORITHMS[algorithm].meta_batch_size(self)
+        return _algorithms.get(algorithm).meta_batch_size(self)
 
     def with_profile(self, profile: str, algorithm: str | None = None) -> EpisodeSpec:
         """Apply a budget profile: built-in defaults, then the spec's ``[profiles.<name>]``
@@ -159,21 +170,43 @@ class EpisodeSpec:
         mbs = overrides.pop("meta_batch_size", None)
         spec = replace(self, budget=replace(self.budget, **overrides))
         if mbs is not None and algorithm is not None:
-            section = _ALGORITHMS[algorithm].section
-            mbs = min(mbs, getattr(spec, section).meta_batch_size)
-            spec = replace(spec, **{section: replace(getattr(spec, section), meta_batch_size=mbs)})
+            section = _algorithms.get(algorithm).section
+            mbs = min(mbs, spec.settings(section).meta_batch_size)
+            spec = spec.with_settings(section, replace(spec.settings(section), meta_batch_size=mbs))
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("source")
+        """The spec as its TOML would say it, sections in place (what manifests record and
+        digests hash): the sections it has, whatever algorithms are installed."""
+        d: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name == "source":
+                continue
+            if f.name == "sections":
+                d.update({k: dataclasses.asdict(v) for k, v in self.sections.items()})
+            else:
+                value = getattr(self, f.name)
+                d[f.name] = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
         return d
+
+
+def _index(order: list[str], key: str) -> int:
+    return order.index(key) if key in order else len(order)
 
 
 # -- loading and validation ---------------------------------------------------------
 
-_SECTIONS = {"data": DataSpec, "episode": EpisodeShape, "model": ModelSpec, "maml": MAMLSpec,
-             "protonet": ProtoNetSpec, "budget": BudgetSpec}
+_FIXED_SECTIONS = {"data": DataSpec, "episode": EpisodeShape, "model": ModelSpec, "budget": BudgetSpec}
+
+
+def _sections() -> dict[str, type]:
+    """Every section a spec may have: the fixed ones, then each algorithm's (built-in or
+    plugin), whose schema its algorithm owns."""
+    fixed = dict(_FIXED_SECTIONS)
+    budget = fixed.pop("budget")
+    return {**fixed, **_algorithms.sections(), "budget": budget}
+
+
 _TOP_LEVEL = {"name": str, "seed": int, "description": str}
 _FLOAT_PROFILE_KEYS = {"target"}
 _PROFILE_KEYS = {f.name for f in fields(BudgetSpec)}
@@ -248,10 +281,10 @@ def _check_profile_table(source: str, path: str, table: Any, nested: bool) -> No
     if not isinstance(table, dict):
         raise SpecError(source, path, "must be a table")
     for key, value in table.items():
-        if nested and key in ALGORITHMS:
+        if nested and key in _algorithms.names():
             _check_profile_table(source, f"{path}.{key}", value, nested=False)
             continue
-        allowed = sorted(_PROFILE_KEYS | ({"meta_batch_size"} if not nested else set(ALGORITHMS)))
+        allowed = sorted(_PROFILE_KEYS | ({"meta_batch_size"} if not nested else set(_algorithms.names())))
         if key not in allowed:
             raise SpecError(source, f"{path}.{key}", f"unknown field; allowed: {', '.join(allowed)}")
         _check_type(source, f"{path}.{key}", value, float if key in _FLOAT_PROFILE_KEYS else int)
@@ -263,14 +296,15 @@ def _check_targets(source: str, table: Any) -> dict[str, float]:
         raise SpecError(source, "targets", "must be a table: [targets] with algorithm = value")
     out = {}
     for key, value in table.items():
-        if key not in ALGORITHMS:
-            raise SpecError(source, f"targets.{key}", f"unknown algorithm; allowed: {', '.join(ALGORITHMS)}")
+        if key not in _algorithms.names():
+            raise SpecError(source, f"targets.{key}", f"unknown algorithm; allowed: {', '.join(_algorithms.names())}")
         out[key] = _check_type(source, f"targets.{key}", value, float)
         _positive(source, f"targets.{key}", out[key])
     return out
 
 
 def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
+    _SECTIONS = _sections()
     for key in raw:
         if key not in _TOP_LEVEL and key not in _SECTIONS and key not in ("profiles", "targets"):
             allowed = sorted(_TOP_LEVEL) + sorted(_SECTIONS) + ["profiles", "targets"]
@@ -284,6 +318,7 @@ def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
         if section not in raw:
             raise SpecError(source, section, f"is required: add a [{section}] table")
     built = {s: _build(source, s, cls, raw[s]) for s, cls in _SECTIONS.items() if s in raw}
+    sections = {s: built.pop(s) for s in list(built) if s not in _FIXED_SECTIONS}
     profiles = raw.get("profiles", {})
     if not isinstance(profiles, dict):
         raise SpecError(source, "profiles", "must be a table of [profiles.<name>] tables")
@@ -295,7 +330,7 @@ def spec_from_dict(raw: dict[str, Any], source: str = "<spec>") -> EpisodeSpec:
         _check_profile_table(source, f"profiles.{pname}", table, nested=True)
     spec = EpisodeSpec(name=raw["name"], seed=raw.get("seed", 0), description=raw.get("description", ""),
                        profiles=profiles, targets=_check_targets(source, raw.get("targets", {})),
-                       source=source, **built)
+                       source=source, sections=sections, **built)
     validate(spec)
     return spec
 
@@ -329,27 +364,17 @@ def validate(spec: EpisodeSpec) -> None:
     _positive(s, "budget.val_every", b.val_every, allow_zero=True)
     _positive(s, "budget.val_episodes", b.val_episodes, allow_zero=True)
     _positive(s, "budget.target", b.target, allow_zero=True)
-    if spec.maml is None and spec.protonet is None:
-        raise SpecError(s, "maml", "a spec needs a [maml] or a [protonet] section (or both)")
-    if spec.maml is not None:
-        mm = spec.maml
-        _positive(s, "maml.inner_lr", mm.inner_lr)
-        _positive(s, "maml.inner_steps", mm.inner_steps)
-        _positive(s, "maml.test_inner_steps", mm.test_inner_steps)
-        _positive(s, "maml.meta_batch_size", mm.meta_batch_size)
-        _positive(s, "maml.meta_lr", mm.meta_lr)
-        _positive(s, "maml.train_n_query", mm.train_n_query, allow_zero=True)
-    if spec.protonet is not None:
-        p = spec.protonet
-        if d.dataset == "sinusoid":
-            raise SpecError(s, "protonet", "Prototypical Networks classify; the sinusoid dataset "
-                            "is regression: remove the [protonet] section")
-        _positive(s, "protonet.train_n_way", p.train_n_way, allow_zero=True)
-        _positive(s, "protonet.train_n_query", p.train_n_query, allow_zero=True)
-        _one_of(s, "protonet.distance", p.distance, DISTANCES)
-        _positive(s, "protonet.meta_lr", p.meta_lr)
-        _positive(s, "protonet.lr_halve_every", p.lr_halve_every, allow_zero=True)
-        _positive(s, "protonet.meta_batch_size", p.meta_batch_size)
+    if not spec.sections:
+        first = next(iter(_algorithms.sections()))
+        raise SpecError(s, first, "a spec needs at least one algorithm section: "
+                        + " or ".join(f"[{name}]" for name in _algorithms.sections()))
+
+    def fail(path: str, message: str) -> None:
+        raise SpecError(s, path, message)
+
+    for section, settings in spec.sections.items():
+        check_bounds(settings, section, fail)
+        _algorithms.reader(section).validate(settings, spec, fail)
     for algorithm, target in spec.targets.items():
         if algorithm not in spec.algorithms():
             raise SpecError(s, f"targets.{algorithm}", f"this spec does not configure {algorithm}; "
@@ -416,17 +441,19 @@ def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
                         f"{per_class} samples per class; use k_shot + n_query <= {per_class}")
     checked = set()
     for algorithm in spec.algorithms():
-        section = _ALGORITHMS[algorithm].section
+        a = _algorithms.get(algorithm)
+        section = a.section
         shape = spec.train_shape(algorithm)
         if (section, shape) in checked:  # FOMAML and ANIL train on MAML's episodes
             continue
         checked.add((section, shape))
         if shape.n_way > train_classes:
-            raise SpecError(s, f"{section}.train_n_way" if section == "protonet" else "episode.n_way",
+            raise SpecError(s, f"{section}.{a.train_way_field}" if a.train_way_field else "episode.n_way",
                             f"{shape.n_way} exceeds the {train_classes} training classes; "
                             f"use at most {train_classes}")
         if shape.k_shot + shape.n_query > train_per_class:
-            raise SpecError(s, f"{section}.train_n_query", f"k_shot + train_n_query = "
+            field_path = f"{section}.{a.train_query_field}" if a.train_query_field else "episode.n_query"
+            raise SpecError(s, field_path, f"k_shot + {field_path.rpartition('.')[2]} = "
                             f"{shape.k_shot + shape.n_query} exceeds the {train_per_class} training "
                             f"images per class; use at most {train_per_class - shape.k_shot}")
 
@@ -468,7 +495,7 @@ def _override_profiles(profiles: Any, section: str, field_name: str, value: Any)
     field in the sub-tables of the algorithms that read that section."""
     if not isinstance(profiles, dict) or field_name not in _PROFILE_KEYS | {"meta_batch_size"}:
         return
-    readers = {a for a, alg in _ALGORITHMS.items() if alg.section == section}
+    readers = {a for a, alg in _algorithms.all_algorithms().items() if alg.section == section}
     for table in profiles.values():
         if not isinstance(table, dict):
             continue
@@ -480,6 +507,7 @@ def _override_profiles(profiles: Any, section: str, field_name: str, value: Any)
 
 
 def _apply_overrides(raw: dict, overrides: list[tuple[str, str]], source: str) -> dict:
+    _SECTIONS = _sections()
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
     for key, text in overrides:
         section, dot, field_name = key.partition(".")
@@ -493,7 +521,7 @@ def _apply_overrides(raw: dict, overrides: list[tuple[str, str]], source: str) -
             raise SpecError(source, key, f"--set or --sweep: unknown section [{section}]; sections: "
                             f"{', '.join(_SECTIONS)}")
         if section not in raw:
-            if section in ("maml", "protonet"):
+            if section not in _FIXED_SECTIONS:
                 raise SpecError(source, key, f"--set or --sweep: this spec has no [{section}] section to change")
             raw[section] = {}
         value = raw[section][field_name] = _override_value(text)

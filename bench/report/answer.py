@@ -47,15 +47,12 @@ def _machine(run_dir: Path) -> str:
 
 
 def shapes(spec: dict, algorithm: str) -> str:
-    """A workload's training shapes in a few words, from the manifest's spec."""
-    e, m, p = spec.get("episode", {}), spec.get("maml", {}), spec.get("protonet", {})
-    if spec.get("data", {}).get("dataset") == "sinusoid":
-        return f"MLP 40-40, {e.get('k_shot')} points, meta-batch {m.get('meta_batch_size')}"
-    if algorithm == "protonet":
-        return (f"Conv-4, {p.get('train_n_way')}-way {e.get('k_shot')}-shot {p.get('train_n_query')}-query training "
-                f"episodes")
-    return (f"Conv-4, {e.get('n_way')}-way {e.get('k_shot')}-shot, {m.get('train_n_query')} query/class, "
-            f"meta-batch {m.get('meta_batch_size')}, {m.get('inner_steps')} inner step")
+    """A workload's training shapes in a few words, from the manifest's spec: the algorithm
+    says which of its settings matter (``Algorithm.training_shapes``)."""
+    from bench.core.algorithms import all_algorithms
+
+    known = all_algorithms()
+    return known[algorithm].training_shapes(spec) if algorithm in known else ""
 
 
 def _defaults(steps: pd.DataFrame, device: str) -> pd.DataFrame:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.core.algorithms import all_algorithms
+
 STATIC = Path(__file__).parent / "static"
 ASSETS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 ASSET_DIR = "_static"  # beside the run folders: <results>/_static/
@@ -295,7 +297,8 @@ def history_spec(history: pd.DataFrame) -> dict | None:
         return None
     counts = history.groupby("panel")["run"].nunique()
     panels = sorted(counts[counts >= 2].index) or sorted(counts.index)
-    preferred = [p for p in panels if "/ maml / outer_step" in p and p.startswith("omniglot")]
+    first = next(iter(all_algorithms()))  # the first algorithm's meta-training step on images, if any
+    preferred = [p for p in panels if f"/ {first} / outer_step" in p and p.startswith("omniglot")]
     default = preferred[0] if preferred else panels[0]
     data = history[history["panel"].isin(panels)]
     colour = {"field": "framework", "type": "nominal", "scale": colour_scale(data["framework"]), "title": "framework"}

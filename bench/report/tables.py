@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core import stats
+from bench.core.algorithms import all_algorithms
 
 SAMPLING = "sample_episodes"  # host-side numpy: shown in detail tables, never ranked
 PHASE_ORDER = ["outer_step", "inner_step", "adapt", SAMPLING]
-ALGORITHM_ORDER = ["maml", "fomaml", "protonet"]
 FRAMEWORK_ORDER = ["torch", "jax", "tensorflow"]
 EAGER = "eager"
 FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
@@ -104,7 +104,15 @@ def format_metric(mean, half_width, metric: str) -> str:
 # -- identities and order -----------------------------------------------------------------
 
 def family(algorithm: str) -> str:
-    return "protonet" if algorithm == "protonet" else "maml"
+    """The algorithm whose adapters serve ``algorithm`` (FOMAML: ``-maml`` adapters)."""
+    known = all_algorithms()
+    return known[algorithm].family if algorithm in known else algorithm
+
+
+def _algorithm_rank(algorithm: str) -> int:
+    """Tables list algorithms in the registry's order (built-ins first), unknown ones last."""
+    order = list(all_algorithms())
+    return order.index(algorithm) if algorithm in order else len(order)
 
 
 def column_label(framework: str, adapter: str, algorithm: str) -> str:
@@ -127,7 +135,7 @@ def natural_key(text: str) -> tuple:
 
 
 def row_key(spec: str, algorithm: str, phase: str | None = None) -> tuple:
-    a = ALGORITHM_ORDER.index(algorithm) if algorithm in ALGORITHM_ORDER else len(ALGORITHM_ORDER)
+    a = _algorithm_rank(algorithm)
     p = PHASE_ORDER.index(phase) if phase in PHASE_ORDER else len(PHASE_ORDER)
     return (natural_key(spec), a, algorithm, p, phase or "")
 
@@ -442,7 +450,7 @@ def paired_comparisons(episodes: pd.DataFrame, baseline: str = "torch") -> pd.Da
         out.loc[valid, "p_holm"] = stats.holm(out.loc[valid, "p"])
         out["significant"] = out["p_holm"].fillna(1.0) < 0.05
     return out.sort_values(["spec", "algorithm", "adapter"], key=lambda c: c.map(
-        lambda v: ALGORITHM_ORDER.index(v) if v in ALGORITHM_ORDER else v) if c.name == "algorithm" else c
+        _algorithm_rank) if c.name == "algorithm" else c
     ).reset_index(drop=True)
 
 

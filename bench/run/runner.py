@@ -39,10 +39,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.core import atomic, registry
+from bench.core.algorithms import all_algorithms
+from bench.core.algorithms import names as algorithms_known
 from bench.core.cell import Cell
 from bench.core.errors import AdapterError, MetabenchError
 from bench.core.profiles import PROFILES
-from bench.core.spec import ALGORITHMS, EpisodeSpec, load_spec
+from bench.core.spec import EpisodeSpec, load_spec
 from bench.measure import machine_load
 from bench.run import executors, plan, preflight
 from bench.run.lock import RunLock
@@ -51,13 +53,15 @@ SUITE_DIR = Path(__file__).resolve().parents[1] / "measure" / "suite"  # bench.m
 DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglot-5w1s", "sinusoid-10shot"),
                  "paper": ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
                            "sinusoid-10shot")}
-# smoke proves the pipeline: FOMAML is MAML's adapter with its inner gradients stopped, so
-# by default smoke runs MAML and ProtoNet only (--algorithms fomaml adds it), which keeps
-# `nox -s bench -- --profile smoke` (3 frameworks, every phase) within a few minutes.
-# ANIL runs when asked (--algorithms anil): its float32 parity on Omniglot is not settled
-# (docs/fairness.md), and a default run must not fail on it.
-DEFAULT_ALGORITHMS = {"smoke": ("maml", "protonet"), "cpu": ("maml", "fomaml", "protonet"),
-                      "paper": ("maml", "fomaml", "protonet")}
+
+
+def default_algorithms(profile: str) -> tuple[str, ...]:
+    """The algorithms a run of ``profile`` runs when the user names none: each algorithm
+    says in which profiles (``Algorithm.default_profiles``). Smoke proves the pipeline, so
+    it leaves out FOMAML (MAML's adapter with the inner gradients stopped) and keeps `nox -s
+    bench -- --profile smoke` within minutes; ANIL runs only when asked (its module says why)."""
+    return tuple(name for name, a in all_algorithms().items() if profile in a.default_profiles)
+
 PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 # Parity runs once per run, before the cells: is every adapter's maths torch's? Every
 # profile runs it; smoke runs the quick comparison (Profile.quick_parity), so a wrong
@@ -774,11 +778,11 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
     if unknown:
         raise MetabenchError(f"--phases: unknown {unknown[0]!r}; allowed: {', '.join(PHASE_GROUPS)}")
     if algorithms is None and adapters is None:
-        algorithms = DEFAULT_ALGORITHMS.get(profile)
+        algorithms = default_algorithms(profile) or None
     if algorithms is not None:
-        unknown = [a for a in algorithms if a not in ALGORITHMS]
+        unknown = [a for a in algorithms if a not in algorithms_known()]
         if unknown:
-            raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(ALGORITHMS)}")
+            raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(algorithms_known())}")
     if r.executor not in executors.EXECUTORS:
         raise MetabenchError(f"--executor: unknown {r.executor!r}; allowed: {', '.join(executors.EXECUTORS)}")
     r.cluster.check()

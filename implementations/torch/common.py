@@ -75,6 +75,23 @@ def conv4(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float, nor
     return conv4_blocks(params, x, use_batch_norm, eps, norm)[-1].flatten(1)  # (C, H, W): the canonical order
 
 
+def pool_inputs(params: Params, x: torch.Tensor, use_batch_norm: bool, eps: float) -> list[np.ndarray]:
+    """Conv-4 on NCHW ``x``: each block's max-pool input (conv, BatchNorm, ReLU) as float64
+    numpy, for ``Adapter.max_pool_inputs``. BatchNorm written out (``batch_norm``) whatever
+    the adapter's forward uses: the near-tie test compares the float64 and float32 passes
+    of one form."""
+    out = []
+    with torch.no_grad():
+        for i in range(1, CONV_BLOCKS + 1):
+            z = F.conv2d(x, params[f"conv{i}.weight"], params.get(f"conv{i}.bias"), padding=1)
+            if use_batch_norm:
+                z = batch_norm(z, params[f"bn{i}.weight"], params[f"bn{i}.bias"], eps)
+            z = F.relu(z)
+            out.append(z.detach().cpu().double().numpy())
+            x = F.max_pool2d(z, 2)
+    return out
+
+
 def block_activations(blocks: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """``Adapter.activations``' layout: ``block1``.. in order, canonical (NCHW, or [n, units])."""
     return {f"block{i}": b.detach().cpu().numpy() for i, b in enumerate(blocks, 1)}

@@ -264,6 +264,15 @@ class TorchMAML(common.TorchAdapter):
                       else common.conv4_blocks(self.params, x, self._bn, self._eps))
         return common.block_activations(blocks)
 
+    def max_pool_inputs(self, batch):
+        """The probe's passes on the first task: the support set with the meta-parameters,
+        the query set with the parameters its training-time adaptation gives (this
+        adapter's own inner loop, so the float32 pass carries its error too)."""
+        adapted = self._vmapped_adapt[self.inner_steps](self.params, batch.support_x, batch.support_y)
+        return {"support": common.pool_inputs(self.params, batch.support_x[0], self._bn, self._eps),
+                "query": common.pool_inputs({k: v[0] for k, v in adapted.items()}, batch.query_x[0],
+                                            self._bn, self._eps)}
+
     def probe(self, batch):
         with torch.no_grad():
             support_loss = vmap(self.loss, in_dims=(None, 0, 0))(self.params, batch.support_x, batch.support_y)

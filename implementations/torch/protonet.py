@@ -126,6 +126,11 @@ class TorchProtoNet(common.TorchAdapter):
             blocks = common.conv4_blocks(self.params, x, self._bn, self._eps, norm=common.fused_batch_norm)
         return common.block_activations(blocks)
 
+    def max_pool_inputs(self, batch):
+        """The probe's one pass on the first episode: support and query together."""
+        x = torch.cat([batch.support_x[0], batch.query_x[0]])
+        return {"support+query": common.pool_inputs(self.params, x, self._bn, self._eps)}
+
     def probe(self, batch):
         with torch.no_grad():
             episodes = range(len(batch))

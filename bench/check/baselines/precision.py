@@ -32,7 +32,7 @@ def near_tied_windows(spec, params, threads: int, tasks: int) -> int:
 
     a64, a32 = (build_adapter("torch-maml", spec, params, threads, d) for d in ("float64", "float32"))
     sampler = sampler_for(spec, "train", "maml")
-    return sum(len(near_ties.task_ties(a64, a32, sampler.episode(i), "maml")) for i in range(tasks))
+    return sum(len(near_ties.task_ties(a64, a32, sampler.episode(i))) for i in range(tasks))
 
 
 def main(argv=None) -> int:

@@ -6,16 +6,15 @@ reaches the body through those features (second order in the head's steps).
 It reads MAML's ``[maml]`` section (inner step size and steps, meta-batch, meta step size),
 so every spec that configures MAML configures ANIL. Its inner step is cheaper than MAML's:
 one forward pass of the body per set, and gradients of a linear layer only.
+
+Not in any profile's default algorithms: its float32 parity on Omniglot is not settled
+(``docs/fairness.md``), and a default run must not fail on it; ``--algorithms anil`` runs it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from bench.core.algorithms.maml import MAMLFamily
-
-if TYPE_CHECKING:
-    from bench.core.algorithms.base import AdapterConfig
+from bench.core.algorithms.base import AdapterConfig
+from bench.core.algorithms.maml import DIAGNOSIS, INNER_STEP, ORDER, TEST_TIME, MAMLFamily, MAMLSettings
 
 
 class ANILAlgorithm(MAMLFamily):
@@ -40,5 +39,14 @@ class ANILAlgorithm(MAMLFamily):
         return None
 
 
-ANIL = ANILAlgorithm("anil", "maml", ("inner_step", "outer_step"),
-                     "ANIL: MAML with the inner loop on the head only (features computed once per set)")
+ANIL = ANILAlgorithm(
+    "anil", "maml", MAMLSettings, ("inner_step", "outer_step"),
+    "ANIL: MAML with the inner loop on the head only (features computed once per set)",
+    default_profiles=(), diagnosis=DIAGNOSIS,
+    maths={"inner_step": INNER_STEP + " w.r.t. the head only (head.weight, head.bias), on the body's "
+                         "support features computed once. Returns every task's parameters, head adapted.",
+           "outer_step": "adapt each task's head by self.config.inner.steps inner steps; loss = mean over tasks "
+                         "of the query loss after adaptation; its gradient w.r.t. self.params (the body's "
+                         f"through the support and query features), {ORDER}; one Adam step "
+                         "(self._adam_step); return the loss.",
+           **TEST_TIME})

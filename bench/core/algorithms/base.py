@@ -1,112 +1,158 @@
 """What an algorithm is to the harness, declared once, without a framework.
 
-An ``Algorithm`` says which spec section holds its hyperparameters, which steps are timed,
-what the meta-optimizer is, what its training episodes look like, whether the model has a
-head, and how a task's metric follows from the model's query outputs. The harness asks it
-and never branches on an algorithm's name (AlgoPerf's ``workload.py`` lesson); an adapter
-implements only the maths. Adding an algorithm: a module here, its entry in
-``bench.core.algorithms.ALGORITHMS``, and the adapters that implement it.
+An ``Algorithm`` owns its spec section: the section's name and its schema (a frozen
+dataclass of ``Settings``, whose fields' metadata say what values are allowed), and its
+traits: which steps are timed, whether it adapts by inner gradient steps, whether the model
+has a head, whether it can regress (the sinusoid), the metric and its direction, what each
+parity quantity means, and what each maths method of an adapter computes (the scaffold's
+TODOs). The harness reads these and never branches on an algorithm's name (AlgoPerf's
+``workload.py`` lesson; an AST test, ``tests/test_layers.py``, enforces it); an adapter
+implements only the maths.
+
+Adding an algorithm: a module with an ``Algorithm`` (built-in: listed in
+``bench.core.algorithms``; a plugin: the ``metabench.algorithms`` entry-point group), and
+the adapters that implement it. Nothing else in the harness changes.
+
+Algorithms never import the spec module (it is built from them): they read a spec through
+``SpecView``, the few attributes they need.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from bench.core.spec import EpisodeShape, EpisodeSpec
+from bench.core.config import CONV_BLOCKS, AdapterConfig, EpisodeShape, InnerLoop, MetaOptimizer, ModelConfig
+
+__all__ = ["AdapterConfig", "Algorithm", "Check", "EpisodeShape", "InnerLoop", "MetaOptimizer",
+           "ModelConfig", "Settings", "SpecView", "setting"]
+
+# A validation failure: ``fail(path, message)`` raises the spec's one-line error
+# (``bench.core.errors.SpecError`` naming the file and ``section.field``).
+Fail = Callable[[str, str], None]
+
+
+class SpecView(Protocol):
+    """What an algorithm reads of a spec (``bench.core.spec.EpisodeSpec`` is one)."""
+
+    episode: EpisodeShape
+    data: Any      # DataSpec: dataset, image_size, ...
+    model: Any     # ModelSpec: hidden, batch_norm, bn_eps
+    source: str
+
+    @property
+    def is_regression(self) -> bool: ...
+
+    def settings(self, section: str) -> Any: ...
+
+    def with_settings(self, section: str, settings: Any) -> SpecView: ...
+
+
+def setting(default: Any = dataclasses.MISSING, *, low: float | None = 0, above: bool = True,
+            choices: tuple = (), help: str = "") -> Any:
+    """A field of a settings section with what values it allows: ``> low`` (``above``) or
+    ``>= low``; ``low=None``: any value of its type; ``choices``: one of them. The spec
+    loader checks types, then these bounds, each as a one-line error naming the field."""
+    meta = {"low": low, "above": above, "choices": choices, "help": help}
+    return field(default=default, metadata=meta) if default is not dataclasses.MISSING else field(metadata=meta)
+
+
+def check_bounds(settings: Any, section: str, fail: Fail) -> None:
+    """The bounds that ``setting`` declared, for every field of a section."""
+    for f in dataclasses.fields(settings):
+        value, meta = getattr(settings, f.name), f.metadata
+        path = f"{section}.{f.name}"
+        if meta.get("choices") and value not in meta["choices"]:
+            fail(path, f"unknown value {value!r}; allowed: {', '.join(map(str, meta['choices']))}")
+        low = meta.get("low")
+        if low is None or isinstance(value, (str, bool)) or meta.get("choices"):
+            continue
+        if value < low or (meta.get("above", True) and value == low):
+            fail(path, f"must be {'>' if meta.get('above', True) else '>='} {low:g}, got {value}")
+
+
+class Settings:
+    """Base of a settings section's schema (a frozen dataclass). Every section has a
+    ``meta_lr`` and a ``meta_batch_size``: the meta-optimizer's step size and the episodes
+    per training step, which profiles may lower (``[profiles.cpu.<algorithm>]``)."""
+
+    meta_lr: float
+    meta_batch_size: int
 
 
 @dataclass(frozen=True)
-class MetaOptimizer:
-    """The outer-loop optimizer every framework reproduces: Adam with epsilon added to the
-    bias-corrected sqrt(v) (torch's and optax's form; Keras puts it elsewhere), and an
-    optional staircase schedule that halves the step size every ``halve_every`` updates."""
+class Check:
+    """How a parity quantity's disagreement reads for this algorithm: what part of the
+    maths it points at (``metabench parity``'s diagnosis, in the maths' order)."""
 
-    lr: float
-    halve_every: int = 0          # 0: a constant step size
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-
-    def step_size(self, update: int) -> float:
-        """The step size of update ``update`` (0-based), as torch's StepLR stepped after
-        each update gives it."""
-        return self.lr * 0.5 ** (update // self.halve_every) if self.halve_every else self.lr
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The backbone an adapter builds; its parameters' names and shapes are
-    ``bench.core.models.param_shapes``."""
-
-    kind: str                       # "conv4" (images) or "mlp" (sinusoid)
-    hidden: int                     # Conv-4's filters or the MLP's units
-    batch_norm: bool                # Conv-4: BatchNorm with the batch's statistics (transductive)
-    bn_eps: float
-    image_size: int                 # Conv-4's input side; 0 for the MLP
-    feature_map: tuple[int, int, int] | None  # Conv-4's last (C, H, W), flattened in that order
-
-
-@dataclass(frozen=True)
-class InnerLoop:
-    """The MAML family's adaptation: SGD on each task's support set."""
-
-    lr: float
-    steps: int                      # while meta-training
-    test_steps: int                 # at evaluation
-    first_order: bool               # the inner gradients are constants to the meta-gradient
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    """Everything an adapter reads, resolved by the harness from the spec: the model, the
-    episode shapes, the algorithm's hyperparameters and the meta-optimizer. Adapters never
-    see the spec itself, so what they may depend on is this list."""
-
-    algorithm: str
-    model: ModelConfig
-    regression: bool                # MSE on real-valued targets, else classification
-    train_shape: EpisodeShape       # a meta-training episode
-    test_shape: EpisodeShape        # an evaluation episode (the spec's ``[episode]``)
-    meta_optimizer: MetaOptimizer
-    inner: InnerLoop | None = None  # the MAML family's inner loop; None for ProtoNet
-    meta_batch_size: int = 0        # tasks (episodes) per training step; 0: not given
+    support_loss: str
+    query_logits: str
+    meta_grad: str
 
 
 @dataclass(frozen=True)
 class Algorithm:
     name: str                       # "maml", as in specs, cells and results
-    section: str                    # the spec section holding its hyperparameters
+    section: str                    # the spec section holding its settings ("[maml]")
+    settings: type                  # that section's schema: a frozen dataclass subclassing Settings
     phases: tuple[str, ...]         # adapter methods the timing suite times, in report order
     summary: str                    # one line for `metabench list` and the docs
     has_head: bool = True           # the model ends in a linear head (MAML family), or not (ProtoNet)
+    has_inner_loop: bool = True     # adapts by gradient steps on the support set (InnerLoop)
+    regression: bool = True         # can learn the sinusoid (ProtoNet classifies only)
+    # the algorithm whose adapter serves this one: FOMAML is served by "-maml" adapters
+    # (first_order from the settings), so tables name ``torch-maml`` "torch" under FOMAML too
+    family: str = ""
+    # profiles that run it when the user names no algorithm (``metabench run``, parity)
+    default_profiles: tuple[str, ...] = ("smoke", "cpu", "paper")
     # fields of the section this algorithm fixes: FOMAML is MAML with first_order = true
     section_overrides: dict[str, Any] = field(default_factory=dict)
+    diagnosis: Check | None = None  # what each parity quantity's disagreement means
+    # what each maths method of an adapter computes: the scaffold's TODO(maths) comments
+    maths: dict[str, str] = field(default_factory=dict)
+    # the fields of the section that set a training episode's way and query size, for the
+    # error when the dataset cannot fill it (None: the episode's own field)
+    train_way_field: ClassVar[str | None] = None
+    train_query_field: ClassVar[str | None] = None
+
+    def __post_init__(self):
+        if not self.family:
+            object.__setattr__(self, "family", self.name)
 
     # -- what the spec configures ----------------------------------------------------------
-    def configured_by(self, spec: EpisodeSpec) -> bool:
-        return getattr(spec, self.section) is not None
+    def configured_by(self, spec: SpecView) -> bool:
+        return spec.settings(self.section) is not None
 
-    def hyperparameters(self, spec: EpisodeSpec):
+    def hyperparameters(self, spec: SpecView):
         """The spec's section for this algorithm, with this algorithm's overrides applied."""
-        section = getattr(spec, self.section)
+        section = spec.settings(self.section)
         return replace(section, **self.section_overrides) if self.section_overrides else section
 
-    def resolve(self, spec: EpisodeSpec) -> EpisodeSpec:
+    def resolve(self, spec: SpecView) -> SpecView:
         """The spec as this algorithm sees it (its section's overrides applied)."""
-        return replace(spec, **{self.section: self.hyperparameters(spec)})
+        return spec.with_settings(self.section, self.hyperparameters(spec))
 
-    def meta_optimizer(self, spec: EpisodeSpec) -> MetaOptimizer:
+    def validate(self, settings: Any, spec: SpecView, fail: Fail) -> None:
+        """Values of the section beyond its fields' bounds (checked before this), and how
+        the section fits the rest of the spec; ``fail(path, message)`` on the first problem."""
+
+    def quick_settings(self, settings: Any) -> Any:
+        """The section for a quick check (``metabench check``, ``parity --quick``): training
+        at the evaluation episode's shape where the algorithm trains on larger episodes."""
+        return settings
+
+    def meta_optimizer(self, spec: SpecView) -> MetaOptimizer:
         h = self.hyperparameters(spec)
         return MetaOptimizer(h.meta_lr, getattr(h, "lr_halve_every", 0))
 
-    def meta_batch_size(self, spec: EpisodeSpec) -> int:
+    def meta_batch_size(self, spec: SpecView) -> int:
         return self.hyperparameters(spec).meta_batch_size
 
-    def train_shape(self, spec: EpisodeSpec) -> EpisodeShape:
+    def train_shape(self, spec: SpecView) -> EpisodeShape:
         """The shape of a training episode (evaluation episodes are ``spec.episode``)."""
         raise NotImplementedError
 
@@ -115,14 +161,21 @@ class Algorithm:
         (``bench.core.flops``: convolutions and matrix products); None where not declared."""
         return None
 
-    def inner_loop(self, spec: EpisodeSpec) -> InnerLoop | None:
+    def inner_loop(self, spec: SpecView) -> InnerLoop | None:
         """The inner loop's hyperparameters, for algorithms that adapt by gradient steps."""
         return None
 
-    def adapter_config(self, spec: EpisodeSpec) -> AdapterConfig:
-        """What an adapter of this algorithm receives instead of the spec."""
-        from bench.core.models import CONV_BLOCKS
+    def training_shapes(self, spec: dict) -> str:
+        """A workload's training shapes in a few words, from a results manifest's spec
+        (a dict: runs written by older versions are read too): the README's answer table."""
+        e = spec.get("episode", {})
+        h = spec.get(self.section) or {}
+        if spec.get("data", {}).get("dataset") == "sinusoid":
+            return f"MLP 40-40, {e.get('k_shot')} points, meta-batch {h.get('meta_batch_size')}"
+        return f"Conv-4, {e.get('n_way')}-way {e.get('k_shot')}-shot, meta-batch {h.get('meta_batch_size')}"
 
+    def adapter_config(self, spec: SpecView) -> AdapterConfig:
+        """What an adapter of this algorithm receives instead of the spec."""
         m, side = spec.model, spec.data.image_size
         fmap = None
         if not spec.is_regression:
@@ -136,8 +189,13 @@ class Algorithm:
 
     # -- what the harness computes from an adapter's outputs -------------------------------
     @staticmethod
-    def metric_name(spec: EpisodeSpec) -> str:
+    def metric_name(spec: SpecView) -> str:
         return "mse" if spec.is_regression else "accuracy"
+
+    @staticmethod
+    def higher_is_better(metric: str) -> bool:
+        """The metric's direction: accuracy up, MSE down (targets, "reached" and the tables)."""
+        return metric != "mse"
 
     @staticmethod
     def metric(outputs: np.ndarray, query_y: np.ndarray, regression: bool) -> np.ndarray:
