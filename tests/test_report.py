@@ -17,7 +17,8 @@ import pytest
 from scipy import stats as sps
 
 from bench.report import plots, tables
-from bench.report.report import collect, merged_benchmark_json, write_report
+from bench.report.report import write_report
+from bench.report.results import collect, merged_benchmark_json
 from tests import synthetic as syn
 
 REPO = Path(__file__).resolve().parent.parent

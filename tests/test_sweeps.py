@@ -86,7 +86,7 @@ def _sweep_run(root: Path) -> Path:
 
 
 def test_growth_exponents_recover_the_planted_laws(tmp_path):
-    from bench.report.report import collect
+    from bench.report.results import collect
 
     run = _sweep_run(tmp_path)
     tabs = collect(run)
@@ -106,7 +106,7 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
     assert "b = 1.00" in section and "b = 0.50" in section and "b = 0.00" in section
     assert (run / "sweeps.png").stat().st_size > 0
     from bench.report.plots import _plt
-    from bench.report.report import collect
+    from bench.report.results import collect
     from bench.report.sweeps import sweep_figure
 
     tabs = collect(run)
@@ -145,7 +145,7 @@ def test_a_sweeps_speedups_name_its_specs_by_the_swept_value_in_numeric_order(tm
     """Not ``omniglot-5w1s_maml.inner_steps-10`` between 1 and 2: the field and its value,
     numbers sorted as numbers, the base spec once in the title; the tables sort the same way."""
     from bench.report import plots, tables
-    from bench.report.report import collect
+    from bench.report.results import collect
     from bench.report.sweeps import spec_labels
 
     run = _sweep_run(tmp_path)

@@ -1,5 +1,1 @@
-"""The ``metabench`` command (``main``) and the adapter scaffold (``scaffold``)."""
-
-from bench.cli.main import main
-
-__all__ = ["main"]
+"""The ``metabench`` command (``bench.cli.main``) and the adapter scaffold (``bench.cli.scaffold``)."""

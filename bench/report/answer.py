@@ -66,7 +66,7 @@ def _defaults(steps: pd.DataFrame, device: str) -> pd.DataFrame:
 
 
 def answer_rows(timing_run: Path, accuracy_run: Path | None = None) -> list[dict]:
-    from bench.report.report import collect
+    from bench.report.results import collect
 
     timing_run = Path(timing_run)
     manifest = json.loads((timing_run / "manifest.json").read_text())

@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 
 from bench.core import stats
-from bench.report.report import read_json, read_manifest, tables
+from bench.report import tables
+from bench.report.results import read_json, read_manifest
 
 KEYS = ["spec", "algorithm", "adapter", "phase"]
 
@@ -76,8 +77,7 @@ class RunComparison:
 
 
 def _load(run_dir: Path) -> dict:
-    from bench.report.report import collect
-    from bench.run.preflight import require_run
+    from bench.report.results import collect, require_run
 
     return collect(require_run(Path(run_dir), "compare"))
 

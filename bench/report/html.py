@@ -232,13 +232,13 @@ def write_run_html(run_dir: Path, tabs: dict[str, pd.DataFrame], summary_md: str
 
 def _run_versions(run_dir: Path) -> dict[str, str]:
     """adapter -> "<framework> <version>" from one of its cells' ``describe()``."""
-    from bench.report.report import _adapter_info
+    from bench.report.results import adapter_info
 
     out = {}
     for cell in sorted((run_dir / "cells").glob("*")):
         adapter = cell.name.split("__")[0]
         if adapter not in out:
-            info = _adapter_info(cell)
+            info = adapter_info(cell)
             if info.get("framework_version"):
                 out[adapter] = f"{info.get('framework', '')} {info['framework_version']}"
     return out
@@ -248,7 +248,7 @@ def history_frame(results_dir: Path, runs=None) -> pd.DataFrame:
     """One row per committed run, adapter and step phase: its median step time with CI,
     and the run's date, commit, machine and framework version. Smoke runs are left out
     (their budgets make their numbers incomparable)."""
-    from bench.report.report import read_manifest
+    from bench.report.results import read_manifest
 
     frames = []
     for manifest_path in sorted(Path(results_dir).glob("*/manifest.json")):
@@ -335,14 +335,12 @@ def history_spec(history: pd.DataFrame) -> dict | None:
     }
 
 
-def index_html(results_dir: Path, runs=None) -> str:
+def index_html(results_dir: Path, table: pd.DataFrame, runs=None) -> str:
     """``results/index.html``: every committed run (newest first, linked to its report),
     then each adapter's step time across the runs (asv's history graphs are the model);
-    ``runs``: only these run folders."""
-    from bench.report.report import index_table
-
+    ``table``: the runs' index (``bench.report.report.index_table``); ``runs``: only these
+    run folders."""
     results_dir = Path(results_dir)
-    table = index_table(results_dir, runs)
     rows = []
     for r in table.itertuples(index=False):
         name = r.run.split("`")[1].rstrip("/")
@@ -370,11 +368,11 @@ def index_html(results_dir: Path, runs=None) -> str:
     return page("metabench: committed runs", "\n".join(parts), runtime_scripts(results_dir, results_dir / ASSET_DIR))
 
 
-def write_index_html(results_dir: Path) -> Path:
+def write_index_html(results_dir: Path, table: pd.DataFrame) -> Path:
     from bench.core import atomic
 
     results_dir = Path(results_dir)
     install_assets(results_dir)
     path = results_dir / "index.html"
-    atomic.write_text(path, index_html(results_dir))
+    atomic.write_text(path, index_html(results_dir, table))
     return path

@@ -321,7 +321,7 @@ def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]
         figures.append(("step_times.png", step_time_figure(tabs["timings"], baseline, spec_labels(Path(run_dir)))))
     if not tabs["curves"].empty:
         figures.append(("learning_curves.png", learning_curve_figure(tabs["curves"], tabs["accuracy"], baseline)))
-    from bench.report.sweeps import sweep_figure, sweep_points
+    from bench.report.sweeps import sweep_points
 
     sweep = sweep_figure(sweep_points(Path(run_dir), tabs["steps"], tabs["memory"]))
     if sweep is not None:  # a --sweep run: step time and memory against each swept value
@@ -335,3 +335,72 @@ def write_plots(run_dir: Path, tabs: dict, baseline: str = "torch") -> list[str]
         plt.close(fig)
         written.append(name)
     return written
+
+
+def sweep_figure(points: pd.DataFrame):
+    """A row of panels per swept key, a column per quantity (step phases in ms, peak memory
+    in MiB), log-log with plain tick labels at the swept values; a line per framework and
+    algorithm (the framework's colour, an algorithm's shade and marker the same in every
+    panel), the median's 95% CI as error bars where the run tells one; one legend below
+    the panels, off the data. None without a sweep."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+    from bench.report.tables import PHASE_ORDER
+
+    if points.empty:
+        return None
+    plt = _plt()
+    keys = sorted(points["key"].unique())
+    order = lambda q: (q == "peak memory", PHASE_ORDER.index(q) if q in PHASE_ORDER else len(PHASE_ORDER), q)
+    quantities = sorted(points["quantity"].unique(), key=order)
+    # a series' style: its framework's hue; the shade and marker of its workload within the framework
+    workloads = {fw: sorted({(r.base, r.algorithm) for r in g.itertuples()})
+                 for fw, g in points.groupby("framework")}
+    several_bases = points["base"].nunique() > 1
+    fig, axes = plt.subplots(len(keys), len(quantities), figsize=(3.6 * len(quantities), 2.9 * len(keys) + 0.4),
+                             squeeze=False)
+    handles: dict[str, object] = {}
+    for row, key in enumerate(keys):
+        for col, quantity in enumerate(quantities):
+            ax = axes[row][col]
+            g = points[(points["key"] == key) & (points["quantity"] == quantity)]
+            series = []
+            for (framework, base, algorithm, fixed), s in g.groupby(["framework", "base", "algorithm", "fixed"]):
+                s = s.groupby("value", as_index=False).agg(y=("y", "median"), lo=("y_low", "min"),
+                                                           hi=("y_high", "max")).sort_values("value")
+                if len(s) >= 2:  # a one-at-a-time sweep's other points: a single value, no series
+                    series.append((framework, base, algorithm, fixed, s))
+            fixed_values = {fixed for _, _, _, fixed, _ in series}
+            one_fixed = len(fixed_values) == 1  # then it goes in the axis label, not each line's
+            scale = 1.0 if quantity == "peak memory" else 1e3  # seconds to ms
+            values = set()
+            for framework, base, algorithm, fixed, s in series:
+                values |= set(s["value"])
+                label = (f"{framework} " + (f"{base}/" if several_bases else "") + algorithm
+                         + ("" if one_fixed or not fixed else f" ({fixed})"))
+                i = workloads[framework].index((base, algorithm))
+                y = s["y"] * scale
+                err = [(y - s["lo"] * scale).clip(lower=0).fillna(0), (s["hi"] * scale - y).clip(lower=0).fillna(0)]
+                handles[label] = ax.errorbar(s["value"], y, yerr=err, marker=MARKERS[i % len(MARKERS)], ms=5,
+                                             capsize=2, lw=1.4, label=label,
+                                             color=_shade(framework_colour(framework), SHADES[i % len(SHADES)]))
+            if not values:
+                ax.set_visible(False)
+                continue
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.xaxis.set_major_locator(FixedLocator(sorted(values)))  # the swept values, as plain numbers
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_locator(NullLocator())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            _log_axis(ax.yaxis)
+            fixed = next(iter(fixed_values)) if one_fixed else ""
+            ax.set_xlabel(key.split(".")[-1] + (f"  ({fixed.replace(key.split('.')[0] + '.', '')})" if fixed else ""))
+            ax.set_ylabel("peak memory (MiB)" if quantity == "peak memory" else "median step time (ms)")
+            ax.set_title(quantity, fontsize=10)
+            ax.grid(which="major", alpha=0.3)
+    rows_of_legend = math.ceil(len(handles) / 3)
+    fig.tight_layout(rect=(0, (0.25 + 0.22 * rows_of_legend) / fig.get_figheight(), 1, 1))
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+               frameon=False)
+    return fig

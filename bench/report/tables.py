@@ -197,7 +197,7 @@ def comparison(steps: pd.DataFrame, timings: pd.DataFrame, baseline: str = "torc
     and the break-even step count against the fastest eager adapter of the same phase.
     ``sample_episodes`` keeps its median and CI but gets neither speedup nor break-even.
 
-    ``steps`` rows come from cells whose timing phase succeeded (``bench.report.report.collect``
+    ``steps`` rows come from cells whose timing phase succeeded (``bench.report.results.collect``
     drops the others). Timing runs at training seed 0 only; should a seed > 0 be timed too,
     the lowest seed is used: rounds from different processes are not pooled."""
     if steps.empty:
@@ -565,7 +565,7 @@ def _processes_text(cmp: pd.DataFrame) -> str:
 
 def headline_sections(tables: dict, baseline: str = "torch", parity: pd.DataFrame | None = None,
                       sections=HEADLINE_SECTIONS) -> str:
-    """The headline tables from a run's collected tables (``bench.report.report.collect``);
+    """The headline tables from a run's collected tables (``bench.report.results.collect``);
     ``sections``: timing (step time, speedup, first step), accuracy (accuracy, paired
     verdict, time to target), or both."""
     cmp = comparison(tables["steps"], tables["timings"], baseline)
@@ -620,7 +620,7 @@ def headline_markdown(run_dir: Path, baseline: str = "torch", sections=HEADLINE_
     against ``baseline`` (a framework or an adapter name), first step and break-even,
     accuracy with the paired verdict, time to target. No timestamps, no absolute paths:
     the README embeds the output and a test regenerates it."""
-    from bench.report.report import collect, read_parity
+    from bench.report.results import collect, read_parity
 
     run_dir = Path(run_dir)
     return headline_sections(collect(run_dir), baseline, read_parity(run_dir), sections)

@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench.core.errors import DataError, MetabenchError
+from bench.report.results import NotARun, is_run, require_run  # noqa: F401 - runs are checked here too
 from bench.run import executors
 
 PROBE_TIMEOUT = 300  # seconds for one framework's import (TF on a loaded 2-core machine: ~20 s)
@@ -46,10 +47,6 @@ class PreflightError(MetabenchError):
     def __init__(self, problems: list[str]):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
-
-
-class NotARun(MetabenchError):
-    """A folder given as a run (``report``, ``compare``, ``--resume``) holds no run."""
 
 
 def check(plan, dry_run: bool = False) -> None:
@@ -117,21 +114,6 @@ def check_results_dir(results_dir: Path) -> list[str]:
     return []
 
 
-def is_run(run_dir: Path) -> bool:
-    """A folder written by ``metabench run``: its manifest, plan or cells are there."""
-    run_dir = Path(run_dir)
-    return run_dir.is_dir() and any((run_dir / name).exists() for name in ("manifest.json", "plan.json", "cells"))
-
-
-def require_run(run_dir: Path, command: str = "report") -> Path:
-    """``run_dir`` if it holds a run, else ``NotARun`` naming the folder and the fix."""
-    run_dir = Path(run_dir)
-    if not run_dir.exists():
-        raise NotARun(f"{command}: no folder {run_dir}; give a run's folder, e.g. results/<run-id>")
-    if not is_run(run_dir):
-        raise NotARun(f"{command}: {run_dir} holds no metabench run (no manifest.json, plan.json or cells/); "
-                      f"give a run's folder, e.g. results/<run-id>")
-    return run_dir
 
 
 def check_run_id(plan) -> list[str]:

@@ -2,7 +2,7 @@
 submitit) or as Ray tasks (``ray``).
 
 Every executor runs the same unit of work, a ``Job``: one or more cells run one after
-another by ``bench.run.executors.job.run_job``, each through ``bench.run.runner.run_cell`` (its
+another by ``bench.run.executors.job.run_job``, each through ``bench.run.cells.run_cell`` (its
 processes, watchdog and ``status.json``; the local executor calls its parts itself, to
 interleave the timing processes of comparable cells and to stop between processes on
 Ctrl-C). What differs is only where that runs and how the
@@ -20,13 +20,13 @@ translates a ``Job`` into the engine's terms (``bench.run.executors.slurm``,
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bench.core import atomic
 from bench.core.cell import Cell
 from bench.core.errors import MetabenchError
+from bench.run.cells import placement  # noqa: F401 - the executors' one import of it
 
 EXECUTORS = ("local", "slurm", "ray")
 GROUPS = ("cell", "framework")
@@ -83,7 +83,7 @@ class Job:
     timeout: float | None         # --cell-timeout
     executor: str
     # "cells": run the cells; "parity": the run's parity phase for these cells' adapters
-    # (bench.run.runner.run_parity_phase), on the same kind of node as the cells
+    # (bench.run.cells.run_parity_phase), on the same kind of node as the cells
     kind: str = "cells"
     quick_parity: bool = False
     repeats: int = 1              # timing processes per cell
@@ -97,7 +97,7 @@ class Job:
     def time_limit_seconds(self) -> float:
         """The watchdog limits of its cells' processes, summed: the most this job can take."""
         from bench.run import plan
-        from bench.run.runner import time_limit
+        from bench.run.cells import time_limit
 
         limit = time_limit(self.profile, self.timeout)
         if self.kind == "parity":
@@ -130,13 +130,6 @@ def parity_job(cells, phases, *, profile: str, timeout, executor: str, quick: bo
     a GPU node, not on the machine that submits)."""
     return Job(name="parity", cells=tuple(cells), phases=tuple(phases), profile=profile, timeout=timeout,
                executor=executor, kind="parity", quick_parity=quick)
-
-
-def placement(executor: str, job_id: str | None = None, **extra) -> dict:
-    """Where a cell ran, for its ``status.json`` (and so the manifest): the executor, the
-    host, the scheduler's job id, and the GPUs the scheduler gave it."""
-    return {"executor": executor, "host": socket.gethostname(), "job_id": job_id,
-            "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES"), **extra}
 
 
 def mark_lost(run_dir: Path, job: Job, detail: str, where: dict) -> list[str]:

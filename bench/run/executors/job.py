@@ -1,5 +1,5 @@
 """One job's work, wherever it runs: its cells, one after another, each through
-``bench.run.runner.run_cell`` (the cell's own processes, watchdog and ``status.json``).
+``bench.run.cells.run_cell`` (the cell's own processes, watchdog and ``status.json``).
 
 ``run_job`` is what a Slurm job (through submitit) and a Ray task call. Its argument is
 the JSON record of a ``bench.run.executors.Job``: nothing but plain data crosses to the node.
@@ -16,8 +16,8 @@ def run_job(record: dict, run_dir: str | Path, where: dict | None = None, echo=p
     """Run the job's cells into ``run_dir/cells/``; returns each cell's status record.
     ``where`` (``bench.run.executors.placement``) goes into every cell's ``status.json``."""
     from bench.run import plan
+    from bench.run.cells import run_cell, time_limit
     from bench.run.executors import placement
-    from bench.run.runner import run_cell, time_limit
 
     where = where or placement(record.get("executor", "local"))
     if record.get("kind") == "parity":
@@ -37,9 +37,9 @@ def run_job(record: dict, run_dir: str | Path, where: dict | None = None, echo=p
 
 
 def run_parity(record: dict, run_dir: str | Path, echo=print) -> None:
-    """The run's parity phase for the job's cells (``bench.run.runner.run_parity_phase``):
+    """The run's parity phase for the job's cells (``bench.run.cells.run_parity_phase``):
     ``parity.csv`` and ``parity.log`` in ``run_dir``."""
-    from bench.run.runner import run_parity_phase
+    from bench.run.cells import run_parity_phase
 
     cells = [Cell(**fields) for fields in record["cells"]]
     first = cells[0]

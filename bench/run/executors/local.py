@@ -21,8 +21,8 @@ class LocalExecutor:
         """Run every job here; returns how many cells finished (a status written). Stops
         after the current cell (with repeated timing: after the current process) on the
         first Ctrl-C, at once on the second or a SIGTERM."""
+        from bench.run.cells import progress_bar, start_cell, time_limit
         from bench.run.executors.job import run_parity
-        from bench.run.runner import progress_bar, start_cell, time_limit
 
         cells = [c for job in jobs if job.kind == "cells" for c in job.cells]
         for job in jobs:
@@ -51,7 +51,7 @@ class LocalExecutor:
     def _timing_interleaved(self, cells, phases, repeats: int, limit, ctx: RunContext, bar, say) -> bool:
         """Every timing process of every cell, in ``bench.run.plan.timing_order``; those that
         ended before (``--resume``) are kept. False when the run is stopping."""
-        from bench.run.runner import run_timing_process, timing_process_dir
+        from bench.run.cells import run_timing_process, timing_process_dir
 
         by_id = {c.cell_id: c for c in cells}
         timed = [c for c in cells if "timing" in plan.cell_phases(c, phases)]
@@ -70,7 +70,7 @@ class LocalExecutor:
     def _finish_cells(self, cells, phases, repeats: int, limit, ctx: RunContext, bar, say) -> int:
         """Each cell's remaining processes (all of them with one timing process a cell: the
         cells one after another), then its status.json."""
-        from bench.run.runner import finish_cell, start_cell
+        from bench.run.cells import finish_cell, start_cell
 
         where = placement("local")
         done = 0
