@@ -17,7 +17,7 @@ def run_job(record: dict, run_dir: str | Path, where: dict | None = None, echo=p
     ``where`` (``bench.run.executors.placement``) goes into every cell's ``status.json``."""
     from bench.run import plan
     from bench.run.cells import run_cell, time_limit
-    from bench.run.executors import placement
+    from bench.run.executors.base import placement
 
     where = where or placement(record.get("executor", "local"))
     if record.get("kind") == "parity":

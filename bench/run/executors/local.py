@@ -11,7 +11,7 @@ after another, cell by cell."""
 from __future__ import annotations
 
 from bench.run import plan
-from bench.run.executors import Job, RunContext, placement
+from bench.run.executors.base import Job, RunContext, placement
 
 
 class LocalExecutor:

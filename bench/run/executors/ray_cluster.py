@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.core import atomic
 from bench.core.errors import MetabenchError
-from bench.run.executors import ClusterOptions, Job, RunContext, forwarded_env, mark_lost, placement, require
+from bench.run.executors.base import ClusterOptions, Job, RunContext, forwarded_env, mark_lost, placement, require
 
 POLL_SECONDS = 1.0
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20   # a cell's folder is a few MB: Ray's default (30 % of RAM) is waste

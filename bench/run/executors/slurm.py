@@ -33,7 +33,7 @@ import shlex
 import time
 from pathlib import Path
 
-from bench.run.executors import ClusterOptions, Job, RunContext, forwarded_env, mark_lost, placement, require
+from bench.run.executors.base import ClusterOptions, Job, RunContext, forwarded_env, mark_lost, placement, require
 
 POLL_SECONDS = 1.0
 FORCE_CHECK_SECONDS = 30.0   # ask sacct at least this often (submitit's own watcher waits up to 10 min)
