@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,12 +108,13 @@ def test_a_resumed_plan_estimates_only_the_cells_left():
     cells = plan_cells(profile="cpu", frameworks=["torch"], algorithms=["maml"], specs=["sinusoid-10shot"],
                        adapters=None, device="cpu", threads=1, data_dir=None, cache_dir=None, seeds=3)
     phases = ("parity", "timing", "memory", "accuracy")
-    fresh = plan.describe(cells, phases, profile="cpu", device="cpu", threads=1, run_dir="r", seeds=3)
+    p = plan.RunPlan(profile="cpu", phases=phases, cells=tuple(cells), specs={}, device="cpu", threads=1,
+                     results_dir=Path("."), run_id="r", resume=False, data_dir=None, command="test", seeds=3)
+    fresh = plan.describe(p)
     typical = plan.TYPICAL_SECONDS["cpu"]
     assert f"about {plan._duration(plan.estimate_seconds(cells, phases, 'cpu'))}" in fresh
     assert "resumed" not in fresh
-    resumed = plan.describe(cells, phases, profile="cpu", device="cpu", threads=1, run_dir="r", seeds=3,
-                            done=frozenset({cells[0].cell_id}), parity_done=True)
+    resumed = plan.describe(p, done=frozenset({cells[0].cell_id}), parity_done=True)
     assert "resumed: 1 of 3 cells finished before, kept; 2 to run; the parity table kept" in resumed
     assert f"estimated duration of the rest: about {plan._duration(2 * typical['accuracy'])}" in resumed
 

@@ -417,11 +417,6 @@ def main(argv=None) -> int:
         return cmd_baselines(argparse.Namespace(args=argv[1:]))
     args = build_parser().parse_args(argv)
     args.command_line = command_line(argv)
-    if getattr(args, "profile", "x") is None:
-        from bench.run.runner import detect_device
-
-        dev = args.device if args.device != "auto" else detect_device()
-        args.profile = "paper" if dev == "cuda" else "cpu"
     try:
         return args.func(args)
     except MetabenchError as e:

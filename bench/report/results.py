@@ -147,10 +147,15 @@ def _episode_fingerprints(cells, data_dir, cache_dir) -> dict:
     return out
 
 
-def write_manifest(run_dir: Path, cells, *, profile, device, threads, started, command, data_dir, cache_dir,
-                   finished=None) -> None:
+def write_manifest(run_plan, started: float, finished: float | None = None) -> None:
+    """``manifest.json`` of a run (``bench.run.plan.RunPlan``: its folder, cells, profile,
+    device, threads, command, data and cache folders), started and finished at these
+    times; each cell's status as its folder has it now."""
     from bench.measure.environment import collect_environment
 
+    p = run_plan
+    run_dir, cells, profile, device, threads, command = p.run_dir, p.cells, p.profile, p.device, p.threads, p.command
+    data_dir, cache_dir = p.data_dir, p.cache_dir
     path = run_dir / "manifest.json"
     old = read_json(path) if path.exists() else {}
     manifest = {

@@ -10,13 +10,17 @@ unmeasured.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from bench.core.cell import Cell
+from bench.core.errors import MetabenchError
+from bench.core.spec import EpisodeSpec
 
 # Seconds per cell and phase on a 2-core CPU (timing: per timing process), rounded up from
 # the committed runs: 20261128-cpu-all (median timing ~12 s, accuracy 10-590 s a cell),
@@ -162,12 +166,12 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir, seeds: int = 1,
-             done: frozenset = frozenset(), parity_done: bool = False, executor: str = "local",
-             group_by: str = "cell", repeats: int = 1) -> str:
+def describe(p: RunPlan, done: frozenset = frozenset(), parity_done: bool = False) -> str:
     """The plan as a few lines of text: what runs, for how long, and a quicker first try.
     ``done``: ids of cells a resumed run keeps (finished before); the estimate is of the rest.
-    Cells that run elsewhere (``executor``) are said so; the estimate stays the serial one."""
+    Cells that run elsewhere (``p.executor``) are said so; the estimate stays the serial one."""
+    cells, phases, profile, device, threads, run_dir = p.cells, p.phases, p.profile, p.device, p.threads, p.run_dir
+    seeds, executor, group_by, repeats = p.seeds, p.executor, p.cluster.group_by, p.repeats
     frameworks = Counter(c.framework for c in cells)
     workloads = sorted({f"{c.spec_name}/{c.algorithm}" for c in cells})
     todo = [c for c in cells if c.cell_id not in done]
@@ -194,3 +198,86 @@ def describe(cells, phases, *, profile: str, device: str, threads: int, run_dir,
     if profile != "smoke":
         lines.append("  a first try in minutes: metabench run --profile smoke  (or nox -s bench -- --profile smoke)")
     return "\n".join(lines)
+
+
+# -- the plan of a run -------------------------------------------------------------------
+
+GROUPS = ("cell", "framework")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """``metabench run``'s cluster flags. ``None``: derived from the run (see each field)."""
+
+    group_by: str = "cell"                  # one job per cell, or per framework (its cells in sequence)
+    # Slurm (submitit's parameters in brackets)
+    slurm_partition: str | None = None      # [slurm_partition]
+    slurm_gpus: int | None = None           # [gpus_per_node]; None: 1 on cuda, 0 on cpu
+    slurm_cpus: int | None = None           # [cpus_per_task]; None: the run's --threads
+    slurm_mem_gb: float | None = None       # [mem_gb]; None: the profile's job_memory_gb
+    slurm_time_min: int | None = None       # [timeout_min]; None: the job's cells' time limits summed
+    slurm_account: str | None = None        # [slurm_account]
+    slurm_constraint: str | None = None     # [slurm_constraint], e.g. a GPU model: comparable hardware
+    slurm_exclusive: bool = False           # [slurm_exclusive]: no other job on the node (CPU timing)
+    slurm_cluster: str | None = None        # None: Slurm; "local": submitit's local executor (same code path)
+    # Ray
+    ray_address: str | None = None          # an existing cluster ("auto", "ray://host:10001"); None: a local one
+
+    def check(self) -> None:
+        if self.group_by not in GROUPS:
+            raise MetabenchError(f"--group-by: {self.group_by!r} is not one of {', '.join(GROUPS)}")
+        for name in ("slurm_gpus", "slurm_cpus", "slurm_time_min"):
+            value = getattr(self, name)
+            if value is not None and value < (0 if name == "slurm_gpus" else 1):
+                raise MetabenchError(f"--{name.replace('_', '-')}: must be at least "
+                                     f"{0 if name == 'slurm_gpus' else 1}, got {value}")
+        if self.slurm_mem_gb is not None and not self.slurm_mem_gb > 0:
+            raise MetabenchError(f"--slurm-mem-gb: must be positive, got {self.slurm_mem_gb}")
+        if self.slurm_cluster not in (None, "slurm", "local"):
+            raise MetabenchError(f"--slurm-cluster: {self.slurm_cluster!r} is not slurm or local")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run will do and where, settled before anything is checked or written."""
+
+    profile: str
+    phases: tuple[str, ...]
+    cells: tuple[Cell, ...]
+    specs: dict[str, EpisodeSpec]       # --specs entry -> its spec
+    device: str
+    threads: int
+    results_dir: Path
+    run_id: str
+    resume: bool
+    data_dir: str | None
+    command: str
+    # where the cells run (bench.run.executors); not part of plan.json: a run started here may be
+    # finished on a cluster, and the reverse
+    executor: str = "local"
+    cluster: ClusterOptions = field(default_factory=ClusterOptions)
+    repeats: int = 1            # timing processes per cell (--repeats)
+    order_seed: int = 0         # seeds the interleaved order of those processes (plan.timing_order)
+    seeds: int = 1              # training seeds per cell (--seeds)
+    timeout: float | None = None  # --cell-timeout; None: the profile's limits
+    cache_dir: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return self.results_dir / self.run_id
+
+    def record(self) -> dict:
+        """``plan.json``: what ``--resume`` must match (same cells, same specs, same settings)."""
+        return {"run_id": self.run_id, "command": self.command, "profile": self.profile,
+                "phases": list(self.phases), "device": self.device, "threads": self.threads,
+                "cells": [c.cell_id for c in self.cells],
+                "specs": {s.name: _digest(s.to_dict()) for s in self.specs.values()},
+                "repeats": self.repeats, "order_seed": self.order_seed,
+                # the timing processes in the order they run: what --resume continues
+                "timing_order": [[c, k] for c, k in timing_order(
+                    [c for c in self.cells if "timing" in cell_phases(c, self.phases)],
+                    self.repeats, self.order_seed)]}
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -21,7 +21,6 @@ as Slurm jobs, or as Ray tasks); everything above holds for each.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -44,6 +43,7 @@ from bench.core.spec import EpisodeSpec, load_spec
 from bench.run import executors, plan, preflight
 from bench.run.cells import cell_finished
 from bench.run.lock import RunLock
+from bench.run.plan import RunPlan
 
 DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglot-5w1s", "sinusoid-10shot"),
                  "paper": ("omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
@@ -180,49 +180,6 @@ def new_run_id(profile: str) -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{profile}"
 
 
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything a run will do and where, settled before anything is checked or written."""
-
-    profile: str
-    phases: tuple[str, ...]
-    cells: tuple[Cell, ...]
-    specs: dict[str, EpisodeSpec]       # --specs entry -> its spec
-    device: str
-    threads: int
-    results_dir: Path
-    run_id: str
-    resume: bool
-    data_dir: str | None
-    command: str
-    # where the cells run (bench.run.executors); not part of plan.json: a run started here may be
-    # finished on a cluster, and the reverse
-    executor: str = "local"
-    cluster: executors.ClusterOptions = field(default_factory=executors.ClusterOptions)
-    repeats: int = 1            # timing processes per cell (--repeats)
-    order_seed: int = 0         # seeds the interleaved order of those processes (plan.timing_order)
-
-    @property
-    def run_dir(self) -> Path:
-        return self.results_dir / self.run_id
-
-    def record(self) -> dict:
-        """``plan.json``: what ``--resume`` must match (same cells, same specs, same settings)."""
-        return {"run_id": self.run_id, "command": self.command, "profile": self.profile,
-                "phases": list(self.phases), "device": self.device, "threads": self.threads,
-                "cells": [c.cell_id for c in self.cells],
-                "specs": {s.name: _digest(s.to_dict()) for s in self.specs.values()},
-                "repeats": self.repeats, "order_seed": self.order_seed,
-                # the timing processes in the order they run: what --resume continues
-                "timing_order": [[c, k] for c, k in plan.timing_order(
-                    [c for c in self.cells if "timing" in plan.cell_phases(c, self.phases)],
-                    self.repeats, self.order_seed)]}
-
-
-def _digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
@@ -304,7 +261,7 @@ class RunRequest:
     object from the command line (``from_args``) to ``run``, which resolves it into a
     ``RunPlan`` (cells, specs, device, threads). ``None``: the profile's default."""
 
-    profile: str
+    profile: str | None = None          # None: paper on a GPU, cpu without (``resolve``)
     frameworks: tuple[str, ...] | None = None
     algorithms: tuple[str, ...] | None = None
     specs: tuple[str, ...] | None = None
@@ -349,78 +306,95 @@ class RunRequest:
                        slurm_cluster=args.slurm_cluster, ray_address=args.ray_address))
 
 
-def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | None:
-    """Run the benchmark; returns the run's results folder. ``request`` (or its fields as
-    keywords) says what to run: ``phases`` defaults to the profile's. With ``resume``,
-    cells of an existing run whose requested phases all succeeded are kept, not run again,
-    and so is a parity table already written. ``command`` is recorded in the manifest (the
-    CLI passes the ``metabench ...`` line the user typed). ``seeds`` training seeds per
-    cell (seeds > 0 run the accuracy phase only). With ``dry_run`` the plan is printed and
-    nothing is run or written (returns None). ``overrides`` (``--set``:
-    ``"maml.inner_steps=5"``) change every spec of the run; ``sweeps`` (``--sweep``:
-    ``"maml.inner_steps=1,2,5"``) make one spec per value, their combinations when there
-    are several, or each alone with ``one_at_a_time`` (``expand_specs``).
+def resolve_device(r: RunRequest) -> str:
+    """``--device``, with ``auto`` resolved where the cells run: this machine's GPU, or the
+    cluster's (``--slurm-gpus``, a Ray cluster with GPUs). The one place a run's device is
+    decided; the profile follows from it."""
+    if r.device != "auto":
+        return r.device
+    if executors.runs_here(r.executor, r.cluster):
+        return detect_device()
+    return executors.cluster_device(r.executor, r.cluster)
 
-    Bad options and failed preflight checks raise ``MetabenchError`` before anything is
-    written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
-    r = request or RunRequest(**options)
-    profile, frameworks, algorithms, specs, adapters = r.profile, r.frameworks, r.algorithms, r.specs, r.adapters
-    device, threads, data_dir, cache_dir, results_dir = r.device, r.threads, r.data_dir, r.cache_dir, r.results_dir
-    run_id, phases, timeout, resume, command = r.run_id, r.phases, r.timeout, r.resume, r.command
-    seeds, dry_run, overrides, sweeps = r.seeds, r.dry_run, r.overrides, r.sweeps
-    if seeds < 1:
-        raise MetabenchError(f"--seeds: must be at least 1, got {seeds}")
+
+def resolve(r: RunRequest) -> RunPlan:
+    """The request checked and resolved, once: device, then profile (paper on a GPU, cpu
+    without), phases, algorithms, threads, specs and cells. Every bad value is a
+    ``MetabenchError`` naming the flag, before anything is written."""
+    if r.seeds < 1:
+        raise MetabenchError(f"--seeds: must be at least 1, got {r.seeds}")
+    if r.executor not in executors.EXECUTORS:
+        raise MetabenchError(f"--executor: unknown {r.executor!r}; allowed: {', '.join(executors.EXECUTORS)}")
+    if r.profile is not None and r.profile not in PROFILES:
+        raise MetabenchError(f"--profile: unknown {r.profile!r}; allowed: {', '.join(PROFILES)}")
+    r.cluster.check()
+    here = executors.runs_here(r.executor, r.cluster)
+    check_options(threads=r.threads, timeout=r.timeout, run_id=r.run_id, resume=r.resume, frameworks=r.frameworks,
+                  adapters=r.adapters, here=here)
+    device = resolve_device(r)
+    profile = r.profile or ("paper" if device == "cuda" else "cpu")
     repeats = PROFILES[profile].repeats if r.repeats is None else r.repeats
     if not 1 <= repeats <= MAX_REPEATS:
         raise MetabenchError(f"--repeats: must be from 1 to {MAX_REPEATS} timing processes per cell, got {repeats}")
     if r.order_seed < 0:
         raise MetabenchError(f"--order-seed: must be a non-negative integer, got {r.order_seed}")
-    command = command or "bench.run.runner.run() (called from Python, not the command line)"
-    phases = tuple(phases or DEFAULT_PHASES[profile])
+    phases = tuple(r.phases or DEFAULT_PHASES[profile])
     unknown = [p for p in phases if p not in PHASE_GROUPS]
     if unknown:
         raise MetabenchError(f"--phases: unknown {unknown[0]!r}; allowed: {', '.join(PHASE_GROUPS)}")
-    if algorithms is None and adapters is None:
+    algorithms = r.algorithms
+    if algorithms is None and r.adapters is None:
         algorithms = default_algorithms(profile) or None
     if algorithms is not None:
         unknown = [a for a in algorithms if a not in algorithms_known()]
         if unknown:
             raise MetabenchError(f"--algorithms: unknown {unknown[0]!r}; allowed: {', '.join(algorithms_known())}")
-    if r.executor not in executors.EXECUTORS:
-        raise MetabenchError(f"--executor: unknown {r.executor!r}; allowed: {', '.join(executors.EXECUTORS)}")
-    r.cluster.check()
-    here = executors.runs_here(r.executor, r.cluster)
-    check_options(threads=threads, timeout=timeout, run_id=run_id, resume=resume, frameworks=frameworks,
-                  adapters=adapters, here=here)
-    if device == "auto":
-        device = detect_device() if here else executors.cluster_device(r.executor, r.cluster)
-    if threads is None:
-        threads = _available_cores() if here else executors.cluster_threads(r.cluster)
+    threads = r.threads if r.threads is not None else (_available_cores() if here else
+                                                          executors.cluster_threads(r.cluster))
     if r.executor == "slurm" and r.cluster.slurm_cpus is not None and threads > r.cluster.slurm_cpus:
         raise MetabenchError(f"--threads: {threads} exceeds the {r.cluster.slurm_cpus} CPUs a job asks for "
                              f"(--slurm-cpus); raise --slurm-cpus or lower --threads")
-    specs = expand_specs(list(specs or DEFAULT_SPECS[profile]), overrides, sweeps, r.one_at_a_time)
-    cells = plan_cells(profile=profile, frameworks=frameworks, algorithms=algorithms, specs=specs,
-                       adapters=adapters, device=device, threads=threads, data_dir=data_dir, cache_dir=cache_dir,
-                       seeds=seeds)
+    specs = expand_specs(list(r.specs or DEFAULT_SPECS[profile]), r.overrides, r.sweeps, r.one_at_a_time)
+    cells = plan_cells(profile=profile, frameworks=r.frameworks, algorithms=algorithms, specs=specs,
+                       adapters=r.adapters, device=device, threads=threads, data_dir=r.data_dir,
+                       cache_dir=r.cache_dir, seeds=r.seeds)
     if "accuracy" not in phases:  # a training seed changes nothing else: one cell each
         cells = [c for c in cells if c.seed == 0]
     if not cells:
         raise MetabenchError(f"no cell to run: no selected adapter serves an algorithm that --specs "
                              f"{','.join(specs)} configure; check --adapters/--frameworks/--algorithms "
                              f"against `metabench list`")
-    run_plan = RunPlan(profile=profile, phases=phases, cells=tuple(cells), specs=load_specs(specs), device=device,
-                       threads=threads, results_dir=Path(results_dir), run_id=run_id or new_run_id(profile),
-                       resume=resume, data_dir=data_dir, command=command, executor=r.executor, cluster=r.cluster,
-                       repeats=repeats, order_seed=r.order_seed)
-    run_dir = run_plan.run_dir
-    done = frozenset(c.cell_id for c in cells if resume and cell_finished(run_dir / "cells" / c.cell_id,
-                                                                       plan.cell_phases(c, phases)))
-    echo(plan.describe(cells, phases, profile=profile, device=device, threads=threads, run_dir=run_dir,
-                       seeds=seeds, done=done, parity_done=resume and (run_dir / "parity.csv").exists(),
-                       executor=r.executor, group_by=r.cluster.group_by, repeats=repeats))
-    preflight.check(run_plan, dry_run=dry_run)  # nothing is written before this passes
-    if dry_run:
+    return RunPlan(profile=profile, phases=phases, cells=tuple(cells), specs=load_specs(specs), device=device,
+                   threads=threads, results_dir=Path(r.results_dir), run_id=r.run_id or new_run_id(profile),
+                   resume=r.resume, data_dir=r.data_dir,
+                   command=r.command or "bench.run.runner.run() (called from Python, not the command line)",
+                   executor=r.executor, cluster=r.cluster, repeats=repeats, order_seed=r.order_seed, seeds=r.seeds,
+                   timeout=r.timeout, cache_dir=r.cache_dir)
+
+
+def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | None:
+    """Run the benchmark; returns the run's results folder. ``request`` (or its fields as
+    keywords) says what to run (``resolve`` turns it into the run's one ``RunPlan``):
+    ``phases`` defaults to the profile's. With ``resume``, cells of an existing run whose
+    requested phases all succeeded are kept, not run again, and so is a parity table
+    already written. ``command`` is recorded in the manifest (the CLI passes the
+    ``metabench ...`` line the user typed). ``seeds`` training seeds per cell (seeds > 0 run
+    the accuracy phase only). With ``dry_run`` the plan is printed and nothing is run or
+    written (returns None). ``overrides`` (``--set``: ``"maml.inner_steps=5"``) change every
+    spec of the run; ``sweeps`` (``--sweep``: ``"maml.inner_steps=1,2,5"``) make one spec per
+    value, their combinations when there are several, or each alone with
+    ``one_at_a_time`` (``expand_specs``).
+
+    Bad options and failed preflight checks raise ``MetabenchError`` before anything is
+    written; Ctrl-C raises ``KeyboardInterrupt`` after saying how to resume."""
+    r = request or RunRequest(**options)
+    p = resolve(r)
+    run_dir = p.run_dir
+    done = frozenset(c.cell_id for c in p.cells if p.resume and cell_finished(run_dir / "cells" / c.cell_id,
+                                                                           plan.cell_phases(c, p.phases)))
+    echo(plan.describe(p, done=done, parity_done=p.resume and (run_dir / "parity.csv").exists()))
+    preflight.check(p, dry_run=r.dry_run)  # nothing is written before this passes
+    if r.dry_run:
         echo("  preflight: passed (data, frameworks, adapters and their options, results folder)")
         return None
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -428,14 +402,14 @@ def run(request: RunRequest | None = None, *, echo=print, **options) -> Path | N
         if lock.stale:
             echo(f"metabench: {run_dir} was left by a run that was killed; its lock is cleared")
         try:
-            _run_locked(run_plan, cache_dir=cache_dir, timeout=timeout, stops=stops, echo=echo)
+            _run_locked(p, stops=stops, echo=echo)
         except KeyboardInterrupt:
-            echo(f"metabench: stopped; resume with: {preflight.resume_command(command, run_plan.run_id)}")
+            echo(f"metabench: stopped; resume with: {preflight.resume_command(p.command, p.run_id)}")
             raise
     return run_dir
 
 
-def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, echo) -> None:
+def _run_locked(run_plan: RunPlan, *, stops: _StopRequests, echo) -> None:
     """The run itself, holding its lock: plan.json, manifest, parity, cells, report."""
     from bench.report.report import write_report
     from bench.report.results import write_manifest
@@ -449,9 +423,7 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
         raise MetabenchError(f"--run-id {p.run_id}: {run_dir} was just started by another command; "
                              f"choose another --run-id")
     started = time.time()
-    about = dict(profile=p.profile, device=p.device, threads=p.threads, started=started, command=p.command,
-                 data_dir=p.data_dir, cache_dir=cache_dir)
-    write_manifest(run_dir, cells, **about)
+    write_manifest(p, started)
     position = {c.cell_id: i for i, c in enumerate(cells, 1)}
     todo = []
     for cell in cells:
@@ -461,18 +433,18 @@ def _run_locked(run_plan: RunPlan, *, cache_dir, timeout, stops: _StopRequests, 
             todo.append(cell)
     jobs = []
     if "parity" in p.phases and not (p.resume and (run_dir / "parity.csv").exists()):
-        jobs.append(executors.parity_job(cells, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
+        jobs.append(executors.parity_job(cells, p.phases, profile=p.profile, timeout=p.timeout, executor=p.executor,
                                          quick=PROFILES[p.profile].quick_parity))
-    jobs += executors.group_jobs(todo, p.phases, profile=p.profile, timeout=timeout, executor=p.executor,
+    jobs += executors.group_jobs(todo, p.phases, profile=p.profile, timeout=p.timeout, executor=p.executor,
                                  group_by=p.cluster.group_by, repeats=p.repeats)
     context = executors.RunContext(run_dir=run_dir, threads=p.threads, device=p.device, echo=echo, stops=stops,
                                    options=p.cluster, position=position, order_seed=p.order_seed)
     done = len(cells) - len(todo) + executors.make_executor(p.executor, p.cluster).run(jobs, context)
     if done < len(cells):  # stopped by Ctrl-C or SIGTERM: the statuses so far go into the manifest
-        write_manifest(run_dir, cells, **about)
+        write_manifest(p, started)
         echo(f"metabench: stopped by {stops.by} after {done} of {len(cells)} cells; {len(cells) - done} to run")
         raise KeyboardInterrupt
-    write_manifest(run_dir, cells, **about, finished=time.time())
+    write_manifest(p, started, finished=time.time())
     from bench.report.html import install_assets
 
     install_assets(run_dir.parent)  # the results folder's one copy of the HTML pages' runtime

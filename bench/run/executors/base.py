@@ -12,9 +12,9 @@ from bench.core import atomic
 from bench.core.cell import Cell
 from bench.core.errors import MetabenchError
 from bench.run.cells import placement  # noqa: F401 - the executors' one import of it
+from bench.run.plan import GROUPS, ClusterOptions  # noqa: F401 - the executors' import of them
 
 EXECUTORS = ("local", "slurm", "ray")
-GROUPS = ("cell", "framework")
 # What a job on another machine needs of this process's environment: the data, the cache,
 # offline mode, and where plugins are found. Set explicitly in every job (Slurm's job
 # script, Ray's runtime environment): a cluster may not export the submitter's.
@@ -23,38 +23,6 @@ FORWARDED_ENV = ("METABENCH_DATA_DIR", "METABENCH_CACHE_DIR", "METABENCH_OFFLINE
 
 def forwarded_env() -> dict[str, str]:
     return {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
-
-
-@dataclass(frozen=True)
-class ClusterOptions:
-    """``metabench run``'s cluster flags. ``None``: derived from the run (see each field)."""
-
-    group_by: str = "cell"                  # one job per cell, or per framework (its cells in sequence)
-    # Slurm (submitit's parameters in brackets)
-    slurm_partition: str | None = None      # [slurm_partition]
-    slurm_gpus: int | None = None           # [gpus_per_node]; None: 1 on cuda, 0 on cpu
-    slurm_cpus: int | None = None           # [cpus_per_task]; None: the run's --threads
-    slurm_mem_gb: float | None = None       # [mem_gb]; None: the profile's job_memory_gb
-    slurm_time_min: int | None = None       # [timeout_min]; None: the job's cells' time limits summed
-    slurm_account: str | None = None        # [slurm_account]
-    slurm_constraint: str | None = None     # [slurm_constraint], e.g. a GPU model: comparable hardware
-    slurm_exclusive: bool = False           # [slurm_exclusive]: no other job on the node (CPU timing)
-    slurm_cluster: str | None = None        # None: Slurm; "local": submitit's local executor (same code path)
-    # Ray
-    ray_address: str | None = None          # an existing cluster ("auto", "ray://host:10001"); None: a local one
-
-    def check(self) -> None:
-        if self.group_by not in GROUPS:
-            raise MetabenchError(f"--group-by: {self.group_by!r} is not one of {', '.join(GROUPS)}")
-        for name in ("slurm_gpus", "slurm_cpus", "slurm_time_min"):
-            value = getattr(self, name)
-            if value is not None and value < (0 if name == "slurm_gpus" else 1):
-                raise MetabenchError(f"--{name.replace('_', '-')}: must be at least "
-                                     f"{0 if name == 'slurm_gpus' else 1}, got {value}")
-        if self.slurm_mem_gb is not None and not self.slurm_mem_gb > 0:
-            raise MetabenchError(f"--slurm-mem-gb: must be positive, got {self.slurm_mem_gb}")
-        if self.slurm_cluster not in (None, "slurm", "local"):
-            raise MetabenchError(f"--slurm-cluster: {self.slurm_cluster!r} is not slurm or local")
 
 
 @dataclass(frozen=True)
