@@ -282,3 +282,17 @@ def test_a_job_killed_mid_run_is_a_failed_cell_and_resume_completes_the_run(tmp_
     assert {c: set(s.values()) for c, s in phase_statuses(tmp_path / "killed").items()} == {
         "fake-killer__maml__sinusoid-10shot": {"ok"}, "fake-steady__maml__sinusoid-10shot": {"ok"}}
     assert cells_of(tmp_path / "killed")["fake-killer__maml__sinusoid-10shot"]["placement"]["executor"] == "local"
+
+
+def test_a_cluster_run_resolves_its_device_then_its_profile_once():
+    """``--executor slurm --slurm-gpus 1`` from a CPU login node: the cells run on a GPU, so
+    the device is cuda and the profile (not given) paper; the CLI no longer picks a profile
+    from the login node's own device."""
+    from bench.run.runner import RunRequest, resolve
+
+    p = resolve(RunRequest(executor="slurm", cluster=ClusterOptions(slurm_gpus=1), frameworks=("torch",),
+                           specs=("sinusoid-10shot",)))
+    assert (p.device, p.profile) == ("cuda", "paper")
+    assert {c.device for c in p.cells} == {"cuda"}
+    here = resolve(RunRequest(device="cpu", frameworks=("torch",), specs=("sinusoid-10shot",)))
+    assert (here.device, here.profile) == ("cpu", "cpu")
