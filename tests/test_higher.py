@@ -30,7 +30,7 @@ def _python(code: str) -> subprocess.CompletedProcess:
 
 def test_registered_through_the_entry_point_without_importing_a_framework():
     r = _python("import sys\n"
-                "from bench import registry\n"
+                "from bench.core import registry\n"
                 "entry = registry.get('torch-maml-higher')\n"
                 "assert entry not in registry.BUILTIN and not entry.default, entry\n"
                 "assert entry.target == 'implementations.higher.maml:HigherMAML', entry\n"
@@ -88,7 +88,7 @@ def test_fomaml_is_first_order_and_maml_second_order():
 def test_without_higher_the_preflight_line_names_the_extra():
     r = _python("import sys, json\n"
                 "sys.modules['higher'] = None  # as if not installed\n"
-                "from bench import preflight\n"
+                "from bench.run import preflight\n"
                 "print(json.dumps(preflight.probe('torch', 'cpu', {'torch-maml-higher': "
                 "{'target': 'implementations.higher.maml:HigherMAML', 'options': {}}})))\n")
     assert r.returncode == 0, r.stderr[-2000:]

@@ -29,7 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-FRAMEWORKS = ("torch", "jax", "tensorflow")
+from bench.core.frameworks import get as framework_record
+from bench.core.frameworks import names
+
+FRAMEWORKS = names()  # the built-in frameworks (bench.core.frameworks)
 
 
 def default_adapters(framework: str, device: str) -> list[str]:
@@ -47,7 +50,7 @@ TAIL = 15  # last output lines kept per stage
 
 def installed(frameworks=FRAMEWORKS) -> list[str]:
     """The frameworks that import here (by their package's presence, without importing)."""
-    return [f for f in frameworks if importlib.util.find_spec(f) is not None]
+    return [f for f in frameworks if importlib.util.find_spec(framework_record(f).module) is not None]
 
 
 def dispatch_and_sync(name: str, device: str) -> dict:

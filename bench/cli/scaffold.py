@@ -19,20 +19,10 @@ from string import Template
 from bench.core.algorithms import all_algorithms
 from bench.core.algorithms import get as get_algorithm
 from bench.core.errors import MetabenchError
+from bench.core.frameworks import get as framework_record
 
 NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*\Z")
 PARITY_SPEC = {True: "sinusoid-10shot", False: "omniglot-5w1s"}              # by "can regress"
-BASES = {  # the built-in frameworks' base classes, and what they provide
-    "torch": ("implementations.torch.common.TorchAdapter", "device and dtype, parameters as leaf tensors in "
-              "the canonical layout, torch.optim Adam from self.meta_optimizer (apply_meta_grad), sync, "
-              "peak memory, the probe's layout (probe_result)"),
-    "jax": ("implementations.jax.common.JaxAdapter", "device and dtype (jax_enable_x64 for float64), "
-            "parameters as a pytree with an optax state (set self._optimizer before set_params), sync over "
-            "outputs and state, peak memory, the probe's layout (probe_result)"),
-    "tensorflow": ("implementations.tensorflow.common.TFAdapter", "the jit_compile option, device and dtype, "
-                   "tf.Variables in TF layout with Adam from self.meta_optimizer, tf.function step functions "
-                   "counted for recompilation (_compile), sync, peak memory, the probe's layout (probe_result)"),
-}
 
 PYPROJECT = Template('''\
 [build-system]
@@ -253,11 +243,12 @@ def render(name: str, framework: str, algorithm: str) -> dict[str, str]:
     p, inner = package_parts(name, framework, algorithm), _has_inner_loop(algorithm)
     maths = {**_generic_todo(algorithm), **get_algorithm(algorithm).maths}  # the algorithm's own words first
     todo = {f"todo_{k}": _comment(v) for k, v in maths.items()}
-    base = ""
-    if framework in BASES:
-        cls, gives = BASES[framework]
+    base, record = "", framework_record(framework)
+    if record.base:  # a built-in framework: its adapters' base class (bench.core.frameworks)
+        cls = record.base.replace(":", ".")
         base = textwrap.fill(f"{framework} is built into metabench: subclass {cls} instead of Adapter. "
-                             f"It provides {gives}; the backend methods below are then already written.",
+                             f"It provides {record.base_provides}; the backend methods below are then "
+                             "already written.",
                              100, initial_indent="# ", subsequent_indent="# ", break_on_hyphens=False) + "\n"
     module = MODULE.substitute(
         p, **todo, base=base,

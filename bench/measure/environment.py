@@ -12,12 +12,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-_FRAMEWORK_PACKAGES = {"torch": ("torch",), "jax": ("jax", "jaxlib", "optax"),
-                       "tensorflow": ("tensorflow", "tensorflow-cpu", "keras")}
-_FLAG_VARS = ("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
-              "TF_XLA_FLAGS", "TF_FORCE_GPU_ALLOW_GROWTH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-              "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "CUDA_VISIBLE_DEVICES",
-              "NVIDIA_TF32_OVERRIDE", "OPENBLAS_CORETYPE")
+from bench.core import frameworks
 
 
 def package_versions(names) -> dict[str, str]:
@@ -75,10 +70,11 @@ def _plugin_distribution(target: str | None) -> dict[str, str]:
 
 def collect_environment(framework: str | None, device: str, threads: int,
                         adapter_target: str | None = None) -> dict[str, object]:
-    """A JSON-able record of the environment of one process: the versions of the known
-    frameworks' packages, of a package named like an unknown framework, and of the plugin
-    distribution that provides the adapter (``adapter_target``, "module:Class")."""
-    framework_packages = _FRAMEWORK_PACKAGES.get(framework or "", (framework,) if framework else ())
+    """A JSON-able record of the environment of one process: the versions of the framework's
+    packages (its record's, ``bench.core.frameworks``: a plugin's framework, a package named
+    like it), of the plugin distribution that provides the adapter (``adapter_target``,
+    "module:Class"), and the variables every framework's runtime reads."""
+    framework_packages = frameworks.get(framework).packages if framework else ()
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -91,6 +87,6 @@ def collect_environment(framework: str | None, device: str, threads: int,
         "device": device,
         "gpu": gpu_driver() if device == "cuda" else None,
         "threads": threads,
-        "flags": {k: os.environ[k] for k in _FLAG_VARS if k in os.environ},
+        "flags": {k: os.environ[k] for k in frameworks.env_keys() if k in os.environ},
         "git": git_state(),
     }

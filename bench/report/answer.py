@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core import stats
+from bench.core import frameworks, stats
 from bench.report import tables
 
 OUTER = "outer_step"
-SHORT = {"torch": "torch", "jax": "JAX", "tensorflow": "TF"}
 
 
 def _versions(run_dir: Path) -> dict[str, str]:
@@ -104,7 +103,7 @@ def _times(x: float) -> str:
 def _faster(framework: str, median: float, ratio: float, lo: float, hi: float) -> str:
     ci = f" [{lo:.2f}, {hi:.2f}]" if math.isfinite(lo) else f" [{stats.TOO_FEW}]"
     bold = math.isfinite(lo) and lo > 1.0
-    text = f"{_times(ratio)}{ci} vs {SHORT.get(framework, framework)} ({tables.format_seconds(median)})"
+    text = f"{_times(ratio)}{ci} vs {frameworks.get(framework).display} ({tables.format_seconds(median)})"
     return f"**{text}**" if bold else text
 
 
@@ -114,7 +113,7 @@ def _accuracy(items) -> str:
     parts = []
     for fw, metric, mean, half in items:
         value = f"{100 * mean:.1f} ± {100 * half:.1f} %" if metric == "accuracy" else f"MSE {mean:.2f} ± {half:.2f}"
-        parts.append(f"{SHORT.get(fw, fw)} {value}")
+        parts.append(f"{frameworks.get(fw).display} {value}")
     return "; ".join(parts)
 
 
@@ -124,7 +123,7 @@ def answer_markdown(timing_run: Path, accuracy_run: Path | None = None) -> str:
     lines = ["| workload | training shapes | fastest outer step | how much faster (95% CI) | test accuracy |",
              "|---|---|---|---|---|"]
     for r in rows:
-        name = SHORT.get(r["fastest"], r["fastest"])
+        name = frameworks.get(r["fastest"]).display
         fastest = f"{name} `{r['adapter']}` {tables.format_seconds(r['median'], r['ci'])}"
         faster = "<br>".join(_faster(*o) for o in r["others"]) or "-"
         lines.append(f"| {r['spec']} {r['algorithm']} | {r['shapes']} | {fastest} | {faster} | "

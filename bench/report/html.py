@@ -12,8 +12,8 @@ copied once beside the run folders (``<results>/_static/``, by ``metabench run``
 with no ``_static`` beside it gets the runtime inlined into its page, since a report writes
 nothing outside its run folder. Either way a page opens from ``file://`` with no network.
 
-Colours are the figures' (``bench.report.plots.framework_colour``): one per framework, in every
-page and every PNG.
+Colours are the figures': each framework's record's (``bench.core.frameworks``), the same
+in every page and every PNG.
 """
 
 from __future__ import annotations
@@ -83,10 +83,10 @@ def colour_scale(frameworks) -> dict:
     """The figures' palette as a Vega-Lite colour scale over ``frameworks``."""
     from matplotlib.colors import to_hex
 
-    from bench.report.plots import framework_colour
+    from bench.core.frameworks import get as framework_record
 
     domain = sorted(set(frameworks))
-    return {"domain": domain, "range": [to_hex(framework_colour(f)) for f in domain]}
+    return {"domain": domain, "range": [to_hex(framework_record(f).colour) for f in domain]}
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

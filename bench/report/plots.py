@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.core import stats
+from bench.core import frameworks, stats
 from bench.report import tables
 
 
@@ -88,19 +88,15 @@ def _short_specs(specs, spec_labels: dict[str, str] | None) -> tuple[dict[str, s
     return {spec: name[len(common):].strip() or name for spec, name in names.items()}, common
 
 
-# One colour per framework in every figure of every run (Okabe-Ito's colour-blind-safe hues),
-# never picked from a run's own labels: torch vermillion, JAX blue, TensorFlow orange. A
-# plugin framework gets one of the others, chosen by its name's checksum (the same in every
-# run); a framework's variants get shades of its hue and their own markers.
-FRAMEWORK_COLOURS = {"torch": "#D55E00", "jax": "#0072B2", "tensorflow": "#E69F00"}
-OTHER_COLOURS = ("#009E73", "#CC79A7", "#56B4E9", "#000000", "#F0E442")
+# One colour per framework in every figure of every run, never picked from a run's own
+# labels: its record's (bench.core.frameworks: torch vermillion, JAX blue, TensorFlow orange;
+# a plugin framework one of the other Okabe-Ito hues, by its name's checksum); a framework's
+# variants get shades of its hue and their own markers.
 SHADES = (0.0, -0.35, 0.45, -0.6, 0.7)  # variant i of a framework: darker (< 0) or lighter (> 0)
 
 
 def framework_colour(framework: str) -> str:
-    import zlib
-
-    return FRAMEWORK_COLOURS.get(framework) or OTHER_COLOURS[zlib.crc32(framework.encode()) % len(OTHER_COLOURS)]
+    return frameworks.get(framework).colour
 
 
 def _shade(colour: str, amount: float) -> tuple:

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core import stats
+from bench.core import frameworks, stats
 from bench.core.algorithms import all_algorithms
 
 SAMPLING = "sample_episodes"  # host-side numpy: shown in detail tables, never ranked
 PHASE_ORDER = ["outer_step", "inner_step", "adapt", SAMPLING]
-FRAMEWORK_ORDER = ["torch", "jax", "tensorflow"]
 EAGER = "eager"
 FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
 NOISY = "§"            # the row's timing processes disagree by more than LARGE_SPREAD
@@ -123,7 +122,7 @@ def column_label(framework: str, adapter: str, algorithm: str) -> str:
 
 def _label_key(label: str, baseline: str) -> tuple:
     fw = label.split("-")[0]
-    rank = FRAMEWORK_ORDER.index(fw) if fw in FRAMEWORK_ORDER else len(FRAMEWORK_ORDER)
+    rank = frameworks.get(fw).order  # built-ins in their records' order, plugins after them
     return (label != baseline, rank, fw, label != fw, label)
 
 

@@ -28,14 +28,12 @@ import zipfile
 from collections import Counter
 from pathlib import Path
 
+from bench.core import frameworks
 from bench.core.errors import DataError, MetabenchError
 from bench.report.results import NotARun, is_run, require_run  # noqa: F401 - runs are checked here too
 from bench.run import executors
 
 PROBE_TIMEOUT = 300  # seconds for one framework's import (TF on a loaded 2-core machine: ~20 s)
-# Packages each built-in framework's adapters import, and the extra that installs them.
-FRAMEWORK_PACKAGES = {"torch": ("torch",), "jax": ("jax", "jaxlib", "optax"),
-                      "tensorflow": ("tensorflow", "keras", "tensorflow_cpu")}
 # A split-file line: <Alphabet>/characterNN/rotDDD (bench.core.data.omniglot.read_split).
 _SPLIT_LINE = re.compile(r"^[^/\s]+/character\d+/rot(000|090|180|270)$")
 _PNG = re.compile(r"^images_(?:background|evaluation)/([^/]+/character\d+)/\d{4}_\d{2}\.png$")
@@ -405,24 +403,13 @@ def _jsonable(options: dict) -> dict | None:
 
 
 def _install_hint(framework: str, missing: str | None) -> str:
+    """The fix for a missing package: the framework's extra when the package is one of its
+    record's (``bench.core.frameworks``)."""
     top = (missing or "").split(".")[0]
-    if top in FRAMEWORK_PACKAGES.get(framework, ()):
-        return f"pip install 'metabench[{framework}]'"
+    record = frameworks.get(framework)
+    if record.extra and top in record.import_names:
+        return f"pip install 'metabench[{record.extra}]'"
     return f"install the package that provides {top or 'it'}"
-
-
-# Each framework, in its own words, on whether it sees a GPU: (code, what to do if not).
-_GPU_PROBES = {
-    "torch": ("import torch\nif not torch.cuda.is_available():\n"
-              "    raise RuntimeError(f'torch {torch.__version__} sees no GPU: torch.cuda.is_available() "
-              "is False (CUDA build: {torch.version.cuda})')",
-              "install a CUDA build of torch (pytorch.org/get-started)"),
-    "jax": ("import jax\njax.devices('gpu')", "pip install 'jax[cuda12]'"),
-    "tensorflow": ("import tensorflow as tf\nif not tf.config.list_physical_devices('GPU'):\n"
-                   "    raise RuntimeError(f'tensorflow {tf.__version__} lists no GPU "
-                   "(tf.config.list_physical_devices)')",
-                   "pip install 'metabench[tensorflow]' (not tensorflow-cpu) with a matching CUDA"),
-}
 
 
 def probe(framework: str, device: str, adapters: dict[str, dict]) -> list[str]:
@@ -450,13 +437,13 @@ def probe(framework: str, device: str, adapters: dict[str, dict]) -> list[str]:
         if entry.get("options") is not None and check_options is not None:
             fix = "fix the option after '@' in --adapters" if "@" in adapter else "fix its registry entry"
             problems += [f"adapter {adapter}: {p}; {fix}" for p in check_options(entry["options"])]
-    if device == "cuda" and framework in _GPU_PROBES and not problems:
-        code, fix = _GPU_PROBES[framework]
+    record = frameworks.get(framework)  # each framework, in its own words, on whether it sees a GPU
+    if device == "cuda" and record.gpu_probe is not None and not problems:
         try:
-            exec(code, {})
+            record.gpu_probe()
         except Exception as e:
             words = " ".join(str(e).split())[:200]
-            problems.append(f"--device cuda: {framework} cannot use the GPU ({words}); {fix}")
+            problems.append(f"--device cuda: {framework} cannot use the GPU ({words}); {record.gpu_fix}")
     return problems
 
 

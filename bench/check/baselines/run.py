@@ -313,7 +313,7 @@ def grid_figure(grid: list[dict], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from bench.report.plots import framework_colour
+    from bench.core.frameworks import get as framework_record
 
     frameworks = sorted({g["framework"] for g in grid})
     shapes = list(dict.fromkeys(g["workload"] for g in grid))
@@ -325,7 +325,7 @@ def grid_figure(grid: list[dict], path: Path) -> bool:
         gs = [mine[sh] for sh in shapes if sh in mine]
         ax.errorbar([g["ratio"] for g in gs], ys,
                     xerr=[[g["ratio"] - g["ratio_ci_low"] for g in gs], [g["ratio_ci_high"] - g["ratio"] for g in gs]],
-                    fmt="o", color=framework_colour(fw), label=fw, capsize=2)
+                    fmt="o", color=framework_record(fw).colour, label=fw, capsize=2)
     ax.axvline(1.0, color="0.3", lw=1, ls="--")
     ax.set_yticks(range(len(shapes)), shapes)
     ax.invert_yaxis()
