@@ -12,7 +12,7 @@ import pytest
 
 from bench.measure import machine_load
 from bench.measure.machine_load import FLAG_CORES, Snapshot, between, flagged
-from bench.run.runner import _run_process
+from bench.run.cells import _run_process
 
 
 def test_other_cores_are_the_machines_cpu_time_less_the_cells_and_the_harnesss():

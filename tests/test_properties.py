@@ -32,7 +32,7 @@ from tests import synthetic as syn  # noqa: E402
 EXAMPLES = 200
 PROPERTY = settings(max_examples=EXAMPLES, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SPEC_TEXT = (Path(__file__).resolve().parent.parent / "bench" / "specs" / "omniglot-5w1s.toml").read_text()
+SPEC_TEXT = (Path(__file__).resolve().parent.parent / "bench" / "core" / "specs" / "omniglot-5w1s.toml").read_text()
 SPEC = tomllib.loads(SPEC_TEXT)
 
 

@@ -26,8 +26,8 @@ import pytest
 from bench.core import atomic
 from bench.core.errors import Diverged
 from bench.core.profiles import PROFILES
+from bench.run.cells import _run_process
 from bench.run.lock import RunLock, RunLocked, holder
-from bench.run.runner import _run_process
 from tests.fake_adapters import metabench
 
 SMOKE = PROFILES["smoke"]
@@ -322,7 +322,7 @@ def test_a_second_ctrl_c_or_a_sigterm_stops_the_current_cell_at_once(signals, tm
 
 
 def test_profiles_give_each_phase_a_time_limit_that_cell_timeout_overrides():
-    from bench.run.runner import time_limit
+    from bench.run.cells import time_limit
 
     smoke = time_limit("smoke", None)
     assert smoke(["timing"]) == 600 and smoke(["memory", "accuracy"]) == 300 + 600  # one worker process
