@@ -53,6 +53,8 @@ BUILTIN: tuple[AdapterEntry, ...] = (
                  description="torch.func ANIL (inner loop on the head), eager"),
     AdapterEntry("torch-protonet", "torch", ("protonet",), "implementations.torch.protonet:TorchProtoNet",
                  description="Prototypical Networks, eager"),
+    AdapterEntry("torch-reptile", "torch", ("reptile",), "implementations.torch.reptile:TorchReptile",
+                 description="torch.func Reptile (SGD per task, pseudo-gradient to Adam), eager"),
     AdapterEntry("jax-maml", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",
                  description="pure-function MAML, outer step jitted once, tasks vmapped (im2col convs on CPU)"),
     AdapterEntry("jax-maml-xlaconv", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",
@@ -62,6 +64,8 @@ BUILTIN: tuple[AdapterEntry, ...] = (
                  description="pure-function ANIL (inner loop on the head), jitted, tasks vmapped"),
     AdapterEntry("jax-protonet", "jax", ("protonet",), "implementations.jax.protonet:JaxProtoNet",
                  description="Prototypical Networks, step jitted"),
+    AdapterEntry("jax-reptile", "jax", ("reptile",), "implementations.jax.reptile:JaxReptile",
+                 description="pure-function Reptile, outer step jitted once, tasks vmapped"),
     # TF's MAML default differs by device: on a CPU XLA measured fastest (Omniglot 5w1s
     # outer step 115 ms against graph's 176, sinusoid 1.29 against 3.26 ms:
     # results/20261129-cpu-variants) and passes parity; on a GPU it is not measured yet, so
@@ -81,6 +85,10 @@ BUILTIN: tuple[AdapterEntry, ...] = (
     AdapterEntry("tensorflow-protonet-xla", "tensorflow", ("protonet",),
                  "implementations.tensorflow.protonet:TFProtoNet", options={"jit_compile": True},
                  default=False, description="as tensorflow-protonet, tf.function(jit_compile=True)"),
+    # Reptile, like ANIL, in TF's default form, graph mode, everywhere: its steps are not timed
+    # yet (tensorflow-reptile@jit_compile=true is the XLA form)
+    AdapterEntry("tensorflow-reptile", "tensorflow", ("reptile",), "implementations.tensorflow.reptile:TFReptile",
+                 options={"jit_compile": False}, description="GradientTape Reptile in tf.function (graph)"),
 )
 
 

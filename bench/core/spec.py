@@ -396,6 +396,10 @@ def validate(spec: EpisodeSpec) -> None:
         _validate_omniglot_shapes(spec)
 
 
+def _fail(source: str, path: str, message: str) -> None:
+    raise SpecError(source, path, message)
+
+
 def _validate_image_size(spec: EpisodeSpec) -> None:
     """Conv-4 needs at least one pixel after its four poolings (else its cell fails in
     ``bench.core.models.feature_size``, after the framework has started)."""
@@ -451,11 +455,7 @@ def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
             raise SpecError(s, f"{section}.{a.train_way_field}" if a.train_way_field else "episode.n_way",
                             f"{shape.n_way} exceeds the {train_classes} training classes; "
                             f"use at most {train_classes}")
-        if shape.k_shot + shape.n_query > train_per_class:
-            field_path = f"{section}.{a.train_query_field}" if a.train_query_field else "episode.n_query"
-            raise SpecError(s, field_path, f"k_shot + {field_path.rpartition('.')[2]} = "
-                            f"{shape.k_shot + shape.n_query} exceeds the {train_per_class} training "
-                            f"images per class; use at most {train_per_class - shape.k_shot}")
+        a.check_train_images(spec, shape, train_per_class, lambda path, message: _fail(s, path, message))
 
 
 # A spec reference may carry overrides of its fields: ``omniglot-5w1s@maml.inner_steps=5``

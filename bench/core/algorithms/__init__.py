@@ -33,13 +33,14 @@ from bench.core.algorithms.base import (
 )
 from bench.core.algorithms.maml import FOMAML, MAML
 from bench.core.algorithms.protonet import PROTONET
+from bench.core.algorithms.reptile import REPTILE
 from bench.core.errors import MetabenchError
 
 ENTRY_POINT_GROUP = "metabench.algorithms"
-BUILTIN: tuple[Algorithm, ...] = (MAML, FOMAML, ANIL, PROTONET)
+BUILTIN: tuple[Algorithm, ...] = (MAML, FOMAML, ANIL, PROTONET, REPTILE)
 
-__all__ = ["ANIL", "BUILTIN", "FOMAML", "MAML", "PROTONET", "AdapterConfig", "Algorithm", "Check", "InnerLoop",
-           "MetaOptimizer", "ModelConfig", "Settings", "SpecView", "all_algorithms", "get", "names", "reader",
+__all__ = ["ANIL", "BUILTIN", "FOMAML", "MAML", "PROTONET", "REPTILE", "AdapterConfig", "Algorithm", "Check",
+           "InnerLoop", "MetaOptimizer", "ModelConfig", "Settings", "SpecView", "all_algorithms", "get", "names", "reader",
            "refresh", "sections", "setting"]
 
 

@@ -140,6 +140,14 @@ class Algorithm:
         """Values of the section beyond its fields' bounds (checked before this), and how
         the section fits the rest of the spec; ``fail(path, message)`` on the first problem."""
 
+    def check_train_images(self, spec: SpecView, shape: EpisodeShape, images_per_class: int, fail: Fail) -> None:
+        """Whether a training episode of ``shape`` fits the dataset's ``images_per_class``
+        (support and query samples of a class are distinct images)."""
+        if shape.k_shot + shape.n_query > images_per_class:
+            path = f"{self.section}.{self.train_query_field}" if self.train_query_field else "episode.n_query"
+            fail(path, f"k_shot + {path.rpartition('.')[2]} = {shape.k_shot + shape.n_query} exceeds the "
+                 f"{images_per_class} training images per class; use at most {images_per_class - shape.k_shot}")
+
     def quick_settings(self, settings: Any) -> Any:
         """The section for a quick check (``metabench check``, ``parity --quick``): training
         at the evaluation episode's shape where the algorithm trains on larger episodes."""
