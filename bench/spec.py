@@ -80,6 +80,33 @@ class MAMLSpec:
 
 
 @dataclass(frozen=True)
+class ReptileSpec:
+    """Reptile (Nichol et al. 2018): plain SGD on each task's support set, the meta-optimizer
+    fed theta - mean of the adapted weights (``bench.algorithms.reptile``)."""
+
+    inner_lr: float                           # SGD step size of the inner loop
+    inner_steps: int = 5                      # full-batch SGD steps per task while meta-training
+    test_inner_steps: int = 10                # SGD steps at evaluation
+    train_shots: int = 0                      # support samples per class of a training task; 0: episode.k_shot
+    meta_batch_size: int = 5
+    meta_lr: float = 1e-3                     # Adam step size on the pseudo-gradient
+
+    def validate(self, source: str, k_shot: int, images_per_class: int | None = None) -> None:
+        """Its fields' values, each error naming ``reptile.<field>``. ``images_per_class``:
+        the training images per class of a classification dataset, None for regression; a
+        training task takes ``train_shots`` (0: ``k_shot``) support and one query image of
+        each class."""
+        for name in ("inner_lr", "inner_steps", "test_inner_steps", "meta_batch_size", "meta_lr"):
+            _positive(source, f"reptile.{name}", getattr(self, name))
+        _positive(source, "reptile.train_shots", self.train_shots, allow_zero=True)
+        shots = self.train_shots or k_shot
+        if images_per_class is not None and shots + 1 > images_per_class:
+            raise SpecError(source, "reptile.train_shots", f"{'train_shots' if self.train_shots else 'k_shot'} + 1 "
+                            f"query image = {shots + 1} exceeds the {images_per_class} training images per "
+                            f"class; use train_shots <= {images_per_class - 1}")
+
+
+@dataclass(frozen=True)
 class ProtoNetSpec:
     train_n_way: int = 0                      # classes per training episode; 0: episode.n_way
     train_n_query: int = 0                    # 0: episode.n_query
@@ -111,6 +138,7 @@ class EpisodeSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     maml: MAMLSpec | None = None
     protonet: ProtoNetSpec | None = None
+    reptile: ReptileSpec | None = None
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     # profile name -> overrides of ``budget`` fields, for every algorithm or in a
     # sub-table per algorithm (which may also set ``meta_batch_size``); see ``with_profile``.
@@ -173,7 +201,7 @@ class EpisodeSpec:
 # -- loading and validation ---------------------------------------------------------
 
 _SECTIONS = {"data": DataSpec, "episode": EpisodeShape, "model": ModelSpec, "maml": MAMLSpec,
-             "protonet": ProtoNetSpec, "budget": BudgetSpec}
+             "protonet": ProtoNetSpec, "reptile": ReptileSpec, "budget": BudgetSpec}
 _TOP_LEVEL = {"name": str, "seed": int, "description": str}
 _FLOAT_PROFILE_KEYS = {"target"}
 _PROFILE_KEYS = {f.name for f in fields(BudgetSpec)}
@@ -329,8 +357,8 @@ def validate(spec: EpisodeSpec) -> None:
     _positive(s, "budget.val_every", b.val_every, allow_zero=True)
     _positive(s, "budget.val_episodes", b.val_episodes, allow_zero=True)
     _positive(s, "budget.target", b.target, allow_zero=True)
-    if spec.maml is None and spec.protonet is None:
-        raise SpecError(s, "maml", "a spec needs a [maml] or a [protonet] section (or both)")
+    if spec.maml is None and spec.protonet is None and spec.reptile is None:
+        raise SpecError(s, "maml", "a spec needs a [maml], [protonet] or [reptile] section (or several)")
     if spec.maml is not None:
         mm = spec.maml
         _positive(s, "maml.inner_lr", mm.inner_lr)
@@ -350,6 +378,8 @@ def validate(spec: EpisodeSpec) -> None:
         _positive(s, "protonet.meta_lr", p.meta_lr)
         _positive(s, "protonet.lr_halve_every", p.lr_halve_every, allow_zero=True)
         _positive(s, "protonet.meta_batch_size", p.meta_batch_size)
+    if spec.reptile is not None:
+        spec.reptile.validate(s, e.k_shot)  # the omniglot bound: _validate_omniglot_shapes
     for algorithm, target in spec.targets.items():
         if algorithm not in spec.algorithms():
             raise SpecError(s, f"targets.{algorithm}", f"this spec does not configure {algorithm}; "
@@ -425,7 +455,9 @@ def _validate_omniglot_shapes(spec: EpisodeSpec) -> None:
             raise SpecError(s, f"{section}.train_n_way" if section == "protonet" else "episode.n_way",
                             f"{shape.n_way} exceeds the {train_classes} training classes; "
                             f"use at most {train_classes}")
-        if shape.k_shot + shape.n_query > train_per_class:
+        if section == "reptile":
+            spec.reptile.validate(s, e.k_shot, train_per_class)
+        elif shape.k_shot + shape.n_query > train_per_class:
             raise SpecError(s, f"{section}.train_n_query", f"k_shot + train_n_query = "
                             f"{shape.k_shot + shape.n_query} exceeds the {train_per_class} training "
                             f"images per class; use at most {train_per_class - shape.k_shot}")
@@ -493,7 +525,7 @@ def _apply_overrides(raw: dict, overrides: list[tuple[str, str]], source: str) -
             raise SpecError(source, key, f"--set or --sweep: unknown section [{section}]; sections: "
                             f"{', '.join(_SECTIONS)}")
         if section not in raw:
-            if section in ("maml", "protonet"):
+            if section in ("maml", "protonet", "reptile"):
                 raise SpecError(source, key, f"--set or --sweep: this spec has no [{section}] section to change")
             raw[section] = {}
         value = raw[section][field_name] = _override_value(text)

@@ -10,8 +10,9 @@ from bench.algorithms.anil import ANIL
 from bench.algorithms.base import AdapterConfig, Algorithm, InnerLoop, MetaOptimizer, ModelConfig
 from bench.algorithms.maml import FOMAML, MAML
 from bench.algorithms.protonet import PROTONET
+from bench.algorithms.reptile import REPTILE
 
-ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (MAML, FOMAML, ANIL, PROTONET)}
+ALGORITHMS: dict[str, Algorithm] = {a.name: a for a in (MAML, FOMAML, ANIL, PROTONET, REPTILE)}
 
 __all__ = ["ALGORITHMS", "AdapterConfig", "Algorithm", "InnerLoop", "MetaOptimizer", "ModelConfig", "get", "names"]
 
