@@ -51,6 +51,8 @@ BUILTIN: tuple[AdapterEntry, ...] = (
                  description="torch.func functional MAML, eager"),
     AdapterEntry("torch-anil", "torch", ("anil",), "implementations.torch.anil:TorchANIL",
                  description="torch.func ANIL (inner loop on the head), eager"),
+    AdapterEntry("torch-reptile", "torch", ("reptile",), "implementations.torch.reptile:TorchReptile",
+                 description="torch.func Reptile (SGD per task, pseudo-gradient to Adam), eager"),
     AdapterEntry("torch-protonet", "torch", ("protonet",), "implementations.torch.protonet:TorchProtoNet",
                  description="Prototypical Networks, eager"),
     AdapterEntry("jax-maml", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",
@@ -60,6 +62,8 @@ BUILTIN: tuple[AdapterEntry, ...] = (
                  description="as jax-maml, lax.conv_general_dilated also on CPU (grouped convs under vmap)"),
     AdapterEntry("jax-anil", "jax", ("anil",), "implementations.jax.anil:JaxANIL",
                  description="pure-function ANIL (inner loop on the head), jitted, tasks vmapped"),
+    AdapterEntry("jax-reptile", "jax", ("reptile",), "implementations.jax.reptile:JaxReptile",
+                 description="pure-function Reptile, outer step jitted once, tasks vmapped"),
     AdapterEntry("jax-protonet", "jax", ("protonet",), "implementations.jax.protonet:JaxProtoNet",
                  description="Prototypical Networks, step jitted"),
     # TF's MAML default differs by device: on a CPU XLA measured fastest (Omniglot 5w1s
@@ -72,6 +76,10 @@ BUILTIN: tuple[AdapterEntry, ...] = (
                  description="nested GradientTape MAML in tf.function (graph)"),
     AdapterEntry("tensorflow-anil", "tensorflow", ("anil",), "implementations.tensorflow.anil:TFANIL",
                  options={"jit_compile": False}, description="nested GradientTape ANIL in tf.function (graph)"),
+    # Reptile, like ANIL, in TF's default form, graph mode, everywhere: its steps are not timed
+    # yet (tensorflow-reptile@jit_compile=true is the XLA form)
+    AdapterEntry("tensorflow-reptile", "tensorflow", ("reptile",), "implementations.tensorflow.reptile:TFReptile",
+                 options={"jit_compile": False}, description="GradientTape Reptile in tf.function (graph)"),
     AdapterEntry("tensorflow-protonet", "tensorflow", ("protonet",),
                  "implementations.tensorflow.protonet:TFProtoNet", options={"jit_compile": False},
                  description="Prototypical Networks in tf.function (graph)"),
