@@ -48,6 +48,11 @@ def _machine(run_dir: Path) -> str:
 def shapes(spec: dict, algorithm: str) -> str:
     """A workload's training shapes in a few words, from the manifest's spec."""
     e, m, p = spec.get("episode", {}), spec.get("maml", {}), spec.get("protonet", {})
+    if algorithm == "reptile":  # its own section: the support set it fits, its SGD steps
+        r = spec.get("reptile") or {}
+        body = "MLP 40-40" if spec.get("data", {}).get("dataset") == "sinusoid" else f"Conv-4, {e.get('n_way')}-way"
+        return (f"{body}, {r.get('train_shots') or e.get('k_shot')} shots, meta-batch {r.get('meta_batch_size')}, "
+                f"{r.get('inner_steps')} SGD steps")
     if spec.get("data", {}).get("dataset") == "sinusoid":
         return f"MLP 40-40, {e.get('k_shot')} points, meta-batch {m.get('meta_batch_size')}"
     if algorithm == "protonet":

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frameworks", type=_csv, help="comma-separated, e.g. torch,jax,tensorflow (default: all found)")
     p.add_argument("--algorithms", type=_csv,
                    help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} "
-                        "(default: the profile's; smoke: maml,protonet; others: all but anil)")
+                        "(default: the profile's; smoke: maml,protonet; others: all but anil and reptile)")
     p.add_argument("--specs", type=_csv, help="comma-separated spec names or TOML files")
     p.add_argument("--adapters", type=_csv, help="exact adapter names (variants included); overrides --frameworks")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("parity", help="check that every framework computes what PyTorch computes")
     p.add_argument("--specs", type=_csv, default=["omniglot-5w1s", "sinusoid-10shot"])
     p.add_argument("--algorithms", type=_csv, default=["maml", "fomaml", "protonet"],
-                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} (default: all but anil)")
+                   help=f"comma-separated subset of {','.join(ALGORITHM_NAMES)} (default: all but anil and reptile)")
     p.add_argument("--frameworks", type=_csv, default=None,
                    help="frameworks compared against torch, by their default adapters (default: every "
                         "framework registered, plugins included)")

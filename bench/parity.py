@@ -653,6 +653,16 @@ _WHERE = {
         "meta_grad": "the outputs agree, the meta-gradient does not: its order (second or first), the "
                      "meta-loss's mean over tasks, or one layer's gradient",
     },
+    "reptile": {
+        "support_loss": "the loss before adaptation differs: the forward pass or the loss (model, "
+                        "BatchNorm, padding, pooling, loss reduction)",
+        "query_logits": "the loss before adaptation agrees, the query outputs after the training-time SGD "
+                        "steps do not: the inner update (its sign, step size, number of steps, or what it "
+                        "updates) or the training tasks' support set (train_shots)",
+        "meta_grad": "the adapted outputs agree, the pseudo-gradient does not: theta minus the mean over "
+                     "tasks of the adapted parameters (its sign, the mean), or an outer step that adapts "
+                     "otherwise than the probe",
+    },
     "protonet": {
         "support_loss": "the episode loss differs: the embedding (model, BatchNorm, padding, pooling), "
                         "the prototypes (class means), the distance (squared Euclidean) or the loss",
@@ -715,7 +725,7 @@ def diagnose(res: dict, ref: dict, prefixes, errors: dict, errors64: dict, floor
     order the maths computes them) that differs, what that part of the maths is, and the
     meta-gradient's error by parameter."""
     p32, r32, p64, r64 = prefixes
-    where = _WHERE["protonet" if get_algorithm(algorithm).section == "protonet" else "maml"]
+    where = _WHERE.get(get_algorithm(algorithm).section, _WHERE["maml"])
     head = ("still the placeholder maths of `metabench new-adapter` (its class sets placeholder = True): "
             "write the methods marked TODO(maths), then remove that line. " if placeholder else "")
     bad64 = [q for q in QUANTITIES if not errors64[q] <= TOLERANCE_64]

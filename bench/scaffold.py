@@ -63,6 +63,14 @@ TODO = {  # what each maths method must compute, per algorithm (reference: imple
                       "(self._adam_step); return the loss.",
         **_MAML_TEST_TIME,
     },
+    "reptile": {
+        "inner_step": _MAML_INNER + " w.r.t. every parameter. Returns every task's adapted parameters.",
+        "outer_step": "for each task, self.config.inner.steps inner steps on its support set from self.params, "
+                      "nothing differentiated through them (phi_i); the pseudo-gradient g = self.params - mean "
+                      "over tasks of phi_i; one Adam step with g as the gradient (self._adam_step); return the "
+                      "mean over tasks of the support loss at self.params (before adaptation).",
+        **_MAML_TEST_TIME,
+    },
     "protonet": {
         "outer_step": "embed each episode's support and query in one pass (Conv-4, BatchNorm on the "
                       "batch's statistics: bench/models.py); prototypes = class means of the support "

@@ -21,7 +21,7 @@ from bench import stats
 
 SAMPLING = "sample_episodes"  # host-side numpy: shown in detail tables, never ranked
 PHASE_ORDER = ["outer_step", "inner_step", "adapt", SAMPLING]
-ALGORITHM_ORDER = ["maml", "fomaml", "protonet"]
+ALGORITHM_ORDER = ["maml", "fomaml", "reptile", "protonet"]
 FRAMEWORK_ORDER = ["torch", "jax", "tensorflow"]
 EAGER = "eager"
 FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
@@ -104,7 +104,11 @@ def format_metric(mean, half_width, metric: str) -> str:
 # -- identities and order -----------------------------------------------------------------
 
 def family(algorithm: str) -> str:
-    return "protonet" if algorithm == "protonet" else "maml"
+    """The spec section ``algorithm`` reads (``maml`` for FOMAML and ANIL), which names each
+    framework's own adapter: ``torch-maml``, ``torch-protonet``, ``torch-reptile``."""
+    from bench.algorithms import ALGORITHMS
+
+    return ALGORITHMS[algorithm].section if algorithm in ALGORITHMS else "maml"
 
 
 def column_label(framework: str, adapter: str, algorithm: str) -> str:
