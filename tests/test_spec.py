@@ -31,7 +31,11 @@ def test_builtin_specs_are_the_papers_settings():
     assert (s.maml.inner_lr, s.maml.inner_steps, s.maml.meta_batch_size) == (0.1, 5, 16)
     s = load_spec("sinusoid-10shot")
     assert (s.episode.k_shot, s.maml.inner_lr, s.maml.meta_batch_size, s.model.hidden) == (10, 0.01, 25, 40)
-    assert s.algorithms() == ("maml", "fomaml", "anil")
+    assert s.algorithms() == ("maml", "fomaml", "anil", "reptile")
+    assert (s.reptile.inner_lr, s.reptile.inner_steps, s.reptile.train_shots) == (0.02, 5, 0)
+    s = load_spec("omniglot-5w1s").reptile  # Nichol's 5-way 1-shot, SGD inner loop, 10 test steps
+    assert (s.inner_lr, s.inner_steps, s.test_inner_steps, s.train_shots, s.meta_batch_size, s.meta_lr) == (
+        0.1, 5, 10, 10, 5, 1e-3)
     s = load_spec("omniglot-100x10")
     assert (s.data.max_train_classes, s.data.max_train_images_per_class) == (100, 10)
 
@@ -85,13 +89,53 @@ def _error(mutate, name="omniglot-5w1s") -> SpecError:
     (lambda r: r.update(profiles={"fast": {}}), "profiles.fast", "unknown profile"),
     (lambda r: r.update(profiles={"cpu": {"meta_train_steps": 0}}), "profiles.cpu.meta_train_steps", "> 0"),
     (lambda r: r.update(profiles={"cpu": {"maml": {"speed": 1}}}), "profiles.cpu.maml.speed", "unknown field"),
-    (lambda r: (r.pop("maml"), r.pop("protonet")), "maml", "needs a [maml] or a [protonet]"),
+    (lambda r: (r.pop("maml"), r.pop("protonet"), r.pop("reptile")), "maml",
+     "needs a [maml], [protonet] or [reptile] section"),
+    (lambda r: r["reptile"].update(outer_lr=1.0), "reptile.outer_lr", "unknown field; allowed: inner_lr"),
+    (lambda r: r["reptile"].pop("inner_lr"), "reptile.inner_lr", "is required"),
+    (lambda r: r["reptile"].update(inner_lr=0.0), "reptile.inner_lr", "must be > 0"),
+    (lambda r: r["reptile"].update(inner_steps=0), "reptile.inner_steps", "must be > 0"),
+    (lambda r: r["reptile"].update(test_inner_steps=-1), "reptile.test_inner_steps", "must be > 0"),
+    (lambda r: r["reptile"].update(meta_batch_size=0), "reptile.meta_batch_size", "must be > 0"),
+    (lambda r: r["reptile"].update(meta_lr=float("nan")), "reptile.meta_lr", "must be a finite number"),
+    (lambda r: r["reptile"].update(train_shots=-1), "reptile.train_shots", "must be >= 0"),
+    (lambda r: r["reptile"].update(train_shots=2.5), "reptile.train_shots", "must be an integer"),
+    (lambda r: r["reptile"].update(train_shots=20), "reptile.train_shots",
+     "train_shots + 1 query image = 21 exceeds the 20 training images per class; use train_shots <= 19"),
+    (lambda r: r["data"].update(max_train_images_per_class=10), "reptile.train_shots",
+     "train_shots + 1 query image = 11 exceeds the 10 training images per class"),
 ])
 def test_invalid_field_is_named_with_what_is_allowed(mutate, field, words):
     err = _error(mutate)
     assert err.field == field
     assert words in str(err)
     assert "\n" not in str(err)
+
+
+def test_reptile_shots_fall_back_to_the_episode_and_sinusoid_has_no_image_bound():
+    def only_reptile(r):
+        for section in ("maml", "protonet", "targets", "profiles"):
+            r.pop(section)
+        r["reptile"]["train_shots"] = 0
+        r["episode"].update(k_shot=5, n_query=5)
+        r["data"]["max_train_images_per_class"] = 5
+    err = _error(only_reptile)
+    assert err.field == "reptile.train_shots" and "k_shot + 1 query image = 6 exceeds the 5" in str(err)
+    r = raw("sinusoid-10shot")
+    r["reptile"]["train_shots"] = 500  # points, not images: no bound
+    assert spec_from_dict(r, "x.toml").train_shape("reptile").k_shot == 500
+
+
+def test_reptile_fields_can_be_overridden_and_profiles_cap_its_meta_batch():
+    s = load_spec("omniglot-5w1s@reptile.inner_steps=3@reptile.train_shots=0")
+    assert (s.reptile.inner_steps, s.train_shape("reptile").k_shot) == (3, 1)
+    assert s.name == "omniglot-5w1s_reptile.inner_steps-3_reptile.train_shots-0"
+    with pytest.raises(SpecError, match=r"this spec has no \[reptile\] section to change"):
+        load_spec("omniglot-5w5s@reptile.inner_steps=3")
+    base = load_spec("omniglot-5w1s")
+    assert base.with_profile("smoke", "reptile").reptile.meta_batch_size == 4
+    assert base.with_profile("cpu", "reptile").budget.meta_train_steps == 1000
+    assert base.with_profile("cpu", "reptile").reptile == base.reptile
 
 
 def test_sinusoid_rejects_classification_settings():
