@@ -107,3 +107,23 @@ def test_anil_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path)
         assert note.startswith("near-tie: float32 meta_grad") and "episode 2's query image" in note, note
         assert "both tiers pass" in note
     assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()  # no pooling, nothing to excuse
+
+
+def test_reptile_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path):
+    """Reptile, with its own [reptile] section, through the same parity path: both tiers pass,
+    float64 at rounding level. Its meta-gradient is the pseudo-gradient theta - mean(phi): on
+    Omniglot (5 SGD steps on 50 support images) torch's and TF's float32 are ~5e-3 from their
+    float64 (a support-pass max-pool window that float32 decides otherwise at the 4th step of
+    episodes 0 and 2), and the float32 limit follows torch's floor."""
+    out = tmp_path / "parity.csv"
+    r = _parity(data_env, "--adapters", "jax-reptile,tensorflow-reptile", "--specs", "omniglot-5w1s,sinusoid-10shot",
+                "--algorithms", "reptile", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    table = pd.read_csv(out)
+    assert len(table) == 4 and set(table["algorithm"]) == {"reptile"} and table["ok"].all(), r.stdout[-2000:]
+    assert set(table["adapter"]) == {"jax-reptile", "tensorflow-reptile"}
+    for q in QUANTITIES:
+        assert (table[f"{q}_64"] <= TOLERANCE_64).all(), table[["adapter", "spec", f"{q}_64"]]
+        assert (table[f"{q}_floor"] > 0).all() and (table[f"{q}_own_floor"] > 0).all()
+    if "note" in table:  # no pooling on the sinusoid: nothing to excuse
+        assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()
