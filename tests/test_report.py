@@ -173,6 +173,20 @@ def test_step_time_cell_shows_median_and_ci_in_the_medians_unit():
     assert tables.format_seconds(0.000529, (0.000473, 0.000566)) == "529 µs [473, 566]"
 
 
+def test_each_frameworks_own_adapter_shows_as_the_framework_and_reptile_rows_sort_before_protonet():
+    from bench.answer import shapes
+
+    assert tables.column_label("torch", "torch-reptile", "reptile") == "torch"
+    assert tables.column_label("jax", "jax-maml", "fomaml") == "jax"
+    assert tables.column_label("jax", "jax-anil", "anil") == "jax-anil"      # a variant of the [maml] family
+    assert tables.column_label("tensorflow", "tensorflow-maml-xla", "maml") == "tensorflow-maml-xla"
+    keys = sorted(["protonet", "reptile", "maml", "anil"], key=lambda a: tables.row_key("omniglot-5w1s", a))
+    assert keys == ["maml", "reptile", "protonet", "anil"]
+    spec = {"episode": {"n_way": 5, "k_shot": 1}, "reptile": {"train_shots": 10, "meta_batch_size": 5,
+                                                              "inner_steps": 5}, "data": {"dataset": "omniglot"}}
+    assert shapes(spec, "reptile") == "Conv-4, 5-way, 10 shots, meta-batch 5, 5 SGD steps"
+
+
 # -- accuracy, seeds, time to target, the paired test ---------------------------------------
 
 def test_accuracy_across_seeds_is_the_mean_of_seed_means_with_a_t_interval(tabs):

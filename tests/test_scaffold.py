@@ -156,7 +156,7 @@ def test_the_placeholder_adam_is_torchs_adam(generated):
 @pytest.mark.parametrize("args,says", [
     (["Bad_Name", "--framework", "mylib", "--algorithm", "maml"], "name 'Bad_Name' must be lowercase"),
     (["mylib-", "--framework", "mylib", "--algorithm", "maml"], "name 'mylib-' must be lowercase"),
-    (["mylib-reptile", "--framework", "mylib", "--algorithm", "reptile"], "unknown algorithm 'reptile'"),
+    (["mylib-leo", "--framework", "mylib", "--algorithm", "leo"], "unknown algorithm 'leo'"),
     (["mylib-maml", "--framework", "", "--algorithm", "maml"], "--framework '' must be a non-empty word"),
     (["torch-maml", "--framework", "torch", "--algorithm", "maml"], "torch-maml is already registered"),
 ])
@@ -165,6 +165,15 @@ def test_bad_input_is_refused_in_one_line_writing_nothing(tmp_path, capsys, args
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and says in err, err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reptile_skeleton_says_what_its_outer_step_computes():
+    from bench.scaffold import next_steps, render
+
+    module = render("mylib-reptile", "mylib", "reptile")["metabench_mylib_reptile.py"]
+    assert 'algorithms = ("reptile",)' in module and "def inner_step" in module
+    assert "nothing differentiated through them (phi_i); the pseudo-gradient g =" in module
+    assert any("--specs sinusoid-10shot" in step for step in next_steps(Path("x"), "mylib-reptile", "reptile"))
 
 
 def test_an_existing_package_folder_is_left_alone(tmp_path, capsys):
