@@ -339,3 +339,46 @@ def test_auto_picks_the_task_form_by_shape_and_says_which():
     assert forced.task_loop_for(1, 25, meta_gradient=True)
     with pytest.raises(ValueError, match="tasks=loop"):
         TorchMAML(small, "maml", init_params(small, "maml"), options={"tasks": "loop", "compile": True})
+
+
+@pytest.mark.parametrize("tasks", ["loop", "vmap"])
+@pytest.mark.parametrize("dataset", ["sinusoid", "omniglot"])
+def test_reptile_feeds_adam_theta_minus_the_mean_of_plain_sgd_steps(dataset, tasks):
+    """Reptile's outer step, by hand in float64: each task's inner_steps SGD steps on its
+    support set from theta (torch.autograd, no torch.func), g = theta - mean(phi), and Adam's
+    first step theta - meta_lr * g / (|g| + eps); the returned loss is the mean support loss
+    at theta. In both task forms."""
+    from bench import check
+    from bench.algorithms import get
+    from implementations.torch.reptile import TorchReptile
+
+    spec = check.small_specs("reptile")[dataset == "omniglot"]
+    algo = get("reptile")
+    init = init_params(spec, "reptile")
+    batch = check.synthetic_batch(spec, algo.train_shape(spec), tasks=3)
+    a = TorchReptile(spec, "reptile", init, options={"dtype": "float64", "tasks": tasks})
+    b = a.to_device(batch)
+    lr, steps = spec.reptile.inner_lr, spec.reptile.inner_steps
+    assert (a.inner_lr, a.inner_steps, a.first_order) == (lr, steps, True)
+    theta = {k: torch.tensor(v, dtype=torch.float64) for k, v in init.items()}
+    phis, losses = [], []
+    for t in range(len(batch)):
+        p = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        for s in range(steps):
+            loss = a.loss(p, b.support_x[t], b.support_y[t])
+            if s == 0:
+                losses.append(float(loss.detach()))
+            grads = torch.autograd.grad(loss, list(p.values()))
+            p = {k: (v - lr * g).detach().requires_grad_() for (k, v), g in zip(p.items(), grads)}
+        phis.append({k: v.detach() for k, v in p.items()})
+    g = {k: (theta[k] - torch.stack([phi[k] for phi in phis]).mean(0)).numpy() for k in theta}
+    probe = a.probe(b)
+    np.testing.assert_allclose(probe["support_loss"], losses, rtol=1e-12)
+    for k in init:
+        np.testing.assert_allclose(probe[f"meta_grad/{k}"], g[k], rtol=1e-9, atol=1e-14, err_msg=k)
+    loss = a.outer_step(b)
+    assert float(loss) == pytest.approx(np.mean(losses), rel=1e-12)
+    meta_lr = spec.reptile.meta_lr
+    for k, v in a.get_params().items():
+        np.testing.assert_allclose(v, init[k] - meta_lr * g[k] / (np.abs(g[k]) + 1e-8), rtol=1e-9, atol=1e-12,
+                                   err_msg=k)
