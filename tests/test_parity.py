@@ -127,3 +127,14 @@ def test_reptile_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_pa
         assert (table[f"{q}_floor"] > 0).all() and (table[f"{q}_own_floor"] > 0).all()
     if "note" in table:  # no pooling on the sinusoid: nothing to excuse
         assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()
+
+
+def test_a_float64_difference_is_diagnosed_in_the_words_of_the_algorithms_section():
+    from bench.parity import diagnose
+
+    errors = {q: 0.0 for q in QUANTITIES}
+    errors64 = {**errors, "meta_grad": 1e-2}
+    prefixes = ("0/", "0/", "0/f64/", "0/f64/")
+    said = {a: diagnose({}, {}, prefixes, errors, errors64, errors, errors, errors, a) for a in ("reptile", "maml")}
+    assert "first at meta_grad" in said["reptile"] and "the pseudo-gradient does not" in said["reptile"]
+    assert "its order (second or first)" in said["maml"] and "pseudo-gradient" not in said["maml"]
