@@ -276,8 +276,9 @@ def test_repeated_processes_pool_rounds_and_draw_processes_for_both_sides_at_onc
 
 @pytest.mark.slow
 def test_repeats_run_interleaved_processes_and_report_a_two_level_ci(tmp_path, data_env):
-    cmd = [sys.executable, "-m", "bench.check.baselines", str(tmp_path), "--frameworks", "torch", "--workloads", "sinusoid",
-           "--rounds", "10", "--warmup", "1", "--threads", "1", "--repeats", "2", "--no-float64"]
+    cmd = [sys.executable, "-m", "bench.check.baselines", str(tmp_path), "--frameworks", "torch",
+           "--workloads", "sinusoid", "--rounds", "10", "--warmup", "1", "--threads", "1", "--repeats", "2",
+           "--no-float64"]
     proc = subprocess.run(cmd, cwd=REPO, env=data_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp_path / "torch-p0.json").exists() and (tmp_path / "torch-p1.log").exists()

@@ -168,7 +168,8 @@ def test_the_smallest_image_size_conv4_can_pool_loads():
 
 def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path):
     path = tmp_path / "bom.toml"
-    path.write_bytes(b"\xef\xbb\xbf" + resources.files("bench.core.specs").joinpath("sinusoid-10shot.toml").read_bytes())
+    spec = resources.files("bench.core.specs").joinpath("sinusoid-10shot.toml")
+    path.write_bytes(b"\xef\xbb\xbf" + spec.read_bytes())
     assert load_spec(path).name == "sinusoid-10shot"
 
 

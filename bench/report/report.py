@@ -274,7 +274,9 @@ def _step_row(phase: str, items: list, ident: dict) -> dict:
     recompiled = [e.get("recompilations_while_timed") for e, _, _ in items
                   if e.get("recompilations_while_timed") is not None]
     return {**ident, "phase": phase, "device": extra.get("device"),
-            "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
+            # the vocabulary's word (bench.core.adapter.COMPILATION), also for free text recorded before it
+            "compilation": tables.compilation_name(extra.get("compilation")),
+            "meta_batch_size": extra.get("meta_batch_size"),
             "first_step_seconds": float(np.median(first)) if first else None,
             "first_step_min": min(first) if first else None, "first_step_max": max(first) if first else None,
             "recompilations": max(recompiled) if recompiled else None,

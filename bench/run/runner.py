@@ -41,7 +41,7 @@ from pathlib import Path
 from bench.core import atomic, registry
 from bench.core.cell import Cell
 from bench.core.errors import AdapterError, MetabenchError
-from bench.core.profiles import PROFILES
+from bench.core.profiles import PHASE_GROUPS, PROFILES
 from bench.core.spec import ALGORITHMS, EpisodeSpec, load_spec
 from bench.measure import machine_load
 from bench.run import executors, plan, preflight
@@ -58,11 +58,10 @@ DEFAULT_SPECS = {"smoke": ("omniglot-5w1s", "sinusoid-10shot"), "cpu": ("omniglo
 # (docs/fairness.md), and a default run must not fail on it.
 DEFAULT_ALGORITHMS = {"smoke": ("maml", "protonet"), "cpu": ("maml", "fomaml", "protonet"),
                       "paper": ("maml", "fomaml", "protonet")}
-PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 # Parity runs once per run, before the cells: is every adapter's maths torch's? Every
-# profile runs it; smoke runs the quick comparison (Profile.quick_parity), so a wrong
-# adapter is never timed without a warning.
-DEFAULT_PHASES = {"smoke": PHASE_GROUPS, "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
+# profile runs it (Profile.phases); smoke runs the quick comparison (Profile.quick_parity),
+# so a wrong adapter is never timed without a warning.
+DEFAULT_PHASES = {name: p.phases for name, p in PROFILES.items()}
 LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
 POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 MAX_REPEATS = 100       # timing processes per cell: more is a typo, not a plan
@@ -207,7 +206,9 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
     timed_out = interrupted = False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                # the run's adapters, as resolved when it started (registry.child_env)
+                                env={**os.environ, **registry.child_env(), "PYTHONUNBUFFERED": "1"},
+                                start_new_session=True,
                                 preexec_fn=_PREEXEC)
         reader = threading.Thread(target=_tee, args=(proc.stdout, log, tail, echo), daemon=True)
         reader.start()
@@ -459,7 +460,7 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
     ``contract.csv``, then ``metabench parity`` for the run's adapters, specs and
     algorithms, into ``parity.csv`` and ``parity.log``. A failure is reported and marked in
     every table, never fatal: the cells run."""
-    from bench.check.parity import REFERENCE, reference_adapter, run_parity
+    from bench.check.parity import QUICK_TASKS, REFERENCE, reference_adapter, run_parity
 
     run_contract_phase(run_dir, cells, device=device, cache_dir=cache_dir, echo=echo)
     adapters = sorted({c.adapter for c in cells if c.adapter != reference_adapter(c.algorithm)})
@@ -478,7 +479,7 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
             part = run_dir / f"{atomic.PART_PREFIX}parity.csv"
             rc = run_parity(specs=specs, algorithms=algorithms, adapters=adapters, data_dir=data_dir,
                             cache_dir=cache_dir, device=device, threads=threads, out=part, echo=write,
-                            quick=quick, batch_size=2 if quick else 4)
+                            quick=quick, batch_size=QUICK_TASKS if quick else 4)
             if part.exists():  # whole: --resume keeps a parity.csv it finds
                 os.replace(part, run_dir / "parity.csv")
         except Exception as e:  # a broken plugin or a missing reference framework

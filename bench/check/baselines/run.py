@@ -486,7 +486,8 @@ def parse_args(argv, prog: str = "python -m bench.check.baselines"):
     ap.add_argument("out_dir")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=f"subset of {','.join(FRAMEWORKS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
-                    help=f"subset of {','.join(WORKLOADS)}, or grid shapes by name (bench/check/baselines/workloads.py)")
+                    help=f"subset of {','.join(WORKLOADS)}, or grid shapes by name "
+                         "(bench/check/baselines/workloads.py)")
     ap.add_argument("--grid", choices=tuple(GRIDS),
                     help="time the grid of shapes instead of --workloads: each default against the plain forms "
                          "that compute its maths (maml: query x meta-batch, way, inner steps; protonet: way x shot)")
