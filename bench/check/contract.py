@@ -6,9 +6,11 @@ The contract checks need no data and take seconds: they build the adapter for ev
 algorithm it serves, on a regression spec (MAML family) and a small image spec, and check
 what the harness relies on (``bench.core.adapter``): parameters round-trip in the canonical
 layout, the probe's and the predictions' shapes, that each of four outer steps in a row
-changes the parameters, deterministically, and leaves a finite loss, that the probe leaves the parameters alone, that
-identical steps do not recompile, that the float64 diagnostic builds, and that ``sync``
-waits for a step's results. The same checks run in the test suite for every registered
+changes the parameters, deterministically, and leaves a finite loss, that the probe leaves
+the parameters alone, that identical steps do not recompile, that the float64 diagnostic
+computes at float64 precision (``float64_precision``: not only float64 arrays), that
+``describe`` names its compilation mode in ``bench.core.adapter.COMPILATION``, and that
+``sync`` waits for a step's results. The same checks run in the test suite for every registered
 adapter, plugins included (``tests/test_adapter_contract.py``).
 """
 
