@@ -187,7 +187,6 @@ def check_specs(algorithms) -> list[str]:
     return [CHECK_SPECS["mlp"]] * inner + [CHECK_SPECS["conv4"]]
 
 
-
 def quick_spec(spec):
     """Quick parity (``--quick``; ``metabench check`` and the smoke profile use it): the
     same maths on a smaller problem, in seconds. Conv-4 and the MLP get 16 filters or units

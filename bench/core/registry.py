@@ -117,6 +117,7 @@ _snapshot: Snapshot | None = None
 
 
 def entry_to_json(entry: AdapterEntry) -> dict:
+    """``entry`` as JSON-able data, for a subprocess (``entry_from_json`` reads it back)."""
     return {**asdict(entry), "algorithms": list(entry.algorithms),
             "default": entry.default if isinstance(entry.default, bool) else list(entry.default)}
 
