@@ -81,7 +81,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def baselines(session: nox.Session) -> None:
     """metabench's default MAML adapters against plain torch.func / JAX / TF MAML on the same
-    shapes, weights and episodes (``bench/check/contract/baselines``), into results/<UTC time>-baselines/.
+    shapes, weights and episodes (``bench/check/baselines``), into results/<UTC time>-baselines/.
     Extra arguments go to it (e.g. ``-- --rounds 50 --frameworks torch``)."""
     install(session)
     session.run("metabench", "baselines", f"results/{datetime.now(UTC):%Y%m%d-%H%M%S}-baselines",
@@ -90,7 +90,7 @@ def baselines(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def gpu(session: nox.Session) -> None:
-    """The GPU check on a machine with an NVIDIA GPU (``bench/check/contract/gpu_check.py``): dispatch
+    """The GPU check on a machine with an NVIDIA GPU (``bench/check/gpu_check.py``): dispatch
     against synchronised step time and the sync check per adapter, quick parity with torch
     on the GPU, and smoke timing and memory, into results/<UTC time>-gpu-check/. Extra
     arguments go to the check (e.g. ``-- --frameworks torch,jax``)."""

@@ -38,7 +38,7 @@ def metabench(env, *args) -> subprocess.CompletedProcess:
 def test_a_fourth_framework_keeps_the_contract(example_env):
     proc = metabench(example_env, "check", "autograd-protonet", "--no-parity")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "autograd-protonet: 8 of 8 contract checks pass" in proc.stdout
+    assert "autograd-protonet: 9 of 9 contract checks pass" in proc.stdout
 
 
 def test_a_fourth_framework_computes_torchs_protonet(example_env, tmp_path):

@@ -1,4 +1,4 @@
-"""The HTML pages (``bench/report/report/html.py``): each run's ``report.html`` and ``results/index.html``.
+"""The HTML pages (``bench/report/html.py``): each run's ``report.html`` and ``results/index.html``.
 
 Their figures are Vega-Lite specifications, asserted here as data (colours, scales, the
 legend toggle, the CIs in the tooltips), and then drawn by a real headless Chromium (from

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from bench.cli.main import main
+from bench.core import registry
 from bench.run.lock import RunLock
 from tests.fake_adapters import install_plugin
 
@@ -240,14 +241,17 @@ def files_under(*roots: Path) -> dict[str, tuple[int, int]]:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch, tmp_path_factory, data_dir) -> World:
+def world(tmp_path, monkeypatch, tmp_path_factory, data_dir):
     site = install_plugin(tmp_path_factory.mktemp("site"))
     monkeypatch.syspath_prepend(str(site))
     repo = str(Path(__file__).resolve().parents[1])
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([repo, str(site)]))
     monkeypatch.setenv("METABENCH_OFFLINE", "1")
     monkeypatch.setenv("METABENCH_CACHE_DIR", str(tmp_path / "cache"))
-    return World(tmp=tmp_path, data_dir=tmp_path / "data", real_data=data_dir)
+    registry.refresh()  # the registry is read once per process: read it again with the plugin
+    yield World(tmp=tmp_path, data_dir=tmp_path / "data", real_data=data_dir)
+    monkeypatch.undo()
+    registry.refresh()
 
 
 def refusal(argv: list[str], capsys, watched: list[Path]) -> str:

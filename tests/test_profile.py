@@ -1,4 +1,4 @@
-"""``bench/check/contract/baselines/profile.py``: operations sorted into kinds both frameworks have, XLA's
+"""``bench/check/baselines/profile.py``: operations sorted into kinds both frameworks have, XLA's
 thunk events told from the runtime's own spans, and the report's table."""
 
 from __future__ import annotations

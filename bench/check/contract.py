@@ -6,9 +6,11 @@ The contract checks need no data and take seconds: they build the adapter for ev
 algorithm it serves, on a regression spec (MAML family) and a small image spec, and check
 what the harness relies on (``bench.core.adapter``): parameters round-trip in the canonical
 layout, the probe's and the predictions' shapes, that each of four outer steps in a row
-changes the parameters, deterministically, and leaves a finite loss, that the probe leaves the parameters alone, that
-identical steps do not recompile, that the float64 diagnostic builds, and that ``sync``
-waits for a step's results. The same checks run in the test suite for every registered
+changes the parameters, deterministically, and leaves a finite loss, that the probe leaves
+the parameters alone, that identical steps do not recompile, that the float64 diagnostic
+computes at float64 precision (``float64_precision``: not only float64 arrays), that
+``describe`` names its compilation mode in ``bench.core.adapter.COMPILATION``, and that
+``sync`` waits for a step's results. The same checks run in the test suite for every registered
 adapter, plugins included (``tests/test_adapter_contract.py``).
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -25,6 +28,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from bench.core import registry
+from bench.core.adapter import AdapterInfo
 from bench.core.algorithms import get as get_algorithm
 from bench.core.algorithms import reader as section_reader
 from bench.core.episodes import EpisodeBatch, EpisodeSampler
@@ -92,6 +96,55 @@ SYNC_LEFT_FLOOR = 1.5e-3
 SYNC_READ_FRACTION = 0.5
 # Below this (seconds, step and read together) the read comparison cannot judge.
 SYNC_MIN_STEP = 2e-3
+
+
+# The float64 check's perturbation: every weight and input moved by this relative amount
+# (random sign), below float32's resolution (2^-24) and far above float64's (2^-53). In
+# float64 the probe's outputs move smoothly: f(+) + f(-) - 2 f(0) is rounding noise, 1e-15
+# relative times the problem's conditioning. An op that computes in float32 on float64
+# arrays (a cast in the transfer, a float32 conv or exp) rounds about one input in eight to
+# another float32 value, and its outputs jump by float32 rounding (6e-8), asymmetrically.
+F64_NUDGE = 2.0 ** -27
+F64_SMOOTH = 1e-10  # the largest relative second difference a float64 computation shows
+
+
+def nudged(params: dict, batch: EpisodeBatch, sign: float, seed: int = 0) -> tuple[dict, EpisodeBatch]:
+    """``params`` and ``batch``'s float arrays in float64, each entry times
+    ``1 + sign * F64_NUDGE * (+-1)``, the signs the same for either ``sign``."""
+    rng = np.random.default_rng(seed)
+    move = lambda a: np.asarray(a, np.float64) * (1 + sign * F64_NUDGE * rng.choice([-1.0, 1.0], size=np.shape(a)))
+    p = {k: move(params[k]) for k in sorted(params)}
+    floats = {name: move(getattr(batch, name)) for name in ("support_x", "support_y", "query_x", "query_y")
+              if np.asarray(getattr(batch, name)).dtype.kind == "f"}
+    return p, replace(batch, **floats)
+
+
+def float64_precision(adapter, params: dict, batch: EpisodeBatch) -> tuple[float, str]:
+    """How far a float64 ``adapter``'s probe is from computing at float64 precision: the
+    largest relative second difference ``|f(+) + f(-) - 2 f(0)| / max|f(0)|`` of its support
+    loss, query outputs and meta-gradient (all parameters together) when every weight and
+    input moves by ``F64_NUDGE`` either way (``nudged``). Rounding noise in float64 (below
+    ``F64_SMOOTH``), float32 rounding where any op computes in float32. Returns (it, the
+    quantity where it is largest)."""
+    def probe(p, b):
+        adapter.set_params(p)
+        out = adapter.probe(adapter.to_device(b))
+        grads = np.concatenate([np.asarray(out[k], np.float64).ravel() for k in sorted(out)
+                                if k.startswith("meta_grad/")])
+        return {"support_loss": np.asarray(out["support_loss"], np.float64),
+                "query_logits": np.asarray(out["query_logits"], np.float64), "meta_grad": grads}
+
+    base = probe({k: np.asarray(v, np.float64) for k, v in params.items()}, batch)
+    up, down = probe(*nudged(params, batch, 1.0)), probe(*nudged(params, batch, -1.0))
+    worst, where = 0.0, "support_loss"
+    for q, f0 in base.items():
+        scale = np.abs(f0).max(initial=0.0)
+        if scale > 0:
+            second = float(np.abs(up[q] + down[q] - 2 * f0).max() / scale)
+            if not second <= worst:  # a NaN counts as the worst
+                worst, where = second, q
+    adapter.set_params(params)
+    return worst, where
 
 
 # The checks a run makes before timing (``cached_contract(..., for_run=True)``): the two that
@@ -295,6 +348,20 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         grads = [v for k, v in a.probe(a.to_device(train)).items() if k.startswith("meta_grad/")]
         _expect(all(np.asarray(g).dtype == np.float64 for g in grads),
                 "options dtype=float64 must compute (and return) float64: the parity's float64 tier needs it")
+        # float64 arrays are not enough: every op must compute at float64 precision
+        worst, where = float64_precision(a, init, train)
+        _expect(worst <= F64_SMOOTH,
+                f"float64 outputs agree with float64 only to {worst:.1e} (float64 rounding: 1e-16; float32: 6e-8): "
+                f"the framework computes at float32 precision somewhere on float64 arrays (an op, a constant "
+                f"or the transfer rounding through float32): moving every weight and input by {F64_NUDGE:.1e} "
+                f"either way moved {where} by a second difference above {F64_SMOOTH:g}")
+
+    def describes_itself():
+        info = build().describe()
+        _expect(isinstance(info, AdapterInfo),
+                f"describe() returned {type(info).__name__}, expected bench.core.adapter.AdapterInfo")
+        problem = info.compilation_problem()
+        _expect(problem is None, f"describe(): {problem}")
 
     def sync_waits():
         """See ``measure_sync``: no work may be left running after ``sync`` returned."""
@@ -335,7 +402,8 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
             ("every timed phase runs", steps_run),
             ("outer steps: deterministic, finite, each changes the parameters", outer_step_is_deterministic_and_learns),
             ("identical steps do not recompile", identical_steps_do_not_recompile),
-            ("the float64 diagnostic builds and computes float64", float64_diagnostic_builds)]
+            ("the float64 diagnostic builds and computes at float64 precision", float64_diagnostic_builds),
+            ("describe: an AdapterInfo, compilation one of bench.core.adapter.COMPILATION", describes_itself)]
     if with_sync:
         checks.append(("sync waits for the step's results", sync_waits))
     return checks
@@ -378,7 +446,8 @@ def check_many_in_subprocess(names: list[str], device: str = "cpu", threads: int
     out = {}
     for group in by_framework.values():
         proc = subprocess.run([sys.executable, "-m", "bench.check.contract", ",".join(group), device, str(threads),
-                               *(["run"] if for_run else [])], capture_output=True, text=True)
+                               *(["run"] if for_run else [])], capture_output=True, text=True,
+                              env={**os.environ, **registry.child_env()})  # this process's adapters
         try:
             found = json.loads(proc.stdout.strip().splitlines()[-1])
             out.update({name: [Result(**r) for r in found[name]] for name in group})

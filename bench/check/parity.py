@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -173,6 +174,18 @@ def _process(framework: str) -> str:
 
 
 QUICK_HIDDEN = 16  # quick parity's filters (Conv-4) or units (MLP)
+QUICK_TASKS = 2    # quick parity's meta-batch (metabench check, the smoke profile)
+# What ``metabench check`` (and a skeleton's generated suite) compares, quick: the MAML family
+# on the sinusoid (the MLP) and on Omniglot, whose Conv-4 differentiates BatchNorm and max-pool
+# twice (second order: omniglot-5w1s sets first_order = false); ProtoNet on Omniglot.
+CHECK_SPECS = {"mlp": "sinusoid-10shot", "conv4": "omniglot-5w1s"}
+
+
+def check_specs(algorithms) -> list[str]:
+    """The specs ``metabench check`` compares ``algorithms`` on (``quick``: ``quick_spec``):
+    Conv-4 always, and the MLP when an algorithm that regresses is among them."""
+    regress = any(get_algorithm(a).regression for a in algorithms)
+    return [CHECK_SPECS["mlp"]] * regress + [CHECK_SPECS["conv4"]]
 
 
 def quick_spec(spec):
@@ -204,7 +217,8 @@ def compute(requests: list[dict], device: str) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     configured, adapters = set(), []
     for i, req in enumerate(requests):
-        entry = registry.get(req["adapter"])
+        # the parent's resolved entry: a plugin installed or removed meanwhile changes nothing
+        entry = registry.entry_from_json(req["entry"]) if req.get("entry") else registry.get(req["adapter"])
         cls = registry.load_adapter_class(entry)
         if cls not in configured:
             cls.configure(req["threads"], device)
@@ -307,8 +321,9 @@ def _run_framework(framework: str, requests: list[dict], device: str, workdir: P
     """``requests`` computed in one process named ``framework`` (see ``_process``)."""
     req_path, out_path = workdir / f"{framework}.json", workdir / f"{framework}.npz"
     req_path.write_text(json.dumps({"device": device, "requests": requests}))
+    # the child sees this process's adapters (registry.child_env), never re-discovers them
     proc = subprocess.run([sys.executable, "-m", "bench.check.parity", str(req_path), str(out_path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, **registry.child_env()})
     if proc.returncode != 0 or not out_path.exists():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"{framework} process failed: {tail[0]}"
@@ -319,9 +334,10 @@ def _run_framework(framework: str, requests: list[dict], device: str, workdir: P
 def _source_digest() -> str:
     """The reference's code: the torch adapters' package and the harness modules that make
     its inputs and read its outputs. Any edit there invalidates the cache."""
-    here = Path(__file__).resolve().parent
-    files = sorted((here.parent / "implementations" / REFERENCE).glob("*.py"))
-    files += [here / name for name in ("parity.py", "near_ties.py", "models.py", "episodes.py", "spec.py")]
+    here = Path(__file__).resolve().parent          # bench/check
+    core, repo = here.parent / "core", here.parents[1]
+    files = sorted((repo / "implementations" / REFERENCE).glob("*.py"))
+    files += [here / "parity.py", here / "near_ties.py", core / "models.py", core / "episodes.py", core / "spec.py"]
     h = hashlib.sha256()
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -569,9 +585,9 @@ def run_parity(*, specs, algorithms, frameworks=None, adapters=None, data_dir=No
             if a == algorithm:
                 plan.setdefault(_process(framework), []).append((ci, name))
     def requests_for(framework, pairs, episodes=None):
-        reqs = [{"adapter": name, "spec": combos[ci][0], "algorithm": combos[ci][2], "batch_size": batch_size,
-                 "threads": threads, "data_dir": data_dir, "cache_dir": cache_dir, "quick": quick,
-                 "episodes": episodes} for ci, name in pairs]
+        reqs = [{"adapter": name, "entry": registry.entry_to_json(registry.get(name)), "spec": combos[ci][0],
+                 "algorithm": combos[ci][2], "batch_size": batch_size, "threads": threads, "data_dir": data_dir,
+                 "cache_dir": cache_dir, "quick": quick, "episodes": episodes} for ci, name in pairs]
         if framework == REFERENCE:  # the reference also measures the batch's conditioning
             for r in reqs:
                 r["sensitivity"] = True

@@ -11,6 +11,7 @@ import sys
 
 from bench.core.algorithms import all_algorithms
 from bench.core.errors import MetabenchError
+from bench.core.profiles import PHASE_GROUPS, phases_help
 
 ALGORITHM_NAMES = tuple(all_algorithms())
 
@@ -194,9 +195,8 @@ def cmd_check(args) -> int:
     import pandas as pd
 
     from bench.check import contract as check
-    from bench.check.parity import reference_adapter, run_parity
+    from bench.check.parity import QUICK_TASKS, check_specs, reference_adapter, run_parity
     from bench.core import registry
-    from bench.core.algorithms import get as get_algorithm
 
     names = list(dict.fromkeys(args.adapters))
     contract = check.check_many_in_subprocess(names, args.device, args.threads)
@@ -208,12 +208,13 @@ def cmd_check(args) -> int:
     compared = {name: [a for a in e.algorithms if reference_adapter(a) != name] for name, e in entries.items()}
     algorithms = list(dict.fromkeys(a for algos in compared.values() for a in algos))
     if args.parity and algorithms:
-        # the MAML family on the sinusoid (the MLP) and on Omniglot (Conv-4: BatchNorm, max-pool)
-        specs = ["sinusoid-10shot"] * any(get_algorithm(a).regression for a in algorithms) + ["omniglot-5w1s"]
+        # the MAML family on the sinusoid (the MLP) and on Omniglot (Conv-4: BatchNorm, max-pool,
+        # second order), ProtoNet on Omniglot
+        specs = check_specs(algorithms)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "parity.csv"
             run_parity(specs=specs, algorithms=algorithms, adapters=[n for n in names if compared[n]],
-                       data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=2, device=args.device,
+                       data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=QUICK_TASKS, device=args.device,
                        threads=args.threads, quick=True, out=out)
             table = pd.read_csv(out) if out.exists() else None
         for name in names:
@@ -233,13 +234,19 @@ def cmd_check(args) -> int:
 
 
 def cmd_new_adapter(args) -> int:
-    """Write a plugin package skeleton whose placeholder maths passes the contract, not parity."""
+    """Write a plugin package skeleton whose placeholder maths passes the contract, not parity;
+    with ``--into``, add the adapter to such a package (sharing its backend)."""
     from bench.cli import scaffold
 
-    root = scaffold.new_adapter(args.name, args.framework, args.algorithm, args.dir)
-    print(f"wrote {root}/: {', '.join(scaffold.render(args.name, args.framework, args.algorithm))}")
-    print("write every TODO(maths) of the module, then delete its line placeholder = True. Next:")
-    for line in scaffold.next_steps(root, args.name, args.algorithm):
+    if args.into:
+        root, files = scaffold.add_adapter(args.name, args.framework, args.algorithm, args.into)
+        print(f"added {args.name} to {root}/: {', '.join(files)} (its backend: backend.py, shared)")
+    else:
+        root = scaffold.new_adapter(args.name, args.framework, args.algorithm, args.dir)
+        print(f"wrote {root}/: {', '.join(scaffold.render(args.name, args.framework, args.algorithm))}")
+        print("replace each TODO(backend) of backend.py with your framework's.")
+    print("write every TODO(maths) of the adapter's module, then delete its line placeholder = True. Next:")
+    for line in scaffold.next_steps(root, args.name, args.algorithm, added=bool(args.into)):
         print(f"  {line}")
     return 0
 
@@ -290,8 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--run-id", help="name of the run's folder (default: UTC time and profile)")
     p.add_argument("--phases", type=_csv, default=None,
-                   help="comma-separated subset of parity,timing,memory,accuracy (default: all; "
-                        "the smoke profile leaves out parity, ~3 min on 2 CPU cores)")
+                   help=f"comma-separated subset of {','.join(PHASE_GROUPS)} (default: the profile's: "
+                        f"{phases_help()}; parity checks every adapter's contract, then compares it with torch, "
+                        "before the first cell)")
     p.add_argument("--cell-timeout", type=float, help="seconds after which a cell's process is killed")
     p.add_argument("--resume", action="store_true",
                    help="with --run-id of an earlier run: keep its finished cells, run the rest")
@@ -384,9 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("new-adapter", help="write a plugin package skeleton for a new adapter (docs/adapters.md)")
     p.add_argument("name", metavar="NAME", help="the adapter's name: lowercase words joined by '-', "
                                                 "e.g. mylib-protonet")
-    p.add_argument("--framework", required=True, help="the framework it runs in, e.g. mylib")
+    p.add_argument("--framework", help="the framework it runs in, e.g. mylib (required without --into)")
     p.add_argument("--algorithm", required=True, help=f"one of {','.join(ALGORITHM_NAMES)}")
     p.add_argument("--dir", default=".", help="where the package folder metabench-NAME goes (default: here)")
+    p.add_argument("--into", metavar="FOLDER",
+                   help="add the adapter to this package folder, written by new-adapter, sharing its backend.py "
+                        "(one framework per package)")
     p.set_defaults(func=cmd_new_adapter)
 
     # listed here; main() hands every argument after "baselines" to bench.check.baselines' own parser
@@ -411,13 +422,25 @@ def command_line(argv: list[str]) -> str:
     return shlex.join(["metabench", *argv])
 
 
+# Commands whose subprocesses build adapters: each of them sees the adapters this process
+# found when the command started (bench.core.registry.frozen_for_subprocesses), so that a
+# plugin installed or removed while it runs changes nothing in it.
+ADAPTER_COMMANDS = ("run", "parity", "check", "baselines")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["baselines"]:  # its flags, --help included, are bench.check.baselines' own
-        return cmd_baselines(argparse.Namespace(args=argv[1:]))
-    args = build_parser().parse_args(argv)
+        args = argparse.Namespace(args=argv[1:], func=cmd_baselines, command="baselines")
+    else:
+        args = build_parser().parse_args(argv)
     args.command_line = command_line(argv)
     try:
+        if args.command in ADAPTER_COMMANDS:
+            from bench.core import registry
+
+            with registry.frozen_for_subprocesses():
+                return args.func(args)
         return args.func(args)
     except MetabenchError as e:
         for line in str(e).splitlines():  # preflight reports every problem, one line each

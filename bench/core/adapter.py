@@ -45,21 +45,75 @@ from bench.core.spec import EpisodeSpec
 
 
 @dataclass(frozen=True)
+class CompilationMode:
+    """How an adapter's steps run, in the words the results use. ``compiled``: the first
+    step pays a trace or compilation that the later steps reuse, so the report says after
+    how many steps it is repaid against the fastest adapter that compiles nothing."""
+
+    name: str
+    compiled: bool
+    description: str
+
+
+# The vocabulary of ``AdapterInfo.compilation`` (the contract check refuses any other word;
+# ``AdapterInfo.compilation_detail`` says the rest in free text).
+COMPILATION: dict[str, CompilationMode] = {m.name: m for m in (
+    CompilationMode("eager", False, "op by op as Python calls them (torch, numpy, autograd)"),
+    CompilationMode("lazy", False, "ops recorded into a graph that is evaluated each step, nothing compiled "
+                                   "ahead (MLX without mx.compile)"),
+    CompilationMode("jit", True, "the step traced and compiled once (jax.jit, mx.compile)"),
+    CompilationMode("graph", True, "the step traced into a dataflow graph (tf.function)"),
+    CompilationMode("xla", True, "the step compiled by XLA (tf.function(jit_compile=True))"),
+    CompilationMode("torch.compile", True, "torch.compile (TorchDynamo and Inductor)"),
+)}
+
+
+def compilation_mode(recorded: Any) -> CompilationMode | None:
+    """The vocabulary's mode that a recorded ``compilation`` names: the word itself, or, in
+    results from before the vocabulary, free text that starts with one ("eager (lazy graph,
+    mx.eval per step)" is eager); None for anything else."""
+    if not isinstance(recorded, str):
+        return None
+    text = recorded.strip()
+    if text in COMPILATION:
+        return COMPILATION[text]
+    for name in sorted(COMPILATION, key=len, reverse=True):
+        if text.lower().startswith(name) and not text[len(name):len(name) + 1].isalnum():
+            return COMPILATION[name]
+    return None
+
+
+def compilation_name(recorded: Any) -> Any:
+    """A recorded ``compilation`` in the vocabulary's word (results from before it carry
+    free text: "eager (lazy graph, ...)" is eager); anything else as recorded."""
+    mode = compilation_mode(recorded)
+    return mode.name if mode is not None else recorded
+
+
+@dataclass(frozen=True)
 class AdapterInfo:
     """An adapter's description of itself, recorded with every measurement."""
 
     framework: str                 # "torch", "jax", "tensorflow"
-    framework_version: str
+    framework_version: str         # the framework's own version (importlib.metadata), not numpy's
     device: str                    # "cpu" or "cuda"
     device_name: str               # e.g. "NVIDIA H100 80GB HBM3" or the CPU model
-    compilation: str               # "eager", "graph", "xla", "jit", ...
+    compilation: str               # one of COMPILATION: "eager", "lazy", "jit", "graph", "xla", "torch.compile"
     precision: str                 # e.g. "float32, TF32 off"
     threads: int | None            # intra-op threads the framework was set to
     notes: str = ""                # implementation choices (task batching, inner loop form, ...)
     extra: dict[str, Any] = field(default_factory=dict)
+    compilation_detail: str = ""   # free text on the mode, e.g. "mx.eval once per step"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def compilation_problem(self) -> str | None:
+        """Why ``compilation`` is not a word of the vocabulary, in one line, or None."""
+        if self.compilation in COMPILATION:
+            return None
+        return (f"compilation {self.compilation!r} is not one of {', '.join(COMPILATION)}: name the mode "
+                f"there and say the rest in compilation_detail")
 
 
 @dataclass(frozen=True)

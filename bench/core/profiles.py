@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 HOUR = 3600.0
+# What a run does, in order: parity (the contract check of every adapter, then the comparison
+# with torch) before the cells, then each cell's timing, memory and accuracy.
+PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Profile:
     # The parity phase's comparisons on smaller models and episodes (bench.check.parity.quick_spec):
     # the same maths checked in seconds, where a profile's whole run takes minutes.
     quick_parity: bool = False
+    # The phases a run of this profile runs when --phases does not say (every profile: all four)
+    phases: tuple[str, ...] = PHASE_GROUPS
     # Memory a cluster job asks for (--executor slurm; --slurm-mem-gb overrides): one cell's
     # process, with ample room (in results/20261129-cpu-seeds the memory probes' peak
     # resident set was at most 1.5 GB; paper-size episodes and GPUs' host buffers need more)
@@ -45,6 +50,17 @@ class Profile:
     def time_limit(self, phases) -> float:
         """The limit of one process running ``phases`` one after the other, in seconds."""
         return sum(self.time_limits[p] for p in phases)
+
+
+def phases_help() -> str:
+    """What each profile runs without ``--phases``, in the words of ``metabench run --help``,
+    made from the profiles themselves (tests/test_plugin_friction.py holds the help to them)."""
+    def said(p: Profile) -> str:
+        runs = "all four" if p.phases == PHASE_GROUPS else ",".join(p.phases)
+        if "parity" not in p.phases:
+            return f"{p.name}: {runs}, no parity"
+        return f"{p.name}: {runs}, parity " + ("quick (16 filters or units, 2 tasks)" if p.quick_parity else "full")
+    return "; ".join(said(p) for p in PROFILES.values())
 
 
 def _smoke(spec) -> dict[str, int]:

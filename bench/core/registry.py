@@ -10,6 +10,14 @@ entry point loads to an ``AdapterEntry`` (or a list of them)::
     [project.entry-points."metabench.adapters"]
     mylib = "mylib.metabench:ENTRIES"
 
+The module an entry point names is imported to list adapters: it must import no framework
+(``metabench new-adapter`` writes it as ``entries.py``). A plugin whose entry point does not
+load is left out with a one-line warning naming it, and every other adapter stays usable.
+The entry points are read once per process (``entries()`` is a frozen snapshot; ``refresh``
+reads them again), and a command's subprocesses receive that snapshot (``child_env``)
+instead of reading them again: a plugin installed or removed while a run goes on changes
+nothing in it.
+
 A name may carry options, as a spec reference carries overrides:
 ``torch-maml@compile=true`` is ``torch-maml`` with ``options["compile"] = True`` (values as
 TOML reads them), a variant that needs no registry entry of its own. The class's
@@ -20,8 +28,14 @@ names its cells, so the results say what ran.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field, replace
+import json
+import os
+import sys
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import entry_points
+from types import MappingProxyType
 from typing import Any
 
 from bench.core.errors import AdapterError
@@ -92,27 +106,145 @@ BUILTIN: tuple[AdapterEntry, ...] = (
 )
 
 
-def _plugin_entries() -> list[AdapterEntry]:
-    found = []
+# A parent process's resolved plugin entries, handed to its subprocesses (``child_env``):
+# every process of one command sees the adapters the command started with, whatever is
+# installed or removed while it runs.
+ENTRIES_ENV = "METABENCH_ADAPTER_ENTRIES"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The adapters of this process, read once: ``table`` (name -> entry, built-in first)
+    and ``problems``, one line per plugin that could not be loaded (its adapters left out)."""
+
+    table: Mapping[str, AdapterEntry]
+    problems: tuple[str, ...] = ()
+
+
+_snapshot: Snapshot | None = None
+
+
+def entry_to_json(entry: AdapterEntry) -> dict:
+    """``entry`` as JSON-able data, for a subprocess (``entry_from_json`` reads it back)."""
+    return {**asdict(entry), "algorithms": list(entry.algorithms),
+            "default": entry.default if isinstance(entry.default, bool) else list(entry.default)}
+
+
+def entry_from_json(record: dict) -> AdapterEntry:
+    """An ``AdapterEntry`` from ``entry_to_json``'s record (a parent's resolved entry)."""
+    default = record.get("default", True)
+    return AdapterEntry(record["name"], record["framework"], tuple(record["algorithms"]), record["target"],
+                        options=dict(record.get("options") or {}),
+                        default=default if isinstance(default, bool) else tuple(default),
+                        description=record.get("description", ""))
+
+
+def _plugin_name(ep) -> str:
+    dist = getattr(ep, "dist", None)
+    return f"plugin {dist.name}" if dist is not None and getattr(dist, "name", None) else f"plugin {ep.name}"
+
+
+def _discover() -> tuple[list[AdapterEntry], list[str]]:
+    """The plugins' entries, from the ``metabench.adapters`` entry points. A plugin whose
+    entry point does not load (its module imports a broken framework, a typo) or gives
+    something other than ``AdapterEntry``s is left out with one line saying why: the
+    other adapters stay usable."""
+    found, problems = [], []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        loaded = ep.load()
+        where = f"{_plugin_name(ep)} (entry point {ep.name} = {ep.value})"
+        try:
+            loaded = ep.load()
+        except Exception as e:  # anything its import raises: the plugin's problem, not the harness's
+            said = (str(e).strip().splitlines() or [""])[0]
+            problems.append(f"{where} did not load, its adapters are left out: {type(e).__name__}: {said}")
+            continue
         items = loaded if isinstance(loaded, (list, tuple)) else [loaded]
-        for item in items:
-            if not isinstance(item, AdapterEntry):
-                raise AdapterError(f"entry point {ep.name} in {ENTRY_POINT_GROUP} gave {type(item).__name__}, "
-                                   f"expected bench.core.registry.AdapterEntry")
-            found.append(item)
-    return found
+        bad = [type(item).__name__ for item in items if not isinstance(item, AdapterEntry)]
+        if bad:
+            problems.append(f"{where} gave {bad[0]}, expected bench.core.registry.AdapterEntry (or a list of "
+                            f"them); its adapters are left out")
+            continue
+        found += items
+    return found, problems
 
 
-def entries() -> dict[str, AdapterEntry]:
-    """Every known adapter, built-in first, then plugins (a plugin may not reuse a name)."""
+def _from_parent(text: str) -> tuple[list[AdapterEntry], list[str]]:
+    record = json.loads(text)
+    return [entry_from_json(r) for r in record["entries"]], list(record.get("problems", []))
+
+
+def _take_snapshot() -> Snapshot:
+    inherited = os.environ.get(ENTRIES_ENV)
+    if inherited:
+        plugins, problems = _from_parent(inherited)
+    else:
+        plugins, problems = _discover()
+        for line in problems:  # once, where the plugins are discovered (not in every subprocess)
+            print(f"metabench: warning: {line}", file=sys.stderr)
     table: dict[str, AdapterEntry] = {}
-    for entry in (*BUILTIN, *_plugin_entries()):
-        if entry.name in table:
-            raise AdapterError(f"adapter name {entry.name} is registered twice; rename the plugin's entry")
+    for entry in BUILTIN:
         table[entry.name] = entry
-    return table
+    for entry in plugins:
+        if entry.name in table:
+            problems.append(f"adapter name {entry.name} is registered twice (as {table[entry.name].target} and "
+                            f"{entry.target}); the second is left out: rename the plugin's entry")
+            if not inherited:
+                print(f"metabench: warning: {problems[-1]}", file=sys.stderr)
+            continue
+        table[entry.name] = entry
+    return Snapshot(MappingProxyType(table), tuple(problems))
+
+
+def snapshot() -> Snapshot:
+    """This process's adapters, read once (``refresh`` reads them again)."""
+    global _snapshot
+    if _snapshot is None:
+        _snapshot = _take_snapshot()
+    return _snapshot
+
+
+def refresh() -> Snapshot:
+    """Read the entry points again (tests; a long-lived process that wants new plugins)."""
+    global _snapshot
+    _snapshot = None
+    return snapshot()
+
+
+def entries() -> Mapping[str, AdapterEntry]:
+    """Every known adapter, built-in first, then plugins (a plugin may not reuse a name): a
+    read-only view, the same for the whole process. Plugins are read from their entry
+    points the first time, or from the parent's ``child_env``."""
+    return snapshot().table
+
+
+def plugin_problems() -> tuple[str, ...]:
+    """One line per plugin left out (it did not load, or reused a name)."""
+    return snapshot().problems
+
+
+def child_env() -> dict[str, str]:
+    """What a subprocess's environment needs to see exactly this process's adapters
+    (``{**os.environ, **child_env()}``): the plugins' resolved entries, never re-discovered."""
+    snap = snapshot()
+    builtin = {e.name for e in BUILTIN}
+    plugins = [entry_to_json(e) for e in snap.table.values() if e.name not in builtin]
+    return {ENTRIES_ENV: json.dumps({"entries": plugins, "problems": list(snap.problems)}, default=str)}
+
+
+@contextmanager
+def frozen_for_subprocesses():
+    """While inside, every subprocess started from this one (``subprocess`` with the
+    inherited environment, a Slurm job, a Ray worker) sees this process's adapters: the
+    CLI wraps each command in it. The environment is restored on the way out."""
+    before = os.environ.get(ENTRIES_ENV)
+    os.environ.update(child_env())
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENTRIES_ENV, None)
+        else:
+            os.environ[ENTRIES_ENV] = before
 
 
 OPTION_SEP = "@"  # "torch-maml@compile=true": an entry with options from the command line
@@ -137,7 +269,8 @@ def get(name: str) -> AdapterEntry:
     table = entries()
     base, options = parse_reference(name)
     if base not in table:
-        raise AdapterError(f"unknown adapter {base!r}; known: {', '.join(table)}")
+        broken = "".join(f"; {p}" for p in plugin_problems())
+        raise AdapterError(f"unknown adapter {base!r}; known: {', '.join(table)}{broken}")
     if not options:
         return table[base]
     entry = table[base]

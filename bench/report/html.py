@@ -5,7 +5,7 @@ here from the run's own tables and drawn by the Vega runtime in the browser: hov
 for its value and CI, click a framework in the legend to show it alone (shift-click for
 more). Why Vega-Lite: a figure is a JSON document that Python builds and a test can read
 (colours, scales, fields) without a browser; its runtime (vega, vega-lite, vega-embed:
-828 KB, BSD-3-Clause, ``bench/report/report/static``) is one set of files. In a results folder it is
+828 KB, BSD-3-Clause, ``bench/report/static``) is one set of files. In a results folder it is
 copied once beside the run folders (``<results>/_static/``, by ``metabench run`` and
 ``metabench index``), and each page loads it from there: the committed pages share one copy
 (plotly.js alone is 3.5 MB, inlined per page would put it in every run folder). A run folder

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.core.adapter import compilation_name
 from bench.core.errors import MetabenchError
 from bench.core.stats import process_spread, two_level_median_ci
 
@@ -282,7 +283,9 @@ def _step_row(phase: str, items: list, ident: dict) -> dict:
     recompiled = [e.get("recompilations_while_timed") for e, _, _ in items
                   if e.get("recompilations_while_timed") is not None]
     return {**ident, "phase": phase, "device": extra.get("device"),
-            "compilation": extra.get("compilation"), "meta_batch_size": extra.get("meta_batch_size"),
+            # the vocabulary's word (bench.core.adapter.COMPILATION), also for free text recorded before it
+            "compilation": compilation_name(extra.get("compilation")),
+            "meta_batch_size": extra.get("meta_batch_size"),
             "first_step_seconds": float(np.median(first)) if first else None,
             "first_step_min": min(first) if first else None, "first_step_max": max(first) if first else None,
             "recompilations": max(recompiled) if recompiled else None,

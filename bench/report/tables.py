@@ -18,11 +18,26 @@ from pathlib import Path
 import pandas as pd
 
 from bench.core import frameworks, stats
+from bench.core.adapter import compilation_mode, compilation_name
 from bench.core.algorithms import all_algorithms
 
 SAMPLING = "sample_episodes"  # host-side numpy: shown in detail tables, never ranked
 PHASE_ORDER = ["outer_step", "inner_step", "adapt", SAMPLING]
-EAGER = "eager"
+
+
+def compiled(recorded) -> bool:
+    """Whether a recorded ``compilation`` is a mode that compiles (``bench.core.adapter.COMPILATION``);
+    a word outside the vocabulary is not taken for one."""
+    mode = compilation_mode(recorded)
+    return mode is not None and mode.compiled
+
+
+def compiles_nothing(recorded) -> bool:
+    """Whether a recorded ``compilation`` is a mode that compiles nothing (eager, lazy)."""
+    mode = compilation_mode(recorded)
+    return mode is not None and not mode.compiled
+
+
 FAILED_PARITY, UNCHECKED_PARITY = "†", "‡"
 NOISY = "§"            # the row's timing processes disagree by more than LARGE_SPREAD
 LARGE_SPREAD = 0.10    # processes' medians more than 10% apart (max / min - 1)
@@ -220,7 +235,7 @@ def _compare_phase(g: pd.DataFrame, baseline: str, rounds_of) -> list[dict]:
     """The comparison rows of one spec x algorithm x phase (``g``: its steps rows)."""
     base = _baseline_adapter(g, baseline)
     base_row = next(g[g["adapter"] == base].itertuples()) if base else None
-    eager = g[g["compilation"] == EAGER].sort_values(["median", "adapter"])
+    eager = g[[compiles_nothing(c) for c in g["compilation"]]].sort_values(["median", "adapter"])
     fastest_eager = next(eager.itertuples()) if not eager.empty else None
     ranked = g["phase"].iloc[0] != SAMPLING  # host-side numpy: shown, never ranked
     rows = []
@@ -235,7 +250,7 @@ def _compare_phase(g: pd.DataFrame, baseline: str, rounds_of) -> list[dict]:
             # without rounds (a steps table alone) the ratio of the recorded medians, with no CI
             row.update(speedup=base_row.median / r.median if is_missing(ratio) else ratio,
                        speedup_ci_low=lo, speedup_ci_high=hi)
-        if (ranked and fastest_eager is not None and r.compilation != EAGER
+        if (ranked and fastest_eager is not None and compiled(r.compilation)
                 and not is_missing(r.first_step_seconds) and not is_missing(fastest_eager.first_step_seconds)):
             row.update(fastest_eager=fastest_eager.adapter, break_even_steps=break_even_steps(
                 r.first_step_seconds, r.median, fastest_eager.first_step_seconds, fastest_eager.median))
@@ -283,7 +298,8 @@ def _pivot(cmp: pd.DataFrame, cell, baseline: str, with_phase: bool = True, mark
 
 
 def _header(cmp: pd.DataFrame, label: str) -> str:
-    modes = sorted(set(cmp.loc[cmp["label"] == label, "compilation"].dropna())) if "compilation" in cmp else []
+    modes = sorted({compilation_name(c) for c in cmp.loc[cmp["label"] == label, "compilation"].dropna()}) \
+        if "compilation" in cmp else []
     return f"{label} ({modes[0]})" if len(modes) == 1 else label
 
 

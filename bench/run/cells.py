@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bench.core import atomic
+from bench.core import atomic, registry
 from bench.core.cell import Cell
 from bench.core.profiles import PROFILES
 from bench.measure import machine_load
@@ -102,7 +102,9 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
     timed_out = interrupted = False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                                # the run's adapters, as resolved when it started (registry.child_env)
+                                env={**os.environ, **registry.child_env(), "PYTHONUNBUFFERED": "1"},
+                                start_new_session=True,
                                 preexec_fn=_PREEXEC)
         reader = threading.Thread(target=_tee, args=(proc.stdout, log, tail, echo), daemon=True)
         reader.start()
@@ -354,7 +356,7 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
     ``contract.csv``, then ``metabench parity`` for the run's adapters, specs and
     algorithms, into ``parity.csv`` and ``parity.log``. A failure is reported and marked in
     every table, never fatal: the cells run."""
-    from bench.check.parity import REFERENCE, reference_adapter, run_parity
+    from bench.check.parity import QUICK_TASKS, REFERENCE, reference_adapter, run_parity
 
     run_contract_phase(run_dir, cells, device=device, cache_dir=cache_dir, echo=echo)
     adapters = sorted({c.adapter for c in cells if c.adapter != reference_adapter(c.algorithm)})
@@ -373,7 +375,7 @@ def run_parity_phase(run_dir: Path, cells, *, device: str, threads: int, data_di
             part = run_dir / f"{atomic.PART_PREFIX}parity.csv"
             rc = run_parity(specs=specs, algorithms=algorithms, adapters=adapters, data_dir=data_dir,
                             cache_dir=cache_dir, device=device, threads=threads, out=part, echo=write,
-                            quick=quick, batch_size=2 if quick else 4)
+                            quick=quick, batch_size=QUICK_TASKS if quick else 4)
             if part.exists():  # whole: --resume keeps a parity.csv it finds
                 os.replace(part, run_dir / "parity.csv")
         except Exception as e:  # a broken plugin or a missing reference framework

@@ -372,7 +372,8 @@ def check_frameworks(cells, device: str) -> list[str]:
         adapters.setdefault(entry.framework, {})[entry.name] = {"target": entry.target,
                                                                  "options": _jsonable(entry.options)}
     probes = {fw: subprocess.Popen([sys.executable, "-m", "bench.run.preflight", fw, device, json.dumps(entries)],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env={**os.environ, **registry.child_env()})
               for fw, entries in adapters.items()}
     problems = []
     for framework, proc in probes.items():

@@ -38,7 +38,7 @@ from bench.core.algorithms import all_algorithms
 from bench.core.algorithms import names as algorithms_known
 from bench.core.cell import Cell
 from bench.core.errors import AdapterError, MetabenchError
-from bench.core.profiles import PROFILES
+from bench.core.profiles import PHASE_GROUPS, PROFILES
 from bench.core.spec import EpisodeSpec, load_spec
 from bench.run import executors, plan, preflight
 from bench.run.cells import cell_finished
@@ -57,11 +57,10 @@ def default_algorithms(profile: str) -> tuple[str, ...]:
     bench -- --profile smoke` within minutes; ANIL runs only when asked (its module says why)."""
     return tuple(name for name, a in all_algorithms().items() if profile in a.default_profiles)
 
-PHASE_GROUPS = ("parity", "timing", "memory", "accuracy")
 # Parity runs once per run, before the cells: is every adapter's maths torch's? Every
-# profile runs it; smoke runs the quick comparison (Profile.quick_parity), so a wrong
-# adapter is never timed without a warning.
-DEFAULT_PHASES = {"smoke": PHASE_GROUPS, "cpu": PHASE_GROUPS, "paper": PHASE_GROUPS}
+# profile runs it (Profile.phases); smoke runs the quick comparison (Profile.quick_parity),
+# so a wrong adapter is never timed without a warning.
+DEFAULT_PHASES = {name: p.phases for name, p in PROFILES.items()}
 MAX_REPEATS = 100       # timing processes per cell: more is a typo, not a plan
 MAX_RUN_ID_LENGTH = 128
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a folder name, never a path

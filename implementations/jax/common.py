@@ -93,7 +93,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
     Not ``lax.reduce_window``: XLA:CPU expands its derivative (select-and-scatter) into an
     iota, a reduce-window over (value, index) and a scatter, which took 112 of the 340 ms of
-    summed operation time of the Omniglot MAML outer step (``bench/check/contract/baselines/profile.py``); and on
+    summed operation time of the Omniglot MAML outer step (``bench/check/baselines/profile.py``); and on
     a GPU JAX's second derivative of it packs value and tangent into one 64-bit word, so
     float64 is rounded to 32 bits there. Here every derivative is an exact select. (Not
     ``jnp.maximum`` either: its derivative splits ties in half, torch's picks one.)"""

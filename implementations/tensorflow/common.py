@@ -284,7 +284,7 @@ def sync(outputs=None, device: str = "cpu") -> None:
     to do. ``sync_devices`` is for the other cases: a GPU's kernels run on a CUDA stream,
     and asynchronous execution queues ops. On a CPU it is not free: after a ~1 ms XLA
     sinusoid MAML step it cost ~60 us (5-7 % of the step, interleaved rounds against a
-    plain ``tf.function`` read with ``.numpy()`` only; ``bench/check/contract/baselines``)."""
+    plain ``tf.function`` read with ``.numpy()`` only; ``bench/check/baselines``)."""
     if ((device != "cpu" or not tf.config.experimental.get_synchronous_execution())
             and hasattr(tf.test.experimental, "sync_devices")):
         tf.test.experimental.sync_devices()

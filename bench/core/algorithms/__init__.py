@@ -40,8 +40,8 @@ ENTRY_POINT_GROUP = "metabench.algorithms"
 BUILTIN: tuple[Algorithm, ...] = (MAML, FOMAML, ANIL, PROTONET, REPTILE)
 
 __all__ = ["ANIL", "BUILTIN", "FOMAML", "MAML", "PROTONET", "REPTILE", "AdapterConfig", "Algorithm", "Check",
-           "InnerLoop", "MetaOptimizer", "ModelConfig", "Settings", "SpecView", "all_algorithms", "get", "names", "reader",
-           "refresh", "sections", "setting"]
+           "InnerLoop", "MetaOptimizer", "ModelConfig", "Settings", "SpecView", "all_algorithms", "get", "names",
+           "reader", "refresh", "sections", "setting"]
 
 
 def _plugin_algorithms() -> list[Algorithm]:

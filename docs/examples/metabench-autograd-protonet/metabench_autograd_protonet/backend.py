@@ -1,24 +1,28 @@
-"""autograd-protonet: Prototypical Networks in autograd (HIPS), a fourth framework.
-
-`metabench new-adapter autograd-protonet --framework autograd --algorithm protonet`, with
-its maths written (docs/adapters.md walks through it). autograd differentiates numpy code:
-the backend stays numpy, and the maths is numpy through `autograd.numpy`. It runs eagerly,
-on one core where numpy's BLAS has one thread, so it is an example of the plugin path
-rather than a contender; the summary flags its threads when they differ from the run's.
+"""The autograd backend that this package's adapters share: AutogradAdapter holds everything
+but the algorithm (threads, device, transfers, sync, parameters, memory, Adam), and the
+Conv-4 body in autograd.numpy, which another adapter of this package (a MAML) would reuse.
+autograd differentiates numpy code: the backend stays numpy.
 """
 
 from importlib import metadata
 
 import autograd.numpy as anp
 import numpy as np
-from autograd import grad, value_and_grad
-from autograd.scipy.special import logsumexp
 
 from bench.core.adapter import Adapter, AdapterInfo, MemoryReading
 from bench.core.episodes import EpisodeBatch
 from bench.core.models import CONV_BLOCKS
-from bench.core.registry import AdapterEntry
 from bench.measure.environment import cpu_model
+
+FRAMEWORK_DISTRIBUTION = "autograd"  # the distribution that installs autograd
+
+
+def framework_version() -> str:
+    """The installed version of autograd, recorded with every measurement."""
+    try:
+        return metadata.version(FRAMEWORK_DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def conv3x3(x, w):
@@ -56,9 +60,8 @@ def conv4(p, x, eps):
     return anp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)
 
 
-class AutogradProtonet(Adapter):
-    framework = "autograd"
-    algorithms = ("protonet",)
+class AutogradAdapter(Adapter):
+    framework = "autograd"  # one process per framework: this names it
 
     # -- backend: numpy arrays on the CPU, a numpy Adam
     @classmethod
@@ -73,8 +76,9 @@ class AutogradProtonet(Adapter):
         self.set_params(params)
 
     def describe(self):
-        return AdapterInfo("autograd", metadata.version("autograd"), "cpu", cpu_model(), "eager",
-                           self.dtype.name, 1, notes="numpy through autograd; conv as nine matrix products")
+        return AdapterInfo("autograd", framework_version(), "cpu", cpu_model(), "eager", self.dtype.name, 1,
+                           notes="numpy through autograd; conv as nine matrix products",
+                           compilation_detail="numpy op by op, autograd's tape recorded each call")
 
     def to_device(self, batch):
         f = lambda a: a.astype(self.dtype) if a.dtype.kind == "f" else a
@@ -112,42 +116,3 @@ class AutogradProtonet(Adapter):
             m_hat, v_hat = self._m[k] / (1 - opt.b1 ** t), self._v[k] / (1 - opt.b2 ** t)
             self.params[k] = (self.params[k] - lr * m_hat / (np.sqrt(v_hat) + opt.eps)).astype(self.dtype)
         self._updates = t
-
-    # -- the maths
-    def _embed(self, p, b, i):
-        """Episode ``i`` of batch ``b``, support and query in one pass (BatchNorm's statistics
-        cover both): prototypes [n_way, d] (class means of class-major rows), queries [q, d]."""
-        z = conv4(p, anp.concatenate([b.support_x[i], b.query_x[i]]), self.eps)
-        n_support = b.support_x.shape[1]
-        return z[:n_support].reshape(b.shape.n_way, -1, z.shape[1]).mean(axis=1), z[n_support:]
-
-    def _logits(self, p, b, i):
-        protos, query = self._embed(p, b, i)
-        return -anp.sum((query[:, None, :] - protos[None, :, :]) ** 2, axis=-1)
-
-    def _episode_loss(self, p, b, i):
-        logits, y = self._logits(p, b, i), b.query_y[i]
-        return anp.mean(logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
-
-    def _loss(self, p, b):
-        return sum(self._episode_loss(p, b, i) for i in range(len(b))) / len(b)
-
-    def outer_step(self, batch):
-        loss, grads = value_and_grad(self._loss)(self.params, batch)
-        self._adam_step(grads)
-        return loss
-
-    def adapt(self, batch):
-        return [self._embed(self.params, batch, i) for i in range(len(batch))]
-
-    def predict(self, batch):
-        return np.stack([self._logits(self.params, batch, i) for i in range(len(batch))])
-
-    def probe(self, batch):
-        losses = [self._episode_loss(self.params, batch, i) for i in range(len(batch))]
-        return {"support_loss": np.array(losses, self.dtype), "query_logits": self.predict(batch),
-                **{f"meta_grad/{k}": g for k, g in grad(self._loss)(self.params, batch).items()}}
-
-
-ENTRIES = [AdapterEntry("autograd-protonet", "autograd", ("protonet",), "metabench_autograd_protonet:AutogradProtonet",
-                        description="Prototypical Networks in autograd (numpy), eager, one core")]
