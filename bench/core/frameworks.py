@@ -41,6 +41,9 @@ class Framework:
     base: str | None                # its adapters' base class, "module:Class" (the scaffold names it)
     base_provides: str              # what ``base`` already implements, for the scaffold's comment
     order: int                      # its place in tables and figures (plugins: after every built-in)
+    # its built-in adapters' entries, "module:ENTRIES" in a module that imports no framework
+    # (the registry lists them); None for a plugin's framework, whose entry points list them
+    entries: str | None = None
 
     @property
     def import_names(self) -> tuple[str, ...]:
@@ -74,7 +77,7 @@ def _tensorflow_sees_gpu() -> None:
 
 TORCH = Framework(
     name="torch", display="torch", module="torch", packages=("torch",), extra="torch", cpu_extra=None,
-    colour="#D55E00", env_keys=(), order=0,
+    colour="#D55E00", env_keys=(), order=0, entries="implementations.torch:ENTRIES",
     gpu_probe=_torch_sees_gpu, gpu_fix="install a CUDA build of torch (pytorch.org/get-started)",
     base="implementations.torch.common:TorchAdapter",
     base_provides="device and dtype, parameters as leaf tensors in the canonical layout, torch.optim Adam "
@@ -83,7 +86,7 @@ TORCH = Framework(
 JAX = Framework(
     name="jax", display="JAX", module="jax", packages=("jax", "jaxlib", "optax"), extra="jax", cpu_extra=None,
     colour="#0072B2", env_keys=("XLA_FLAGS", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION"),
-    order=1,
+    order=1, entries="implementations.jax:ENTRIES",
     gpu_probe=_jax_sees_gpu, gpu_fix="pip install 'jax[cuda12]'",
     base="implementations.jax.common:JaxAdapter",
     base_provides="device and dtype (jax_enable_x64 for float64), parameters as a pytree with an optax state "
@@ -93,7 +96,7 @@ TENSORFLOW = Framework(
     name="tensorflow", display="TF", module="tensorflow", packages=("tensorflow", "tensorflow-cpu", "keras"),
     extra="tensorflow", cpu_extra="tensorflow-cpu", colour="#E69F00",
     env_keys=("TF_XLA_FLAGS", "TF_FORCE_GPU_ALLOW_GROWTH", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS"),
-    order=2,
+    order=2, entries="implementations.tensorflow:ENTRIES",
     gpu_probe=_tensorflow_sees_gpu,
     gpu_fix="pip install 'metabench[tensorflow]' (not tensorflow-cpu) with a matching CUDA",
     base="implementations.tensorflow.common:TFAdapter",

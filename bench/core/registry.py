@@ -60,50 +60,23 @@ class AdapterEntry:
         return self.default is True or (isinstance(self.default, tuple) and device in self.default)
 
 
-BUILTIN: tuple[AdapterEntry, ...] = (
-    AdapterEntry("torch-maml", "torch", ("maml", "fomaml"), "implementations.torch.maml:TorchMAML",
-                 description="torch.func functional MAML, eager"),
-    AdapterEntry("torch-anil", "torch", ("anil",), "implementations.torch.anil:TorchANIL",
-                 description="torch.func ANIL (inner loop on the head), eager"),
-    AdapterEntry("torch-protonet", "torch", ("protonet",), "implementations.torch.protonet:TorchProtoNet",
-                 description="Prototypical Networks, eager"),
-    AdapterEntry("torch-reptile", "torch", ("reptile",), "implementations.torch.reptile:TorchReptile",
-                 description="torch.func Reptile (SGD per task, pseudo-gradient to Adam), eager"),
-    AdapterEntry("jax-maml", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",
-                 description="pure-function MAML, outer step jitted once, tasks vmapped (im2col convs on CPU)"),
-    AdapterEntry("jax-maml-xlaconv", "jax", ("maml", "fomaml"), "implementations.jax.maml:JaxMAML",
-                 options={"conv": "xla"}, default=False,
-                 description="as jax-maml, lax.conv_general_dilated also on CPU (grouped convs under vmap)"),
-    AdapterEntry("jax-anil", "jax", ("anil",), "implementations.jax.anil:JaxANIL",
-                 description="pure-function ANIL (inner loop on the head), jitted, tasks vmapped"),
-    AdapterEntry("jax-protonet", "jax", ("protonet",), "implementations.jax.protonet:JaxProtoNet",
-                 description="Prototypical Networks, step jitted"),
-    AdapterEntry("jax-reptile", "jax", ("reptile",), "implementations.jax.reptile:JaxReptile",
-                 description="pure-function Reptile, outer step jitted once, tasks vmapped"),
-    # TF's MAML default differs by device: on a CPU XLA measured fastest (Omniglot 5w1s
-    # outer step 115 ms against graph's 176, sinusoid 1.29 against 3.26 ms:
-    # results/20261129-cpu-variants) and passes parity; on a GPU it is not measured yet, so
-    # graph mode stays. ProtoNet's graph mode measured faster than XLA on the CPU (247 ms
-    # against 343): graph everywhere.
-    AdapterEntry("tensorflow-maml", "tensorflow", ("maml", "fomaml"),
-                 "implementations.tensorflow.maml:TFMAML", options={"jit_compile": False}, default=("cuda",),
-                 description="nested GradientTape MAML in tf.function (graph)"),
-    AdapterEntry("tensorflow-anil", "tensorflow", ("anil",), "implementations.tensorflow.anil:TFANIL",
-                 options={"jit_compile": False}, description="nested GradientTape ANIL in tf.function (graph)"),
-    AdapterEntry("tensorflow-protonet", "tensorflow", ("protonet",),
-                 "implementations.tensorflow.protonet:TFProtoNet", options={"jit_compile": False},
-                 description="Prototypical Networks in tf.function (graph)"),
-    AdapterEntry("tensorflow-maml-xla", "tensorflow", ("maml", "fomaml"),
-                 "implementations.tensorflow.maml:TFMAML", options={"jit_compile": True}, default=("cpu",),
-                 description="as tensorflow-maml, tf.function(jit_compile=True)"),
-    AdapterEntry("tensorflow-protonet-xla", "tensorflow", ("protonet",),
-                 "implementations.tensorflow.protonet:TFProtoNet", options={"jit_compile": True},
-                 default=False, description="as tensorflow-protonet, tf.function(jit_compile=True)"),
-    # Reptile, like ANIL, in TF's default form, graph mode, everywhere: its steps are not timed
-    # yet (tensorflow-reptile@jit_compile=true is the XLA form)
-    AdapterEntry("tensorflow-reptile", "tensorflow", ("reptile",), "implementations.tensorflow.reptile:TFReptile",
-                 options={"jit_compile": False}, description="GradientTape Reptile in tf.function (graph)"),
-)
+def builtin_entries() -> tuple[AdapterEntry, ...]:
+    """The built-in adapters: each built-in framework's ``ENTRIES`` (its record's
+    ``entries``, ``implementations/<framework>/__init__.py``: a module that imports no
+    framework), in the frameworks' order."""
+    global _builtin
+    if _builtin is None:
+        from bench.core.frameworks import FRAMEWORKS
+
+        found: list[AdapterEntry] = []
+        for record in sorted(FRAMEWORKS.values(), key=lambda f: f.order):
+            module, _, attr = record.entries.partition(":")
+            found += getattr(importlib.import_module(module), attr)
+        _builtin = tuple(found)
+    return _builtin
+
+
+_builtin: tuple[AdapterEntry, ...] | None = None
 
 
 # A parent process's resolved plugin entries, handed to its subprocesses (``child_env``):
@@ -182,7 +155,7 @@ def _take_snapshot() -> Snapshot:
         for line in problems:  # once, where the plugins are discovered (not in every subprocess)
             print(f"metabench: warning: {line}", file=sys.stderr)
     table: dict[str, AdapterEntry] = {}
-    for entry in BUILTIN:
+    for entry in builtin_entries():
         table[entry.name] = entry
     for entry in plugins:
         if entry.name in table:
@@ -226,7 +199,7 @@ def child_env() -> dict[str, str]:
     """What a subprocess's environment needs to see exactly this process's adapters
     (``{**os.environ, **child_env()}``): the plugins' resolved entries, never re-discovered."""
     snap = snapshot()
-    builtin = {e.name for e in BUILTIN}
+    builtin = {e.name for e in builtin_entries()}
     plugins = [entry_to_json(e) for e in snap.table.values() if e.name not in builtin]
     return {ENTRIES_ENV: json.dumps({"entries": plugins, "problems": list(snap.problems)}, default=str)}
 
