@@ -48,10 +48,11 @@ def tests(session: nox.Session) -> None:
     """The full unit suite, parity across frameworks included. autograd: the fourth-framework
     example plugin (docs/examples/metabench-autograd-protonet), installed and tested;
     submitit and ray: the cluster executors, run through their local modes; hypothesis: the
-    property tests of bad input (tests/test_properties.py); a headless Chromium from Debian's
+    property tests of bad input (tests/test_properties.py); import-linter: the layering
+    contracts (tests/test_layers.py); a headless Chromium from Debian's
     archive, unpacked into .nox/chromium (.ci/chromium.sh), for the browser test of the HTML
     pages (tests/test_html.py)."""
-    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100")
+    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100", "import-linter>=2.1")
     chromium = os.environ.get("METABENCH_CHROMIUM")
     if not chromium:  # run_install: it runs under --install-only too
         out = session.run_install("bash", ".ci/chromium.sh", ".nox/chromium", external=True, silent=True)
