@@ -86,7 +86,8 @@ $entry]
 ''')
 
 ENTRY = Template('''\
-    AdapterEntry("$name", "$framework", $algorithms, "$package.$module:$cls",
+    AdapterEntry("$name", "$framework", $algorithms,
+                 "$package.$module:$cls",
                  description="$algorithm in $framework (placeholder maths)"),
 ''')
 
@@ -133,10 +134,13 @@ ${base}class $base_cls(Adapter):
         self.set_params(params)
 
     def describe(self):
-        # TODO(backend): the device's name and the threads $framework uses. compilation is one
-        # of bench.core.adapter.COMPILATION ($compilations); say more in compilation_detail
-        return AdapterInfo("$framework", framework_version(), self.device, "cpu", "eager", self.dtype.name, 1,
-                           notes="placeholder maths in numpy", compilation_detail="")
+        # TODO(backend): the device's name and the threads $framework uses.
+        # compilation: a word of bench.core.adapter.COMPILATION
+        # ($compilations);
+        # say the rest in compilation_detail, e.g. "mx.eval once per step"
+        return AdapterInfo("$framework", framework_version(), self.device, "cpu", "eager",
+                           self.dtype.name, 1, notes="placeholder maths in numpy",
+                           compilation_detail="")
 
     def to_device(self, batch):
         # TODO(backend): $framework's transfer to self.device, in its layout; floats in self.dtype
@@ -277,9 +281,10 @@ def test_parity_with_pytorch():
 @pytest.mark.parity
 def test_quick_parity_as_metabench_check():
     """What `metabench check` compares, in seconds (16 filters or units, 2 tasks), on
-    $check_specs: $check_what."""
-    failed = parity.run_parity(adapters=[NAME], specs=parity.check_specs(ALGORITHMS), algorithms=ALGORITHMS,
-                               batch_size=2, quick=True)
+    $check_specs:
+    $check_what."""
+    failed = parity.run_parity(adapters=[NAME], specs=parity.check_specs(ALGORITHMS),
+                               algorithms=ALGORITHMS, batch_size=2, quick=True)
     assert failed == 0, "quick parity with PyTorch failed: the table above says where"
 ''')
 

@@ -30,6 +30,6 @@ def test_parity_with_pytorch():
 def test_quick_parity_as_metabench_check():
     """What `metabench check` compares, in seconds (16 filters, 2 tasks), on omniglot-5w1s:
     Conv-4 on Omniglot (BatchNorm and max-pool)."""
-    failed = parity.run_parity(adapters=[NAME], specs=parity.check_specs(ALGORITHMS), algorithms=ALGORITHMS,
-                               batch_size=2, quick=True)
+    failed = parity.run_parity(adapters=[NAME], specs=parity.check_specs(ALGORITHMS),
+                               algorithms=ALGORITHMS, batch_size=2, quick=True)
     assert failed == 0, "quick parity with PyTorch failed: the table above says where"
