@@ -181,11 +181,36 @@ QUICK_TASKS = 2    # quick parity's meta-batch (metabench check, the smoke profi
 CHECK_SPECS = {"mlp": "sinusoid-10shot", "conv4": "omniglot-5w1s"}
 
 
-def check_specs(algorithms) -> list[str]:
+def check_specs(algorithms, cache_dir=None) -> list[str]:
     """The specs ``metabench check`` compares ``algorithms`` on (``quick``: ``quick_spec``):
-    Conv-4 always, and the MLP when an algorithm that regresses is among them."""
-    regress = any(get_algorithm(a).regression for a in algorithms)
-    return [CHECK_SPECS["mlp"]] * regress + [CHECK_SPECS["conv4"]]
+    Conv-4 always, and the MLP when an algorithm that regresses is among them. Where such a
+    built-in spec lacks an algorithm's section (a plugin's own), it would compare that
+    algorithm on nothing: the spec is then a file in the cache (``check-specs/``, named by
+    its contents) holding the built-in one with each such section from the algorithm's
+    ``check_settings`` (``bench.core.spec.builtin_with_sections``)."""
+    from bench.core import paths
+    from bench.core.atomic import write_text
+    from bench.core.spec import builtin_with_sections, load_spec
+
+    algos = [get_algorithm(a) for a in algorithms]
+    out = []
+    for model, name in CHECK_SPECS.items():
+        served = [a for a in algos if model == "conv4" or a.regression]
+        if not served:
+            continue
+        have = load_spec(name).sections
+        added = {a.section: a.check_settings for a in served if a.check_settings and a.section not in have}
+        if not added:
+            out.append(name)
+            continue
+        text = builtin_with_sections(name, added)[1]  # validated
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = paths.cache_dir(cache_dir) / "check-specs" / f"{name}-{digest}.toml"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
+        out.append(str(path))
+    return out
 
 
 def quick_spec(spec):
