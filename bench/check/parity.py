@@ -31,10 +31,11 @@ which Adam's normalised steps move by +-lr a step in any framework (``params_aft
 The reference's results are cached (``<cache dir>/parity/``), keyed by everything they
 depend on: the spec as resolved, the algorithm, the episodes' fingerprint, the batch size,
 device and threads, torch's version and the source of the reference adapters and of this
-module. Iterating on a new adapter then reruns only that adapter's process; ``--quick``
-(``metabench check``, the smoke profile) compares the same maths on 16-filter models and
-small episodes. A torch adapter other than the reference (a variant, a plugin) is compared
-like any framework, in a process of its own.
+module, and of the algorithm's and the reference adapter's own modules (a plugin's).
+Iterating on a new adapter then reruns only that adapter's process; ``--quick`` (``metabench
+check``, the smoke profile) compares the same maths on 16-filter models and small episodes.
+A torch adapter other than the reference (a variant, a plugin) is compared like any
+framework, in a process of its own.
 
 A float32 failure whose float64 agrees sends torch's process looking for max-pool windows
 of the batch that float32 cannot decide (``bench.check.near_ties``: their top two closer than
@@ -369,6 +370,23 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+def _own_source(request: dict) -> str:
+    """The code of the request's algorithm and adapter outside ``_source_digest``'s files: a
+    plugin's (its algorithm's reference adapter is a plugin's too), found without importing
+    the adapter's framework."""
+    import importlib.util
+
+    modules = [type(get_algorithm(request["algorithm"])).__module__]
+    modules.append((request.get("entry") or {}).get("target", "").partition(":")[0])
+    h = hashlib.sha256()
+    for module in modules:
+        try:
+            h.update(module.encode() + Path(importlib.util.find_spec(module).origin).read_bytes())
+        except (ImportError, AttributeError, TypeError, ValueError, OSError):
+            h.update(f"{module}: no source".encode())
+    return h.hexdigest()
+
+
 def reference_key(request: dict, device: str) -> str:
     """The cache key of one reference request (see the module docstring)."""
     from bench.core.episodes import sampler_for
@@ -383,7 +401,8 @@ def reference_key(request: dict, device: str) -> str:
     key = {"adapter": request["adapter"], "algorithm": request["algorithm"], "spec": spec.to_dict(),
            "episodes": [sampler.fingerprint(1, start=e) for e in compared_episodes(request)],
            "batch_size": request["batch_size"], "ties": bool(request.get("ties")),
-           "threads": request["threads"], "device": device, "version": version, "source": _source_digest()}
+           "threads": request["threads"], "device": device, "version": version, "source": _source_digest(),
+           "own_source": _own_source(request)}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
