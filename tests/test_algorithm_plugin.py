@@ -118,6 +118,19 @@ def test_check_passes_the_contract_and_quick_parity_and_compares_something(toy_e
     assert "metabench parity: all 2 comparisons within" in out
 
 
+def test_without_check_settings_check_fails_rather_than_check_nothing(tmp_path, data_env):
+    """No built-in check spec has [fotoy]: without the algorithm's check_settings no contract
+    check has a spec to run on, which is a failure, not 0 of 0 checks passed."""
+    site = install(tmp_path / "site", check_settings=False)
+    env = {**data_env, "PYTHONPATH": f"{data_env['PYTHONPATH']}{os.pathsep}{site}"}
+    proc = metabench("check", TORCH, "--no-parity", env=env)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{TORCH}: 0 of 1 contract checks pass" in proc.stdout
+    assert ("FAIL fotoy: the contract checks have a spec to run on: the built-in check specs have no [fotoy] "
+            "section: declare the values they should use in its Algorithm's check_settings") in proc.stdout
+    assert f"{TORCH}: FAILED: contract: the contract checks have a spec to run on (fotoy)" in proc.stdout
+
+
 # -- 3. metabench parity on the toy's own spec ----------------------------------------------
 
 def test_parity_on_the_plugins_spec(toy_env, toy_spec):

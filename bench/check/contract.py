@@ -419,8 +419,14 @@ def run_contract(name: str, device: str = "cpu", threads: int = 1, for_run: bool
     cls.configure(threads, device)
     results = []
     for algorithm in entry.algorithms[:1] if for_run else entry.algorithms:
-        for spec in small_specs(algorithm):
-            if for_run and spec.is_regression and len(small_specs(algorithm)) > 1:
+        specs = small_specs(algorithm)
+        if not specs:  # no check would run: not a pass
+            section = get_algorithm(algorithm).section
+            results.append(Result("the contract checks have a spec to run on", algorithm, False,
+                                  f"the built-in check specs have no [{section}] section: declare the values "
+                                  f"they should use in its Algorithm's check_settings"))
+        for spec in specs:
+            if for_run and spec.is_regression and len(specs) > 1:
                 continue
             case = f"{spec.name} / {algorithm}"
             # the sync check once per adapter: its first algorithm's image case
