@@ -31,10 +31,11 @@ which Adam's normalised steps move by +-lr a step in any framework (``params_aft
 The reference's results are cached (``<cache dir>/parity/``), keyed by everything they
 depend on: the spec as resolved, the algorithm, the episodes' fingerprint, the batch size,
 device and threads, torch's version and the source of the reference adapters and of this
-module. Iterating on a new adapter then reruns only that adapter's process; ``--quick``
-(``metabench check``, the smoke profile) compares the same maths on 16-filter models and
-small episodes. A torch adapter other than the reference (a variant, a plugin) is compared
-like any framework, in a process of its own.
+module, and of the algorithm's and the reference adapter's own modules (a plugin's).
+Iterating on a new adapter then reruns only that adapter's process; ``--quick`` (``metabench
+check``, the smoke profile) compares the same maths on 16-filter models and small episodes.
+A torch adapter other than the reference (a variant, a plugin) is compared like any
+framework, in a process of its own.
 
 A float32 failure whose float64 agrees sends torch's process looking for max-pool windows
 of the batch that float32 cannot decide (``bench.check.near_ties``: their top two closer than
@@ -181,11 +182,36 @@ QUICK_TASKS = 2    # quick parity's meta-batch (metabench check, the smoke profi
 CHECK_SPECS = {"mlp": "sinusoid-10shot", "conv4": "omniglot-5w1s"}
 
 
-def check_specs(algorithms) -> list[str]:
+def check_specs(algorithms, cache_dir=None) -> list[str]:
     """The specs ``metabench check`` compares ``algorithms`` on (``quick``: ``quick_spec``):
-    Conv-4 always, and the MLP when an algorithm that regresses is among them."""
-    regress = any(get_algorithm(a).regression for a in algorithms)
-    return [CHECK_SPECS["mlp"]] * regress + [CHECK_SPECS["conv4"]]
+    Conv-4 always, and the MLP when an algorithm that regresses is among them. Where such a
+    built-in spec lacks an algorithm's section (a plugin's own), it would compare that
+    algorithm on nothing: the spec is then a file in the cache (``check-specs/``, named by
+    its contents) holding the built-in one with each such section from the algorithm's
+    ``check_settings`` (``bench.core.spec.builtin_with_sections``)."""
+    from bench.core import paths
+    from bench.core.atomic import write_text
+    from bench.core.spec import builtin_with_sections, load_spec
+
+    algos = [get_algorithm(a) for a in algorithms]
+    out = []
+    for model, name in CHECK_SPECS.items():
+        served = [a for a in algos if model == "conv4" or a.regression]
+        if not served:
+            continue
+        have = load_spec(name).sections
+        added = {a.section: a.check_settings for a in served if a.check_settings and a.section not in have}
+        if not added:
+            out.append(name)
+            continue
+        text = builtin_with_sections(name, added)[1]  # validated
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        path = paths.cache_dir(cache_dir) / "check-specs" / f"{name}-{digest}.toml"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text(path, text)
+        out.append(str(path))
+    return out
 
 
 def quick_spec(spec):
@@ -344,6 +370,23 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
+def _own_source(request: dict) -> str:
+    """The code of the request's algorithm and adapter outside ``_source_digest``'s files: a
+    plugin's (its algorithm's reference adapter is a plugin's too), found without importing
+    the adapter's framework."""
+    import importlib.util
+
+    modules = [type(get_algorithm(request["algorithm"])).__module__]
+    modules.append((request.get("entry") or {}).get("target", "").partition(":")[0])
+    h = hashlib.sha256()
+    for module in modules:
+        try:
+            h.update(module.encode() + Path(importlib.util.find_spec(module).origin).read_bytes())
+        except (ImportError, AttributeError, TypeError, ValueError, OSError):
+            h.update(f"{module}: no source".encode())
+    return h.hexdigest()
+
+
 def reference_key(request: dict, device: str) -> str:
     """The cache key of one reference request (see the module docstring)."""
     from bench.core.episodes import sampler_for
@@ -358,7 +401,8 @@ def reference_key(request: dict, device: str) -> str:
     key = {"adapter": request["adapter"], "algorithm": request["algorithm"], "spec": spec.to_dict(),
            "episodes": [sampler.fingerprint(1, start=e) for e in compared_episodes(request)],
            "batch_size": request["batch_size"], "ties": bool(request.get("ties")),
-           "threads": request["threads"], "device": device, "version": version, "source": _source_digest()}
+           "threads": request["threads"], "device": device, "version": version, "source": _source_digest(),
+           "own_source": _own_source(request)}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 

@@ -209,8 +209,8 @@ def cmd_check(args) -> int:
     algorithms = list(dict.fromkeys(a for algos in compared.values() for a in algos))
     if args.parity and algorithms:
         # the MAML family on the sinusoid (the MLP) and on Omniglot (Conv-4: BatchNorm, max-pool,
-        # second order), ProtoNet on Omniglot
-        specs = check_specs(algorithms)
+        # second order), ProtoNet on Omniglot; a plugin's section added where they lack it
+        specs = check_specs(algorithms, args.cache_dir)
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "parity.csv"
             run_parity(specs=specs, algorithms=algorithms, adapters=[n for n in names if compared[n]],

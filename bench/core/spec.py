@@ -9,6 +9,7 @@ field and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import tomllib
@@ -563,6 +564,23 @@ def load_spec(path_or_name: str | Path) -> EpisodeSpec:
         raw = _apply_overrides(raw, overrides, source)
         source = f"{source} with {', '.join(f'{k}={v}' for k, v in overrides)}"
     return spec_from_dict(raw, source)
+
+
+def builtin_with_sections(name: str, sections: dict[str, dict[str, Any]]) -> tuple[EpisodeSpec, str]:
+    """Built-in spec ``name`` with the algorithm ``sections`` it lacks added (section ->
+    field -> value; a section it has stays as it is), validated as its file would be: the
+    spec and its TOML. ``metabench check`` compares an algorithm whose section no built-in
+    spec has (a plugin's own) this way, with the values of its ``Algorithm.check_settings``."""
+    text = resources.files("bench.core.specs").joinpath(f"{name}.toml").read_text()
+    added = {s: values for s, values in sections.items() if s not in tomllib.loads(text)}
+    for section, values in added.items():  # JSON's scalars and arrays are TOML's too
+        text += f"\n[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    source = f"{name} (built-in)" + "".join(f" with [{s}]" for s in added)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(source, "toml", f"not valid TOML ({e})") from None
+    return spec_from_dict(raw, source), text
 
 
 def builtin_spec_names() -> list[str]:

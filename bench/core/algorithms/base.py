@@ -114,6 +114,11 @@ class Algorithm:
     diagnosis: Check | None = None  # what each parity quantity's disagreement means
     # what each maths method of an adapter computes: the scaffold's TODO(maths) comments
     maths: dict[str, str] = field(default_factory=dict)
+    # the section's values (field -> value) that `metabench check` adds to its built-in
+    # specs (the sinusoid, omniglot-5w1s) where they have no such section: a plugin's own
+    # section, which no built-in spec has. Without them its contract and quick parity would
+    # check the algorithm on no spec at all, and pass having compared nothing.
+    check_settings: dict[str, Any] = field(default_factory=dict)
     # the fields of the section that set a training episode's way and query size, for the
     # error when the dataset cannot fill it (None: the episode's own field)
     train_way_field: ClassVar[str | None] = None
