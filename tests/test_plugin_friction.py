@@ -417,7 +417,7 @@ def _help(command: str, flag: str) -> str:
 
 
 def test_run_help_describes_smoke_as_the_profile_runs_it():
-    from bench.run.runner import DEFAULT_ALGORITHMS, DEFAULT_PHASES
+    from bench.run.runner import DEFAULT_PHASES, default_algorithms
 
     said = _help("run", "--phases")
     assert "leaves out parity" not in said
@@ -431,4 +431,4 @@ def test_run_help_describes_smoke_as_the_profile_runs_it():
     smoke = re.search(r"\bsmoke: ([^;]*)", said)[1]
     assert f"{parity.QUICK_HIDDEN} filters or units, {parity.QUICK_TASKS} tasks" in smoke
     algorithms = re.search(r"smoke: ([a-z,]+)", _help("run", "--algorithms"))[1]
-    assert tuple(algorithms.split(",")) == DEFAULT_ALGORITHMS["smoke"]
+    assert tuple(algorithms.split(",")) == default_algorithms("smoke")
