@@ -107,7 +107,7 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
     assert (run / "sweeps.png").stat().st_size > 0
     from bench.report.plots import _plt
     from bench.report.results import collect
-    from bench.report.sweeps import sweep_figure
+    from bench.report.plots import sweep_figure
 
     tabs = collect(run)
     fig = sweep_figure(sweep_points(run, tabs["steps"], tabs["memory"]))
