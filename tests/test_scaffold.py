@@ -269,7 +269,8 @@ def test_bad_input_is_refused_in_one_line_writing_nothing(tmp_path, capsys, args
 def test_a_reptile_skeleton_says_what_its_outer_step_computes():
     from bench.cli.scaffold import next_steps, render
 
-    module = render("mylib-reptile", "mylib", "reptile")["metabench_mylib_reptile.py"]
+    files = render("mylib-reptile", "mylib", "reptile")
+    module = next(text for path, text in files.items() if path.endswith("/reptile.py"))
     assert 'algorithms = ("reptile",)' in module and "def inner_step" in module
     assert "nothing differentiated through them (phi_i); the pseudo-gradient g =" in module
     assert any("--specs sinusoid-10shot" in step for step in next_steps(Path("x"), "mylib-reptile", "reptile"))

@@ -143,7 +143,7 @@ def test_targets_come_from_the_spec_per_algorithm_and_profiles_may_override_them
 
 
 @pytest.mark.parametrize("table, field", [
-    ("[targets]\nreptile = 0.9\n", "targets.reptile"),    # not an algorithm here
+    ("[targets]\nleo = 0.9\n", "targets.leo"),    # not an algorithm at all
     ("[targets]\nprotonet = 0.9\n", "targets.protonet"),  # the sinusoid spec has no ProtoNet
     ("[targets]\nmaml = -1.0\n", "targets.maml"),
 ])

@@ -105,9 +105,8 @@ def test_the_report_shows_the_sweep_table_and_figure(tmp_path):
     assert "omniglot-5w1s / maml / maml.inner_steps" in section
     assert "b = 1.00" in section and "b = 0.50" in section and "b = 0.00" in section
     assert (run / "sweeps.png").stat().st_size > 0
-    from bench.report.plots import _plt
+    from bench.report.plots import _plt, sweep_figure
     from bench.report.results import collect
-    from bench.report.plots import sweep_figure
 
     tabs = collect(run)
     fig = sweep_figure(sweep_points(run, tabs["steps"], tabs["memory"]))
