@@ -163,10 +163,14 @@ def _parity_rows(t: pd.DataFrame) -> list[dict]:
                          "meta_grad float32 (torch floor)": "", "max float64": "",
                          "diagnosis": r.error, "contract": getattr(r, "check", None) == "contract"})
             continue
+        # numbers as numbers: a damaged (truncated) parity.csv may leave a column as text
+        num = lambda v: float(pd.to_numeric(v, errors="coerce"))
+        # a run from before a quantity was compared has no column for it
+        errors64 = [num(getattr(r, q + "_64", np.nan)) for q in QUANTITIES]
+        worst = max((e for e in errors64 if e == e), default=float("nan"))
         rows.append({"adapter": r.adapter, "spec": r.spec, "algorithm": r.algorithm, "ok": bool(r.ok),
-                     "meta_grad float32 (torch floor)": f"{r.meta_grad:.1e} ({r.meta_grad_floor:.1e})",
-                     # a run from before a quantity was compared has no column for it
-                     "max float64": f"{np.nanmax([getattr(r, q + '_64', np.nan) for q in QUANTITIES]):.1e}",
+                     "meta_grad float32 (torch floor)": f"{num(r.meta_grad):.1e} ({num(r.meta_grad_floor):.1e})",
+                     "max float64": f"{worst:.1e}",
                      "diagnosis": d if isinstance(d := getattr(r, "diagnosis", None), str) else ""})
     return rows
 
