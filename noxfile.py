@@ -43,6 +43,17 @@ def env() -> dict[str, str]:
     return {k: os.environ[k] for k in PASS_ENV if k in os.environ}
 
 
+def workers(posargs) -> list[str]:
+    """pytest-xdist's arguments: two workers where two cores are free (each worker and its
+    processes keep to their own cores: tests/conftest.py), a whole test module per worker
+    (``loadfile``: a module's fixtures, a smoke run among them, run once). Two at most: each
+    worker imports torch, JAX and TensorFlow (~6 GB). ``-n`` in the posargs overrides."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in posargs):
+        return []
+    return ["-n", "2", "--dist", "loadfile"]
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """The full unit suite, parity across frameworks included. autograd: the fourth-framework
@@ -52,7 +63,8 @@ def tests(session: nox.Session) -> None:
     contracts (tests/test_layers.py); a headless Chromium from Debian's
     archive, unpacked into .nox/chromium (.ci/chromium.sh), for the browser test of the HTML
     pages (tests/test_html.py)."""
-    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100", "import-linter>=2.1")
+    install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100", "import-linter>=2.1",
+            "pytest-xdist>=3.5")
     chromium = os.environ.get("METABENCH_CHROMIUM")
     if not chromium:  # run_install: it runs under --install-only too
         out = session.run_install("bash", ".ci/chromium.sh", ".nox/chromium", external=True, silent=True)
@@ -67,7 +79,8 @@ def tests(session: nox.Session) -> None:
     jax_cache = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     try:
-        session.run("pytest", *session.posargs, env={**env(), **jax_cache, "METABENCH_CHROMIUM": chromium})
+        session.run("pytest", *workers(session.posargs), *session.posargs,
+                    env={**env(), **jax_cache, "METABENCH_CHROMIUM": chromium})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

@@ -11,6 +11,22 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (``nox -s tests`` runs two workers), each worker and every process it
+    starts keeps to its own share of the cores: the default thread count of every framework
+    and of the harness (``bench.run.runner``) is the process's affinity, so two workers never
+    run 2 threads each on 2 cores. Oversubscribed, a torch step ran 50x slower (OpenMP's
+    threads spin waiting for each other), and a cell's time limit could pass."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if not worker or workers < 2 or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) >= workers:
+        i = int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, cores[i::workers])
+
+
 def _data_dir() -> Path:
     env = os.environ.get("METABENCH_DATA_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data"

@@ -19,26 +19,37 @@ def _parity(env, *args):
 
 def test_jax_and_tensorflow_match_torch_for_every_algorithm(data_env, tmp_path):
     """Each framework's default adapters on this CPU (TF's MAML: its XLA variant) on real
-    episodes and full-size models. FOMAML is the MAML adapters' first_order flag: its
-    parity against torch is in tests/test_jax_adapters.py and test_tensorflow_adapters.py
-    (small models), which keeps this test's compiles, XLA's above all, to two algorithms."""
+    episodes and full-size models, in one ``metabench parity`` (one process per framework).
+    FOMAML is the MAML adapters' first_order flag: its parity against torch is in
+    tests/test_jax_adapters.py and test_tensorflow_adapters.py (small models), which keeps
+    this test's compiles, XLA's above all, to three algorithms. ANIL has its own test below
+    (its near-tie needs the third episode).
+
+    Reptile has its own [reptile] section; its meta-gradient is the pseudo-gradient
+    theta - mean(phi): on Omniglot (5 SGD steps on 50 support images) torch's and TF's
+    float32 are ~5e-3 from their float64 (a support-pass max-pool window that float32 decides
+    otherwise at the 4th step of episode 0), and the float32 limit follows torch's floor."""
     out = tmp_path / "parity.csv"
     r = _parity(data_env, "--frameworks", "jax,tensorflow", "--specs", "omniglot-5w1s,sinusoid-10shot",
-                "--algorithms", "maml,protonet", "--batch-size", "2", "--out", str(out))
-    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
-    assert "all 6 comparisons within" in r.stdout
+                "--algorithms", "maml,protonet,reptile", "--batch-size", "2", "--out", str(out))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "all 10 comparisons within" in r.stdout
     table = pd.read_csv(out)
-    assert len(table) == 6 and set(table["framework"]) == {"jax", "tensorflow"}
-    assert set(table["adapter"]) == {"jax-maml", "jax-protonet", "tensorflow-maml-xla", "tensorflow-protonet"}
+    assert len(table) == 10 and set(table["framework"]) == {"jax", "tensorflow"} and table["ok"].all()
+    assert set(table["adapter"]) == {"jax-maml", "jax-protonet", "jax-reptile", "tensorflow-maml-xla",
+                                     "tensorflow-protonet", "tensorflow-reptile"}
     assert set(zip(table["spec"], table["algorithm"])) == {
-        ("omniglot-5w1s", "maml"), ("omniglot-5w1s", "protonet"), ("sinusoid-10shot", "maml")}
+        ("omniglot-5w1s", "maml"), ("omniglot-5w1s", "protonet"), ("sinusoid-10shot", "maml"),
+        ("omniglot-5w1s", "reptile"), ("sinusoid-10shot", "reptile")}
     for q in QUANTITIES:
         # float64: the same function up to float64 rounding
-        assert (table[f"{q}_64"] <= TOLERANCE_64).all(), table[["framework", "spec", "algorithm", f"{q}_64"]]
+        assert (table[f"{q}_64"] <= TOLERANCE_64).all(), table[["adapter", "spec", f"{q}_64"]]
         # the float32 floor is real rounding, not zero (a float64 run mistaken for float32 would show 0)
         assert (table[f"{q}_floor"] > 0).all() and (table[f"{q}_own_floor"] > 0).all()
         # one float32 rounding of every input and weight moves torch's float64 result: measurably, finitely
         assert ((table[f"{q}_sensitivity"] > 0) & np.isfinite(table[f"{q}_sensitivity"])).all()
+    if "note" in table:  # no pooling on the sinusoid: nothing to excuse
+        assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()
 
 
 def test_unknown_framework_is_a_one_line_error(data_env):
@@ -107,26 +118,6 @@ def test_anil_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path)
         assert note.startswith("near-tie: float32 meta_grad") and "episode 2's query image" in note, note
         assert "both tiers pass" in note
     assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()  # no pooling, nothing to excuse
-
-
-def test_reptile_computes_torchs_function_in_jax_and_tensorflow(data_env, tmp_path):
-    """Reptile, with its own [reptile] section, through the same parity path: both tiers pass,
-    float64 at rounding level. Its meta-gradient is the pseudo-gradient theta - mean(phi): on
-    Omniglot (5 SGD steps on 50 support images) torch's and TF's float32 are ~5e-3 from their
-    float64 (a support-pass max-pool window that float32 decides otherwise at the 4th step of
-    episodes 0 and 2), and the float32 limit follows torch's floor."""
-    out = tmp_path / "parity.csv"
-    r = _parity(data_env, "--adapters", "jax-reptile,tensorflow-reptile", "--specs", "omniglot-5w1s,sinusoid-10shot",
-                "--algorithms", "reptile", "--out", str(out))
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    table = pd.read_csv(out)
-    assert len(table) == 4 and set(table["algorithm"]) == {"reptile"} and table["ok"].all(), r.stdout[-2000:]
-    assert set(table["adapter"]) == {"jax-reptile", "tensorflow-reptile"}
-    for q in QUANTITIES:
-        assert (table[f"{q}_64"] <= TOLERANCE_64).all(), table[["adapter", "spec", f"{q}_64"]]
-        assert (table[f"{q}_floor"] > 0).all() and (table[f"{q}_own_floor"] > 0).all()
-    if "note" in table:  # no pooling on the sinusoid: nothing to excuse
-        assert table.loc[table["spec"] == "sinusoid-10shot", "note"].isna().all()
 
 
 def test_a_float64_difference_is_diagnosed_in_the_words_of_the_algorithms_section():

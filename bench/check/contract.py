@@ -31,6 +31,7 @@ from bench.core import registry
 from bench.core.adapter import AdapterInfo
 from bench.core.algorithms import get as get_algorithm
 from bench.core.algorithms import reader as section_reader
+from bench.core.atomic import write_text
 from bench.core.episodes import EpisodeBatch, EpisodeSampler
 from bench.core.errors import MetabenchError
 from bench.core.models import init_params
@@ -78,10 +79,17 @@ def synthetic_batch(spec: EpisodeSpec, shape, seed: int = 0, tasks: int = BATCH)
     return EpisodeBatch(images(k), labels(k), images(q), labels(q), np.zeros((tasks, 1)), shape)
 
 
-# The sync check times one outer step on a meta-batch this large (the small image spec):
-# 10-20 ms of CPU time in each framework on a CPU, so that the work a sync that did not wait
-# leaves behind is far above the CPU time an idle process spends anyway.
-SYNC_TASKS = 16
+# The sync check times one outer step on SYNC_TASKS tasks of the small image spec with
+# SYNC_SCALE times its support and query images per class (``sync_batch``): 10-20 ms of CPU
+# time in each framework on a CPU, so that the work a sync that did not wait leaves behind is
+# far above the CPU time an idle process spends anyway. More images per task rather than more
+# tasks: TF's adapters unroll their loop over the tasks when they trace it, and 16 tasks
+# of a Conv-4 MAML took TF's XLA 43 s to compile, 6 tasks 11 s, 4 tasks 9 s. Six tasks, not
+# fewer: a sync that waits for some of the tasks must leave a share of the work behind well
+# above SYNC_LEFT_FRACTION (tests/test_plugin.py's partial sync, waiting for 60% of the tasks
+# rounded up, leaves 2 of 6, measured 32-38%; 1 of 4 measured 16-24%, too near the limit).
+SYNC_TASKS = 6
+SYNC_SCALE = 3
 SYNC_ROUNDS = 3
 # The host sleeps this many times the synchronised step's wall time (plus SYNC_PAUSE_MIN s)
 # after sync: long enough for any work left behind to finish, even on a loaded machine.
@@ -108,6 +116,14 @@ SYNC_MIN_STEP = 2e-3
 # another float32 value, and its outputs jump by float32 rounding (6e-8), asymmetrically.
 F64_NUDGE = 2.0 ** -27
 F64_SMOOTH = 1e-10  # the largest relative second difference a float64 computation shows
+
+
+def sync_batch(spec: EpisodeSpec, algo) -> EpisodeBatch:
+    """The sync check's batch: ``SYNC_TASKS`` tasks of ``algo``'s training shape with
+    ``SYNC_SCALE`` times the support and query images per class."""
+    shape = algo.train_shape(spec)
+    return synthetic_batch(spec, replace(shape, k_shot=shape.k_shot * SYNC_SCALE,
+                                         n_query=shape.n_query * SYNC_SCALE), seed=2, tasks=SYNC_TASKS)
 
 
 def nudged(params: dict, batch: EpisodeBatch, sign: float, seed: int = 0) -> tuple[dict, EpisodeBatch]:
@@ -272,6 +288,18 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
     test = synthetic_batch(spec, spec.episode, seed=1)
     n_out = 1 if spec.is_regression else spec.episode.n_way
     build = lambda **extra: cls(spec, algorithm, init, device=device, options={**options, **extra})
+    shared = []
+
+    def reset():
+        """The adapter the checks share, at the initial weights: building a jitted adapter
+        compiles its steps again (minutes for an XLA MAML), and ``set_params`` resets
+        everything a step depends on (the contract: parameters and meta-optimizer state).
+        The determinism check compares it against a fresh build, so a ``set_params`` that
+        leaves state behind fails there."""
+        if not shared:
+            shared.append(build())
+        shared[0].set_params(init)
+        return shared[0]
 
     def params_round_trip():
         a = build()
@@ -281,7 +309,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         _expect((p := _same_params(a.get_params(), other)) is None, f"set_params then get_params: {p}")
 
     def probe_layout():
-        a = build()
+        a = reset()
         b = a.to_device(train)
         probe = a.probe(b)
         nq = train.query_y.shape[1]
@@ -297,7 +325,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         _expect((p := _same_params(a.get_params(), init)) is None, f"probe changed the parameters: {p}")
 
     def predictions_layout():
-        a = build()
+        a = reset()
         out = np.asarray(a.predict(a.to_device(test)))
         expected = (BATCH, test.query_y.shape[1], n_out)
         _expect(out.shape == expected, f"predict shape {out.shape}, expected {expected}")
@@ -306,7 +334,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         _expect(metric.shape == (BATCH,), f"metric shape {metric.shape}")
 
     def steps_run():
-        a = build()
+        a = reset()
         b = a.to_device(train)
         for phase in algo.phases:
             a.sync(getattr(a, phase)(b))
@@ -314,8 +342,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
 
     def outer_step_is_deterministic_and_learns():
         runs = []
-        for _ in range(2):
-            a = build()
+        for a in (build(), reset()):  # a fresh adapter, and the shared one reset by set_params
             b = a.to_device(train)
             losses, params = [], [init]
             for _ in range(OUTER_STEPS):  # every step updates: none skipped, none a no-op
@@ -327,14 +354,15 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
         (l1, p1), (l2, p2) = runs
         _expect(all(map(math.isfinite, l1)), f"outer_step returned a non-finite loss: {l1}")
         _expect(l1 == l2 and _same_params(p1[-1], p2[-1]) is None,
-                f"two adapters from the same weights on the same batches disagree (losses {l1} vs {l2}; "
-                f"{_same_params(p1[-1], p2[-1])})")
+                f"a fresh adapter and one reset by set_params to the same weights disagree on the same batches "
+                f"(losses {l1} vs {l2}; {_same_params(p1[-1], p2[-1])}): the steps must be deterministic, and "
+                f"set_params must reset the meta-optimizer state")
         still = [i for i in range(1, OUTER_STEPS + 1) if _same_params(p1[i], p1[i - 1]) is None]
         _expect(not still, f"outer step {', '.join(map(str, still))} of {OUTER_STEPS} left the parameters unchanged "
                            f"(every outer step must apply its update)")
 
     def identical_steps_do_not_recompile():
-        a = build()
+        a = reset()
         b = a.to_device(train)
         for _ in range(2):
             a.sync(a.outer_step(b))
@@ -359,7 +387,7 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
                 f"either way moved {where} by a second difference above {F64_SMOOTH:g}")
 
     def describes_itself():
-        info = build().describe()
+        info = reset().describe()
         _expect(isinstance(info, AdapterInfo),
                 f"describe() returned {type(info).__name__}, expected bench.core.adapter.AdapterInfo")
         problem = info.compilation_problem()
@@ -368,19 +396,19 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
     def sync_waits():
         """See ``measure_sync``: no work may be left running after ``sync`` returned."""
         a = build()
-        b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
+        b = a.to_device(sync_batch(spec, algo))
         a.sync(a.outer_step(b))  # compiles
         a.get_params()
         _expect_sync(measure_sync(a, b, device))
 
     if for_run:
-        # one adapter on one batch, compiled once: every check above builds its own adapter,
-        # and a jitted one compiles again each time (minutes for an XLA MAML)
+        # one adapter on one batch, compiled once: a jitted adapter compiles again for each
+        # new adapter and each new batch shape (minutes for an XLA MAML)
         timed = {}
 
         def every_timed_step_updates():
             a = build()
-            b = a.to_device(synthetic_batch(spec, algo.train_shape(spec), seed=2, tasks=SYNC_TASKS))
+            b = a.to_device(sync_batch(spec, algo))
             before, still = a.get_params(), []
             for i in range(OUTER_STEPS):
                 a.sync(a.outer_step(b))
@@ -401,8 +429,9 @@ def contract_checks(cls, options: dict, spec: EpisodeSpec, algorithm: str, devic
     checks = [("parameters round-trip in the canonical layout", params_round_trip),
             ("probe: support loss, query outputs, meta-gradient per parameter", probe_layout),
             ("predict: query outputs [B, n_query, n_out]", predictions_layout),
-            ("every timed phase runs", steps_run),
+            # before any check steps the shared adapter: its counters start where a fresh one's do
             ("outer steps: deterministic, finite, each changes the parameters", outer_step_is_deterministic_and_learns),
+            ("every timed phase runs", steps_run),
             ("identical steps do not recompile", identical_steps_do_not_recompile),
             ("the float64 diagnostic builds and computes at float64 precision", float64_diagnostic_builds),
             ("describe: an AdapterInfo, compilation one of bench.core.adapter.COMPILATION", describes_itself)]
@@ -526,7 +555,7 @@ def cached_contract(names: list[str], device: str, threads: int, cache_dir=None,
             if all(r.ok for r in fresh[name]):  # a failure is checked again next time
                 try:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text(json.dumps([r.__dict__ for r in fresh[name]]))
+                    write_text(path, json.dumps([r.__dict__ for r in fresh[name]]))  # atomic: runs share it
                 except OSError:
                     pass  # a read-only cache: checked again next time
     return {name: out[name] for name in names}

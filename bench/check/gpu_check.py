@@ -68,7 +68,7 @@ def dispatch_and_sync(name: str, device: str) -> dict:
     config_spec = algo.resolve(spec)
     adapter = cls(config_spec, algorithm, check.init_params(config_spec, algorithm), device=device,
                   options=entry.options)
-    episodes = check.synthetic_batch(config_spec, algo.train_shape(config_spec), tasks=check.SYNC_TASKS)
+    episodes = check.sync_batch(config_spec, algo)
     batch = adapter.to_device(episodes)
     adapter.sync(adapter.outer_step(batch))
     dispatch, synced = [], []

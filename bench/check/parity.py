@@ -66,6 +66,7 @@ from bench.check import near_ties
 from bench.core import registry
 from bench.core.algorithms import get as get_algorithm
 from bench.core.algorithms import reader as section_reader
+from bench.core.atomic import atomic_open
 from bench.core.cell import pin_threads
 from bench.core.errors import AdapterError
 
@@ -435,9 +436,10 @@ def _reference_results(requests: list[dict], device: str, workdir: Path, cache: 
         out.update(_with_prefix(arrays, "", f"{i}/"))
         if cache:
             cache.mkdir(parents=True, exist_ok=True)
-            tmp = cache / f".{keys[i]}.tmp.npz"
-            np.savez(tmp, **arrays)
-            tmp.replace(cache / f"{keys[i]}.npz")  # atomic: a killed run leaves no half entry
+            # atomic: a killed run leaves no half entry, and two runs writing one key at
+            # once (pytest-xdist's workers, a cluster's jobs) each write their own file
+            with atomic_open(cache / f"{keys[i]}.npz", "wb") as f:
+                np.savez(f, **arrays)
     return out
 
 

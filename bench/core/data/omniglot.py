@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.core.atomic import write_text
 from bench.core.data.download import RemoteFile, download, file_digest
 from bench.core.errors import DataError
 
@@ -191,8 +192,10 @@ def _load_images_cached(zips: tuple[str, ...], shas: tuple[str, ...], cache_dir:
         characters = tuple(sorted(decoded))
         images = np.stack([decoded[c] for c in characters])
         try:
+            # both atomic: processes sharing a cache (pytest-xdist's workers, a cluster's
+            # jobs) decode at once, and a reader never sees half a file
             _atomic_save(img_path, images)
-            names_path.write_text(json.dumps(list(characters)))
+            write_text(names_path, json.dumps(list(characters)))
         except OSError:
             pass  # an unwritable cache costs a re-decode next time, never a failure
     return OmniglotImages(images=images, characters=characters, identity=f"omniglot:{key}")
