@@ -27,6 +27,20 @@ def pytest_configure(config):
         os.sched_setaffinity(0, cores[i::workers])
 
 
+# The slowest modules, slowest first (``--durations``, 2026-12-07): ``nox -s tests`` gives each
+# module to one pytest-xdist worker (``--dist loadfile``) in collection order, and a slow
+# module handed out last keeps one worker busy while the other has nothing left to do.
+SLOWEST_FIRST = ("test_adapter_contract.py", "test_parity.py", "test_run.py", "test_algorithm_plugin.py",
+                 "test_plugin.py", "test_reliability.py", "test_baselines.py", "test_executors.py",
+                 "test_tensorflow_adapters.py", "test_gpu_check.py", "test_jax_adapters.py", "test_properties.py",
+                 "test_repetition.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def _data_dir() -> Path:
     env = os.environ.get("METABENCH_DATA_DIR")
     return Path(env) if env else REPO.parent / "shared" / "data"

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 from bench.measure.timing import timed_step
 
 
@@ -25,8 +30,32 @@ def test_timed_step_runs_the_step_then_syncs_its_outputs():
     assert adapter.events == [("step", "batch0"), ("sync", "loss-of-batch0")] * 3
 
 
-def test_timed_step_inside_pytest_benchmark_syncs_every_round(benchmark):
+INSIDE_PYTEST_BENCHMARK = """
+from bench.measure.timing import timed_step
+from tests.test_timing import RecordingAdapter
+
+
+def test_inside(benchmark):
     adapter = RecordingAdapter()
     benchmark.pedantic(timed_step(adapter, adapter.outer_step, "b"), rounds=5, iterations=1, warmup_rounds=2)
     assert adapter.events.count(("sync", "loss-of-b")) == 7  # 2 warm-up + 5 timed
     assert len(benchmark.stats.stats.data) == 5
+"""
+
+
+def test_timed_step_inside_pytest_benchmark_syncs_every_round(tmp_path):
+    """In a pytest process of its own, with the environment the harness gives its timing
+    processes (``bench.run.cells.child_env``), as a run times a step: under pytest-xdist
+    (``nox -s tests``) pytest-benchmark disables itself in this process and in any child
+    that inherits the worker's PYTEST_XDIST_WORKER."""
+    from bench.run.cells import child_env
+
+    (tmp_path / "test_inside.py").write_text(INSIDE_PYTEST_BENCHMARK)
+    out = tmp_path / "benchmark.json"
+    env = {**child_env(), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+                           str(tmp_path / "test_inside.py"), "--benchmark-json", str(out)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    [bench] = json.loads(out.read_text())["benchmarks"]
+    assert bench["stats"]["rounds"] == 5

@@ -90,6 +90,17 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
+def child_env() -> dict[str, str]:
+    """The environment of a cell's processes: this one's, the run's adapters as resolved when
+    it started (``registry.child_env``), unbuffered output, and no ``PYTEST_*`` variable. The
+    timing processes are pytest processes configured by their own pytest.ini: an outer
+    pytest's variables must not reach them (``PYTEST_ADDOPTS`` adds options; pytest-xdist's
+    ``PYTEST_XDIST_WORKER`` makes pytest-benchmark disable itself: the process passes and
+    writes no timings)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    return {**env, **registry.child_env(), "PYTHONUNBUFFERED": "1"}
+
+
 def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
                  stop_now=lambda: False) -> ProcessOutcome:
     """Run ``cmd`` in a session of its own, teeing its output to ``log_path`` and its
@@ -102,8 +113,7 @@ def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
     timed_out = interrupted = False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                # the run's adapters, as resolved when it started (registry.child_env)
-                                env={**os.environ, **registry.child_env(), "PYTHONUNBUFFERED": "1"},
+                                env=child_env(),
                                 start_new_session=True,
                                 preexec_fn=_PREEXEC)
         reader = threading.Thread(target=_tee, args=(proc.stdout, log, tail, echo), daemon=True)
