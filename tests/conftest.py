@@ -10,8 +10,26 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# XLA (JAX's, and TensorFlow's jit_compile) builds the programs this process compiles with
+# LLVM at optimisation level 0. The in-process tests (the adapter contract, the small-model
+# parity) run a few steps of tiny models, and compiling is most of their time: one core, a
+# 16-filter Conv-4 MAML step compiled in 11 s at the default level, 5 s at 0; the jax-maml
+# contract took 127 s, 70 s at 0. The level changes how fast a program runs, not what it
+# computes (XLA's fast-math is off at every level; the float64 checks pass at both). The
+# processes the tests start (runs, parity at full size, check) get the environment as it
+# was (``data_env``): they run full-size steps, where level 0 code is slower than its compile
+# is saved (the full-size parity test: 354 s at the default level, 421 s at 0), and runs
+# time what users run.
+IN_PROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
+ENVIRON = dict(os.environ)  # as pytest found it: before any test or adapter changed it
+
 
 def pytest_configure(config):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {IN_PROCESS_XLA_FLAGS}".strip()
+    _one_core_per_worker()
+
+
+def _one_core_per_worker():
     """Under pytest-xdist (``nox -s tests`` runs two workers), each worker and every process it
     starts keeps to its own share of the cores: the default thread count of every framework
     and of the harness (``bench.run.runner``) is the process's affinity, so two workers never
@@ -64,7 +82,7 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_env(data_dir, cache_dir) -> dict[str, str]:
     """Environment for a subprocess of the CLI."""
-    return {**os.environ, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
+    return {**ENVIRON, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
             "PYTHONPATH": str(REPO)}
 
 

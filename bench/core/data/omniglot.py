@@ -25,7 +25,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.core.atomic import write_text
+from bench.core.atomic import atomic_open, write_text
 from bench.core.data.download import RemoteFile, download, file_digest
 from bench.core.errors import DataError
 
@@ -155,14 +154,8 @@ class OmniglotImages:
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".part-", suffix=".npy", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_open(path, "wb") as f:
+        np.save(f, array)
 
 
 def load_images(data_dir: Path, cache_dir: Path, image_size: int, *,
