@@ -31,6 +31,7 @@ from bench.measure import machine_load
 from bench.run import plan
 
 SUITE_DIR = Path(__file__).resolve().parents[1] / "measure" / "suite"  # bench.measure.suite
+TIMING_PLUGINS = ("pytest_benchmark.plugin",)  # the timing processes' only pytest plugins
 LOG_TAIL_LINES = 20     # of a process's log, kept in status.json
 POLL_SECONDS = 0.2      # how often the watchdog looks at a running cell
 
@@ -102,18 +103,19 @@ def child_env() -> dict[str, str]:
 
 
 def _run_process(cmd: list[str], log_path: Path, limit: float | None, echo,
-                 stop_now=lambda: False) -> ProcessOutcome:
+                 stop_now=lambda: False, env: dict[str, str] | None = None) -> ProcessOutcome:
     """Run ``cmd`` in a session of its own, teeing its output to ``log_path`` and its
     progress lines to ``echo``. The watchdog does not wait for output: at ``limit`` seconds,
     or as soon as ``stop_now()`` is true, it kills the whole process group (a framework's
-    helper processes too), however silent the cell is."""
+    helper processes too), however silent the cell is. ``env``: variables added to
+    ``child_env()`` for this process."""
     before = machine_load.snapshot()
     t0 = time.monotonic()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     timed_out = interrupted = False
     with open(log_path, "w", encoding="utf-8") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                                env=child_env(),
+                                env={**child_env(), **(env or {})},
                                 start_new_session=True,
                                 preexec_fn=_PREEXEC)
         reader = threading.Thread(target=_tee, args=(proc.stdout, log, tail, echo), daemon=True)
@@ -245,10 +247,15 @@ def run_timing_process(cell: Cell, cell_dir: Path, k: int, echo, limit, stop_now
     (cell_dir / "timing.diverged.json").unlink(missing_ok=True)  # an earlier process's: not this one's
     # pytest-benchmark writes its JSON in place: it goes to a part file, renamed when whole
     part = pdir / f"{atomic.PART_PREFIX}benchmark.json"
+    # pytest-benchmark is the only plugin loaded (TIMING_PLUGINS): a plugin that happens to be
+    # installed would run inside the timed process (pytest-cov traces every line; the test
+    # venv's hypothesis plugin alone cost 1.3 s of imports per process)
     cmd = [sys.executable, "-m", "pytest", "-c", str(SUITE_DIR / "pytest.ini"), str(SUITE_DIR / "steps.py"),
+           *[arg for plugin in TIMING_PLUGINS for arg in ("-p", plugin)],
            "--rootdir", str(SUITE_DIR), "--metabench-cell", str(cell_dir / "cell.json"), "-q",
            "--benchmark-json", str(part), "--benchmark-disable-gc", "--benchmark-sort=name"]
-    out = _run_process(cmd, pdir / "timing.log", limit(["timing"]), echo, stop_now)
+    out = _run_process(cmd, pdir / "timing.log", limit(["timing"]), echo, stop_now,
+                       env={"PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"})
     if out.interrupted:
         return None
     ok = out.returncode == 0 and part.exists()
