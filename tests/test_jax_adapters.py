@@ -282,3 +282,55 @@ def test_wrong_algorithm_and_unknown_options_are_refused():
         JaxProtoNet(spec, "maml", params)
     with pytest.raises(ValueError):
         JaxMAML(spec, "maml", params, options={"inner_loop": "while"})
+
+
+def test_cpu_xla_flags_keep_the_users_and_add_only_what_a_jaxlib_knows():
+    ynn = common.YNN_CONV_OFF
+    assert common.cpu_xla_flags("", 2, "0.10.2") == ynn
+    assert common.cpu_xla_flags("--xla_dump_to=/tmp/d", 1, "0.10.2").split() == [
+        "--xla_dump_to=/tmp/d", "--xla_cpu_multi_thread_eigen=false", ynn]
+    # the user's own YNNPACK or Eigen setting wins
+    assert common.cpu_xla_flags("--xla_cpu_experimental_ynn_fusion_type=", 2, "0.10.2") == \
+        "--xla_cpu_experimental_ynn_fusion_type="
+    assert common.cpu_xla_flags("--xla_cpu_multi_thread_eigen=true", 1, "0.10.2").split() == [
+        "--xla_cpu_multi_thread_eigen=true", ynn]
+    # a jaxlib without the flag would abort on it
+    assert common.cpu_xla_flags("", 2, "0.4.30") == ""
+    assert common.cpu_xla_flags("", 2, "0.10.2.dev20261201") == ynn
+
+
+CONV_GRADIENT_HLO = """
+import jax, jax.numpy as jnp
+from jax import lax
+from implementations.jax import common
+common.configure(2, "cpu")
+conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+grad = jax.grad(lambda x, w: jnp.sum(conv(x, w) ** 2), argnums=(0, 1))
+print(jax.jit(grad).lower(jnp.ones((8, 14, 14, 64)), jnp.ones((3, 3, 64, 64))).compile().as_text())
+"""
+
+
+def test_configure_keeps_convolutions_out_of_ynnpack_on_a_cpu():
+    """In a process of its own (XLA reads its flags once): the compiled convolution gradient
+    has no YNNPACK fusion after ``configure``, and has them without it (the control: else
+    this test would pass on a jaxlib that never used YNNPACK; with 16 channels it does not)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = str(Path(__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+    def hlo(script):
+        r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=repo,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return r.stdout
+
+    configured = hlo(CONV_GRADIENT_HLO)
+    assert "convolution(" in configured and "__ynn_fusion" not in configured
+    import jaxlib
+
+    if tuple(int(p) for p in jaxlib.__version__.split(".")[:3]) >= common.YNN_FLAG_SINCE:
+        assert "__ynn_fusion" in hlo(CONV_GRADIENT_HLO.replace('common.configure(2, "cpu")', ""))
