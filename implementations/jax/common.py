@@ -27,50 +27,21 @@ from bench.measure.environment import cpu_model  # the CPU's model name, not 'x8
 _threads: int | None = None  # what configure() was given, recorded by describe()
 
 
-# XLA:CPU hands each convolution to YNNPACK (a library fusion) by default in recent jaxlib.
-# For Conv-4's convolutions that is the slow path: the weight gradient becomes a convolution
-# with a 14x14 window over a batch of channels, plus transposes of every activation. 2 threads,
-# jaxlib 0.10.2, one 3x3 convolution on 360 images of 64x14x14 (docs/examples/xla_cpu_conv.py):
-# forward plus both gradients 153 ms with YNNPACK, 73 ms with Eigen's convolution (torch: 42
-# ms). jax-protonet's 60-way training step 372-376 ms -> 245-249 ms (two processes each),
-# 5-way 5-shot 40.7 -> 29.4 ms; jax-maml (convolutions as im2col dots, which YNNPACK keeps)
-# level: 127-140 -> 130 ms. Turning YNNPACK off altogether makes those dots twice as slow.
-YNN_CONV_OFF = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-YNN_FLAG_SINCE = (0, 10, 1)  # the jaxlib versions this flag was seen in: 0.10.1 and 0.10.2
-
-
-def cpu_xla_flags(flags: str, threads: int, jaxlib_version: str) -> str:
-    """``XLA_FLAGS`` for a CPU process: ``flags`` (the user's, kept) plus what the adapters
-    set, each only where the user set nothing for it. XLA:CPU has no thread-count flag: it
-    sizes its intra-op pool from the CPUs this process may run on (the harness pins them
-    with sched_setaffinity); its one thread flag turns Eigen's multi-threading off, right
-    for one thread. An older jaxlib aborts on a flag it does not know: YNN_CONV_OFF goes
-    only to those that have it."""
-    extra = []
-    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
-        extra.append("--xla_cpu_multi_thread_eigen=false")
-    version = tuple(int(p) for p in jaxlib_version.split(".")[:3] if p.isdigit())
-    if "xla_cpu_experimental_ynn_fusion_type" not in flags and version >= YNN_FLAG_SINCE:
-        extra.append(YNN_CONV_OFF)
-    return " ".join([flags.strip(), *extra]).strip()
-
-
 def configure(threads: int, device: str) -> None:
     """Thread and precision settings; XLA reads ``XLA_FLAGS`` when its backend starts, so
     this must run before the first JAX computation."""
     global _threads
     _threads = threads
-    if device == "cpu":
-        import jaxlib
-
-        flags = os.environ.get("XLA_FLAGS", "")
-        wanted = cpu_xla_flags(flags, threads, jaxlib.__version__)
-        if wanted != flags.strip():
-            os.environ["XLA_FLAGS"] = wanted
-            from jax._src import xla_bridge  # private, but the only way to know it is too late
-            if xla_bridge.backends_are_initialized():
-                warnings.warn(f"jax already started its backend: XLA_FLAGS={wanted!r} takes no effect in this "
-                              "process", stacklevel=2)
+    flags = os.environ.get("XLA_FLAGS", "")
+    # XLA:CPU has no thread-count flag: it sizes its intra-op pool from the CPUs this
+    # process may run on (the harness pins them with sched_setaffinity). Its one thread
+    # flag turns Eigen's multi-threading off, which is right for one thread.
+    if threads == 1 and "xla_cpu_multi_thread_eigen" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+        from jax._src import xla_bridge  # private, but the only way to know it is too late
+        if xla_bridge.backends_are_initialized():
+            warnings.warn("jax already started its backend: --xla_cpu_multi_thread_eigen=false "
+                          "takes no effect in this process", stacklevel=2)
     # Full float32 matmuls and convolutions on GPU (no TF32), as in the torch and TF adapters.
     jax.config.update("jax_default_matmul_precision", "highest")
 
