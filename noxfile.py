@@ -69,18 +69,22 @@ def tests(session: nox.Session) -> None:
     if not chromium:  # run_install: it runs under --install-only too
         out = session.run_install("bash", ".ci/chromium.sh", ".nox/chromium", external=True, silent=True)
         chromium = out.strip().splitlines()[-1] if out else ""
-    # JAX's persistent compilation cache, fresh per session and for the tests only: the
-    # suite builds the same jitted steps many times over (the contract check builds an
+    # JAX's and TensorFlow's persistent XLA caches, fresh per session and for the tests only:
+    # the suite builds the same jitted steps many times over (the contract check builds an
     # adapter per check; a run compiles again in each phase's process), and a cache hit
     # skips XLA's compile, not the tracing, so recompilation checks still see every call.
-    # Benchmarks never use it: their first-step times are the compile times they report.
+    # Benchmarks never use them: their first-step times are the compile times they report.
+    # TF's cache (its XLA launch ops' executables) is keyed by the HLO program alone
+    # (non-strict signatures: a tf.function's generated name differs between processes).
     # (Not session.create_tmp(): it moves TMPDIR into .nox, and Ray's sockets with it.)
-    cache = tempfile.mkdtemp(prefix="metabench-jax-cache-")
-    jax_cache = {"JAX_COMPILATION_CACHE_DIR": cache, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    cache = tempfile.mkdtemp(prefix="metabench-xla-cache-")
+    xla_cache = {"JAX_COMPILATION_CACHE_DIR": f"{cache}/jax", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                 "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+                 "TF_XLA_FLAGS": f"{os.environ.get('TF_XLA_FLAGS', '')} --tf_xla_persistent_cache_directory="
+                                 f"{cache}/tensorflow --tf_xla_disable_strict_signature_checks=true".strip()}
     try:
         session.run("pytest", *workers(session.posargs), *session.posargs,
-                    env={**env(), **jax_cache, "METABENCH_CHROMIUM": chromium})
+                    env={**env(), **xla_cache, "METABENCH_CHROMIUM": chromium})
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 

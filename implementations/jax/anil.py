@@ -20,7 +20,7 @@ HEAD = ("head.weight", "head.bias")
 class JaxANIL(JaxMAML):
     algorithms = ("anil",)
 
-    def adapt_task(self, params, x, y, steps: int):
+    def adapt_task(self, params, x, y, steps: int, loop: str | None = None):
         features = self.features(params, x)
 
         def step(head, _):
@@ -30,7 +30,7 @@ class JaxANIL(JaxMAML):
             return jax.tree.map(lambda w, gw: w - self.inner_lr * gw, head, g), None
 
         head = {k: params[k] for k in HEAD}
-        if self.inner_loop == "scan":
+        if (loop or self.inner_loop) == "scan":
             head = lax.scan(step, head, length=steps)[0]
         else:
             for _ in range(steps):
