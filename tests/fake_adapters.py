@@ -48,6 +48,12 @@ class Steady(Fake):
     step_seconds = 0.3
 
 
+class Quick(Fake):
+    """Finite losses at 20 ms a step, for tests that never stop a cell mid-way: the repeated
+    runs of tests/test_repetition.py with Steady sat idle 15 s of their 21."""
+    step_seconds = 0.02
+
+
 class Crashing(Fake):
     def outer_step(self, batch): raise RuntimeError("planted crash in outer_step")
 
@@ -80,6 +86,8 @@ class Killer(Fake):
 
 ENTRIES = [AdapterEntry("fake-steady", "fake", ("maml", "fomaml"), "metabench_reliability_plugin:Steady"),
            AdapterEntry("fake-steady-b", "fake", ("maml",), "metabench_reliability_plugin:Steady"),
+           AdapterEntry("fake-quick", "fake", ("maml",), "metabench_reliability_plugin:Quick"),
+           AdapterEntry("fake-quick-b", "fake", ("maml",), "metabench_reliability_plugin:Quick"),
            AdapterEntry("fake-killer", "fake", ("maml",), "metabench_reliability_plugin:Killer"),
            AdapterEntry("fake-crash", "fake", ("maml",), "metabench_reliability_plugin:Crashing"),
            AdapterEntry("fake-hang", "fake", ("maml",), "metabench_reliability_plugin:Hanging"),

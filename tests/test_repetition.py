@@ -148,7 +148,7 @@ def test_timing_order_is_deterministic_by_seed_and_skips_training_seeds():
 
 # -- end to end: the recorded order, and --resume between repeats ------------------------------------
 
-REPEAT_ADAPTERS = "fake-steady,fake-steady-b"
+REPEAT_ADAPTERS = "fake-quick,fake-quick-b"
 
 
 def repeat_run(results: Path, run_id: str, *extra: str) -> list[str]:
