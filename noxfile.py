@@ -47,11 +47,14 @@ def workers(posargs) -> list[str]:
     """pytest-xdist's arguments: two workers where two cores are free (each worker and its
     processes keep to their own cores: tests/conftest.py), a whole test module per worker
     (``loadfile``: a module's fixtures, a smoke run among them, run once). Two at most: each
-    worker imports torch, JAX and TensorFlow (~6 GB). ``-n`` in the posargs overrides."""
+    worker imports torch, JAX and TensorFlow (~6 GB). ``-n`` in the posargs overrides.
+    ``--no-loadscope-reorder``: modules are handed out in collection order, which
+    tests/conftest.py sorts slowest first; xdist's own order (most tests first) started the
+    parity module, the slowest, 612 s into a 1082 s run."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2 or any(a == "-n" or a.startswith(("-n", "--numprocesses")) for a in posargs):
         return []
-    return ["-n", "2", "--dist", "loadfile"]
+    return ["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder"]
 
 
 @nox.session(python=PYTHON)
@@ -64,7 +67,7 @@ def tests(session: nox.Session) -> None:
     archive, unpacked into .nox/chromium (.ci/chromium.sh), for the browser test of the HTML
     pages (tests/test_html.py)."""
     install(session, "autograd>=1.7", "submitit>=1.5", "ray>=2.9", "hypothesis>=6.100", "import-linter>=2.1",
-            "pytest-xdist>=3.5")
+            "pytest-xdist>=3.8")
     chromium = os.environ.get("METABENCH_CHROMIUM")
     if not chromium:  # run_install: it runs under --install-only too
         out = session.run_install("bash", ".ci/chromium.sh", ".nox/chromium", external=True, silent=True)
