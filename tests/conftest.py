@@ -10,17 +10,20 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# XLA (JAX's, and TensorFlow's jit_compile) builds the programs this process compiles with
-# LLVM at optimisation level 0. The in-process tests (the adapter contract, the small-model
-# parity) run a few steps of tiny models, and compiling is most of their time: one core, a
-# 16-filter Conv-4 MAML step compiled in 11 s at the default level, 5 s at 0; the jax-maml
-# contract took 127 s, 70 s at 0. The level changes how fast a program runs, not what it
-# computes (XLA's fast-math is off at every level; the float64 checks pass at both). The
-# processes the tests start (runs, parity at full size, check) get the environment as it
-# was (``data_env``): they run full-size steps, where level 0 code is slower than its compile
-# is saved (the full-size parity test: 354 s at the default level, 421 s at 0), and runs
-# time what users run.
-IN_PROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# XLA (JAX's, and TensorFlow's jit_compile) compiles the programs of this process at LLVM
+# optimisation level 0 and with XLA:CPU's older elemental emitters instead of its MLIR
+# fusion emitters. The in-process tests (the adapter contract, the small-model parity) run
+# a few steps of tiny models, and compiling is most of their time. One core, the contract's
+# 16x16 Conv-4 MAML: jax-maml's outer step compiled in 9.3 s at level 0, 3.1 s with the
+# older emitters too; tensorflow-maml-xla's in 11.8 s and 6.8 s. The contract of the five
+# JAX adapters took 293 s in the suite, 114 s with both flags (2026-12-07). Neither changes the
+# maths: results move by float32 rounding at most (fast-math is off either way; the float64
+# checks, whose limit is 1e-10, pass with both): they change how fast the code runs, and how
+# long it takes to build. The processes the tests start (runs, parity at full size, check)
+# get the environment as it was (``data_env``): they run full-size steps, where the saved
+# compile time is smaller than the slower code costs (the full-size parity test: 354 s at
+# the default level, 421 s at level 0), and runs time what users run.
+IN_PROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 ENVIRON = dict(os.environ)  # as pytest found it: before any test or adapter changed it
 
 
