@@ -16,13 +16,15 @@ REPO = Path(__file__).resolve().parent.parent
 # a few steps of tiny models, and compiling is most of their time. One core, the contract's
 # 16x16 Conv-4 MAML: jax-maml's outer step compiled in 9.3 s at level 0, 3.1 s with the
 # older emitters too; tensorflow-maml-xla's in 11.8 s and 6.8 s. The contract of the five
-# JAX adapters took 293 s in the suite, 114 s with both flags (2026-12-07). Neither changes the
-# maths: results move by float32 rounding at most (fast-math is off either way; the float64
-# checks, whose limit is 1e-10, pass with both): they change how fast the code runs, and how
-# long it takes to build. The processes the tests start (runs, parity at full size, check)
-# get the environment as it was (``data_env``): they run full-size steps, where the saved
-# compile time is smaller than the slower code costs (the full-size parity test: 354 s at
-# the default level, 421 s at level 0), and runs time what users run.
+# JAX adapters: 293 s at level 0 alone (in the suite), 114 s with the emitters too (one core,
+# 2026-12-07). Neither changes the maths: results move by float32 rounding at most
+# (fast-math is off either way; the float64 checks, whose limit is 1e-10, pass with both):
+# they change how fast the code runs, and how long it takes to build. The processes the
+# tests start (runs, parity at full size, check) get the environment as it was
+# (``data_env``): they run full-size steps, where the saved compile time is smaller than
+# the slower code costs (the full-size parity test: 354 s at the default level, 421 s at
+# level 0; the older emitters saved its processes and a smoke run no more than this VM's
+# spread), and runs time what users run.
 IN_PROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 ENVIRON = dict(os.environ)  # as pytest found it: before any test or adapter changed it
 
