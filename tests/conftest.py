@@ -10,22 +10,24 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-# XLA (JAX's, and TensorFlow's jit_compile) compiles the programs of this process at LLVM
-# optimisation level 0 and with XLA:CPU's older elemental emitters instead of its MLIR
-# fusion emitters. The in-process tests (the adapter contract, the small-model parity) run
-# a few steps of tiny models, and compiling is most of their time. One core, the contract's
-# 16x16 Conv-4 MAML: jax-maml's outer step compiled in 9.3 s at level 0, 3.1 s with the
-# older emitters too; tensorflow-maml-xla's in 11.8 s and 6.8 s. The contract of the five
-# JAX adapters: 293 s at level 0 alone (in the suite), 114 s with the emitters too (one core,
-# 2026-12-07). Neither changes the maths: results move by float32 rounding at most
-# (fast-math is off either way; the float64 checks, whose limit is 1e-10, pass with both):
-# they change how fast the code runs, and how long it takes to build. The processes the
-# tests start (runs, parity at full size, check) get the environment as it was
-# (``data_env``): they run full-size steps, where the saved compile time is smaller than
-# the slower code costs (the full-size parity test: 354 s at the default level, 421 s at
-# level 0; the older emitters saved its processes and a smoke run no more than this VM's
-# spread), and runs time what users run.
+# XLA (JAX's, and TensorFlow's jit_compile) compiles with XLA:CPU's older elemental emitters
+# instead of its MLIR fusion emitters, and at a lower LLVM optimisation level, in every process
+# of the suite. Neither changes the maths: results move by float32 rounding at most (fast-math
+# is off either way; the float64 checks, whose limit is 1e-10, pass with both). They change how
+# long the code takes to build and to run, and compiling is most of the suite's XLA time.
+# - This process (the adapter contract, the small-model parity): level 0. One core, the
+#   contract's 16x16 Conv-4 MAML: jax-maml's outer step compiled in 9.3 s at level 0, 3.1 s
+#   with the older emitters too; tensorflow-maml-xla's in 11.8 s and 6.8 s. The contract of
+#   the five JAX adapters: 293 s at level 0 alone (in the suite), 114 s with the emitters too.
+# - The processes the tests start (``data_env``: runs, parity at full size, check): level 1,
+#   since their full-size steps run long enough for level 0's slower code to cost more than
+#   it saves. One core, the full-size parity's JAX requests on Omniglot (MAML, ProtoNet,
+#   Reptile): 86 + 46 + 122 s with no flag, 17 + 64 + 71 at level 0, 32 + 39 + 65 at level 1
+#   (the emitters in both); TF's five requests 163 s -> 147; a smoke run's jax-maml Omniglot
+#   cell 57 s -> 26 (its timing and memory processes, 2026-12-07).
+# Users' runs (``nox -s bench``) keep XLA's defaults: they time what users run.
 IN_PROCESS_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
 ENVIRON = dict(os.environ)  # as pytest found it: before any test or adapter changed it
 
 
@@ -87,8 +89,9 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_env(data_dir, cache_dir) -> dict[str, str]:
     """Environment for a subprocess of the CLI."""
+    xla_flags = f"{ENVIRON.get('XLA_FLAGS', '')} {SUBPROCESS_XLA_FLAGS}".strip()
     return {**ENVIRON, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
-            "PYTHONPATH": str(REPO)}
+            "PYTHONPATH": str(REPO), "XLA_FLAGS": xla_flags}
 
 
 @pytest.fixture(scope="module")
