@@ -31,8 +31,13 @@ SUBPROCESS_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_
 ENVIRON = dict(os.environ)  # as pytest found it: before any test or adapter changed it
 
 
+def _with_xla_flags(environ, flags: str) -> str:
+    """``environ``'s XLA_FLAGS (a user's own kept) followed by ``flags``."""
+    return f"{environ.get('XLA_FLAGS', '')} {flags}".strip()
+
+
 def pytest_configure(config):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {IN_PROCESS_XLA_FLAGS}".strip()
+    os.environ["XLA_FLAGS"] = _with_xla_flags(os.environ, IN_PROCESS_XLA_FLAGS)
     _one_core_per_worker()
 
 
@@ -89,9 +94,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def data_env(data_dir, cache_dir) -> dict[str, str]:
     """Environment for a subprocess of the CLI."""
-    xla_flags = f"{ENVIRON.get('XLA_FLAGS', '')} {SUBPROCESS_XLA_FLAGS}".strip()
     return {**ENVIRON, "METABENCH_DATA_DIR": str(data_dir), "METABENCH_CACHE_DIR": str(cache_dir),
-            "PYTHONPATH": str(REPO), "XLA_FLAGS": xla_flags}
+            "PYTHONPATH": str(REPO), "XLA_FLAGS": _with_xla_flags(ENVIRON, SUBPROCESS_XLA_FLAGS)}
 
 
 @pytest.fixture(scope="module")
